@@ -1,0 +1,3 @@
+"""Tollgate gateway."""
+
+__version__ = "0.1.0"

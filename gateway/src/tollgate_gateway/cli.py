@@ -1,0 +1,105 @@
+"""`tollgate-gateway`: serve, migrate, create the first admin, check settings."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from tollgate_gateway.config import Settings, get_settings
+from tollgate_gateway.logs import configure_logging
+
+
+def _refuse_insecure(settings: Settings) -> None:
+    reasons = settings.insecure_reasons()
+    if reasons and not settings.dev_mode:
+        for reason in reasons:
+            print(f"tollgate-gateway: refusing to start: {reason}", file=sys.stderr)
+        print(
+            "Set strong secrets, or TOLLGATE_DEV_MODE=true for local development only.",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+
+
+def migrate(settings: Settings) -> None:
+    from alembic import command
+
+    from tollgate_gateway.storage.db import alembic_config
+
+    command.upgrade(alembic_config(settings.sqlalchemy_dsn), "head")
+
+
+async def _preflight(settings: Settings) -> None:
+    """Refuse an old schema with a clear message; create the first admin if configured."""
+    from sqlalchemy.ext.asyncio import async_sessionmaker
+
+    from tollgate_gateway.admin.service import ensure_admin
+    from tollgate_gateway.storage.db import check_schema, create_engine
+
+    engine = create_engine(settings.sqlalchemy_dsn, pool_size=1)
+    try:
+        await check_schema(engine)
+        if not settings.admin_email or settings.admin_password is None:
+            return
+        async with async_sessionmaker(engine)() as session:
+            if await ensure_admin(
+                session, settings.admin_email, settings.admin_password.get_secret_value()
+            ):
+                logging.getLogger("tollgate_gateway").info(
+                    "created the first admin %s", settings.admin_email
+                )
+    finally:
+        await engine.dispose()
+
+
+def serve(settings: Settings) -> None:
+    import uvicorn
+
+    _refuse_insecure(settings)
+    try:
+        asyncio.run(_preflight(settings))
+    except Exception as exc:
+        print(f"tollgate-gateway: cannot start: {exc}", file=sys.stderr)
+        raise SystemExit(1) from exc
+    uvicorn.run(
+        "tollgate_gateway.main:create_app",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        loop="uvloop",
+        http="httptools",
+        log_level=settings.log_level,
+        access_log=False,
+        proxy_headers=True,
+        timeout_graceful_shutdown=30,
+        log_config=None,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="tollgate-gateway", description=__doc__)
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("serve", help="serve the gateway (default)")
+    sub.add_parser("migrate", help="apply database migrations up to head")
+    sub.add_parser("create-admin", help="create the admin from ADMIN_EMAIL / ADMIN_PASSWORD")
+    sub.add_parser("check", help="validate settings and exit")
+    args = parser.parse_args(argv)
+    settings = get_settings()
+    configure_logging(settings.log_json, settings.log_level)
+    command = args.command or "serve"
+    if command == "migrate":
+        migrate(settings)
+    elif command == "create-admin":
+        asyncio.run(_preflight(settings))
+    elif command == "check":
+        _refuse_insecure(settings)
+        print("settings ok")
+    else:
+        serve(settings)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""Typed settings, read from the environment.
+
+The well-known variables (POSTGRES_DSN, REDIS_URL, OLLAMA_BASE_URL, ADMIN_EMAIL,
+ADMIN_PASSWORD, JWT_SECRET) keep their plain names; Tollgate's own settings are
+prefixed with TOLLGATE_.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from enum import StrEnum
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+WEAK_SECRETS = frozenset({"", "changeme", "change-me", "secret", "admin", "password", "tollgate"})
+
+
+class RedisFailurePolicy(StrEnum):
+    """What the gateway does with limited keys while Redis cannot be reached."""
+
+    OPEN = "open"  # admit requests; limits are not enforced until Redis is back
+    CLOSED = "closed"  # refuse requests of keys that have limits with 503 + Retry-After
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TOLLGATE_", extra="ignore")
+
+    postgres_dsn: str = Field(
+        "postgresql://postgres@127.0.0.1:5432/tollgate",
+        validation_alias=AliasChoices("POSTGRES_DSN", "TOLLGATE_POSTGRES_DSN"),
+    )
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0", validation_alias=AliasChoices("REDIS_URL", "TOLLGATE_REDIS_URL")
+    )
+    ollama_base_url: str = Field(
+        "http://127.0.0.1:11434",
+        validation_alias=AliasChoices("OLLAMA_BASE_URL", "TOLLGATE_OLLAMA_BASE_URL"),
+    )
+    admin_email: str | None = Field(None, validation_alias=AliasChoices("ADMIN_EMAIL"))
+    admin_password: SecretStr | None = Field(None, validation_alias=AliasChoices("ADMIN_PASSWORD"))
+    jwt_secret: SecretStr = Field(SecretStr(""), validation_alias=AliasChoices("JWT_SECRET"))
+    jwt_ttl_seconds: int = 12 * 3600
+
+    dev_mode: bool = False
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    log_json: bool = False
+    log_level: str = "info"
+
+    key_pepper: SecretStr = SecretStr("")
+    key_cache_ttl_seconds: float = 60.0
+    key_cache_max_entries: int = 100_000
+
+    max_body_bytes: int = 8 * 1024 * 1024
+    upstream_connect_timeout_seconds: float = 5.0
+    upstream_read_timeout_seconds: float = 600.0
+    upstream_max_connections: int = 1000
+
+    default_max_tokens: int = 4096
+    concurrency_lease_seconds: float = 15.0
+    redis_timeout_seconds: float = 0.5
+    redis_failure_policy: RedisFailurePolicy = RedisFailurePolicy.OPEN
+
+    usage_batch_size: int = 500
+    usage_flush_interval_seconds: float = 0.5
+    usage_max_buffer: int = 200_000
+    usage_spool_dir: Path = Path(tempfile.gettempdir()) / "tollgate-usage-spool"
+
+    metrics_per_key: bool = False
+
+    @property
+    def sqlalchemy_dsn(self) -> str:
+        return to_sqlalchemy_dsn(self.postgres_dsn)
+
+    @property
+    def psycopg_dsn(self) -> str:
+        dsn = self.postgres_dsn
+        for prefix in ("postgresql+psycopg://", "postgres://"):
+            if dsn.startswith(prefix):
+                return "postgresql://" + dsn[len(prefix) :]
+        return dsn
+
+    def insecure_reasons(self) -> list[str]:
+        """Why these settings are unfit outside dev mode (empty when fine)."""
+        reasons = []
+        jwt = self.jwt_secret.get_secret_value()
+        if jwt.lower() in WEAK_SECRETS or len(jwt) < 32:
+            reasons.append("JWT_SECRET is empty, a default, or shorter than 32 characters")
+        if self.admin_password is not None:
+            pw = self.admin_password.get_secret_value()
+            if pw.lower() in WEAK_SECRETS or len(pw) < 12:
+                reasons.append("ADMIN_PASSWORD is a default or shorter than 12 characters")
+        return reasons
+
+
+def to_sqlalchemy_dsn(dsn: str) -> str:
+    for prefix in ("postgresql://", "postgres://"):
+        if dsn.startswith(prefix):
+            return "postgresql+psycopg://" + dsn[len(prefix) :]
+    return dsn
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

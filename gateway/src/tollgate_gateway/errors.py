@@ -1,0 +1,134 @@
+"""Errors as clients expect them.
+
+OpenAI routes answer ``{"error": {"message", "type", "param", "code"}}``; Ollama's
+native routes (``/api/...``) answer ``{"error": "message"}`` like Ollama itself, so
+the official `ollama` client shows the message. Never a stack trace.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.code = code
+        self.param = param
+        self.headers = headers or {}
+
+
+def invalid_key() -> ApiError:
+    return ApiError(
+        401,
+        "Incorrect API key provided. You can find your API key in the Secret of your ApiKey "
+        "resource, or ask your platform team.",
+        code="invalid_api_key",
+    )
+
+
+def missing_key() -> ApiError:
+    return ApiError(
+        401,
+        "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.",
+        code="invalid_api_key",
+    )
+
+
+def model_not_found(alias: str) -> ApiError:
+    return ApiError(
+        404,
+        f"The model `{alias}` does not exist or you do not have access to it.",
+        code="model_not_found",
+        param="model",
+    )
+
+
+def bad_request(message: str, param: str | None = None, code: str | None = None) -> ApiError:
+    return ApiError(400, message, param=param, code=code)
+
+
+def is_native(path: str) -> bool:
+    return path.startswith("/api/")
+
+
+def error_body(
+    path: str, status: int, message: str, type_: str, code: str | None, param: str | None
+) -> bytes:
+    if is_native(path):
+        return orjson.dumps({"error": message})
+    return orjson.dumps(
+        {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    )
+
+
+def error_response(path: str, err: ApiError) -> Response:
+    body = error_body(path, err.status, err.message, err.type, err.code, err.param)
+    return Response(body, err.status, headers=err.headers, media_type="application/json")
+
+
+_STATUS_TYPES = {
+    400: "invalid_request_error",
+    401: "invalid_request_error",
+    403: "invalid_request_error",
+    404: "invalid_request_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+def install_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> Response:
+        return error_response(request.url.path, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> Response:
+        first: dict[str, Any] = exc.errors()[0] if exc.errors() else {}
+        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+        param = ".".join(loc) or None
+        msg = first.get("msg", "Invalid request")
+        message = f"{param}: {msg}" if param else str(msg)
+        return error_response(request.url.path, ApiError(400, message, param=param))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        type_ = _STATUS_TYPES.get(exc.status_code, "server_error")
+        err = ApiError(
+            exc.status_code, str(exc.detail), type=type_, headers=dict(exc.headers or {})
+        )
+        return error_response(request.url.path, err)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s", request.url.path)
+        err = ApiError(
+            500,
+            "The server had an error processing your request.",
+            type="server_error",
+            code="internal_error",
+        )
+        return error_response(request.url.path, err)

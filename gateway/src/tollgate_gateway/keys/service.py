@@ -1,0 +1,144 @@
+"""Key lookup for the hot path: a per-process cache in front of Postgres.
+
+Entries are dropped when Postgres announces a change to the key (LISTEN/NOTIFY,
+see `storage.changes`), so revocation reaches every replica within moments. A
+lookup that started before an invalidation never writes its stale answer back
+(generation check). While the change feed is down, entries live at most one
+second.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tollgate_gateway.keys.hashing import hash_key, hashes_equal
+from tollgate_gateway.storage.orm import ApiKey
+
+FEED_DOWN_TTL = 1.0
+NEGATIVE_TTL = 5.0
+
+
+def compile_allowed(allowed: str) -> re.Pattern[str] | None:
+    """None means every model; otherwise a regex of the comma-separated globs."""
+    patterns = [p.strip() for p in allowed.split(",") if p.strip()]
+    if not patterns or "*" in patterns:
+        return None if patterns else re.compile(r"(?!)")
+    return re.compile("|".join(fnmatch.translate(p) for p in patterns))
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    id: uuid.UUID
+    key_hash: str
+    name: str
+    owner: str | None
+    app: str | None
+    allowed: re.Pattern[str] | None = field(compare=False)
+    rate_limit_rpm: int | None
+    tpm_limit: int | None
+    concurrency_limit: int | None
+    monthly_budget: Decimal | None
+    expires_at: datetime | None
+    disabled: bool
+    revoked: bool
+
+    @property
+    def has_limits(self) -> bool:
+        return any(
+            v is not None
+            for v in (
+                self.rate_limit_rpm,
+                self.tpm_limit,
+                self.concurrency_limit,
+                self.monthly_budget,
+            )
+        )
+
+    def usable(self, now: datetime | None = None) -> bool:
+        if self.disabled or self.revoked:
+            return False
+        if self.expires_at is not None:
+            return (now or datetime.now(UTC)) < self.expires_at
+        return True
+
+    def may_use(self, alias: str) -> bool:
+        return self.allowed is None or self.allowed.fullmatch(alias) is not None
+
+    @classmethod
+    def from_row(cls, row: Any) -> KeyRecord:
+        return cls(
+            id=row.id,
+            key_hash=row.key_hash,
+            name=row.name,
+            owner=row.owner,
+            app=row.app,
+            allowed=compile_allowed(row.allowed_models),
+            rate_limit_rpm=row.rate_limit_rpm,
+            tpm_limit=row.tpm_limit,
+            concurrency_limit=row.concurrency_limit,
+            monthly_budget=row.monthly_budget,
+            expires_at=row.expires_at,
+            disabled=row.disabled,
+            revoked=row.revoked_at is not None,
+        )
+
+
+class KeyService:
+    def __init__(self, engine: AsyncEngine, pepper: bytes, ttl: float, max_entries: int) -> None:
+        self._engine = engine
+        self._pepper = pepper
+        self._ttl = ttl
+        self._max = max_entries
+        self._cache: OrderedDict[str, tuple[KeyRecord | None, float]] = OrderedDict()
+        self._generation = 0
+        self.feed_healthy = False
+
+    def hash(self, key: str) -> str:
+        return hash_key(key, self._pepper)
+
+    async def authenticate(self, key: str) -> KeyRecord | None:
+        """The usable key record for a presented key, or None."""
+        digest = self.hash(key)
+        now = time.monotonic()
+        hit = self._cache.get(digest)
+        if hit is not None and hit[1] > now:
+            record = hit[0]
+        else:
+            record = await self._load(digest)
+        if record is None or not hashes_equal(record.key_hash, digest) or not record.usable():
+            return None
+        return record
+
+    async def _load(self, digest: str) -> KeyRecord | None:
+        generation = self._generation
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(select(ApiKey).where(ApiKey.key_hash == digest))).first()
+        record = KeyRecord.from_row(row) if row is not None else None
+        if generation == self._generation:
+            ttl = self._ttl if self.feed_healthy else FEED_DOWN_TTL
+            if record is None:
+                ttl = min(ttl, NEGATIVE_TTL)
+            self._cache[digest] = (record, time.monotonic() + ttl)
+            self._cache.move_to_end(digest)
+            while len(self._cache) > self._max:
+                self._cache.popitem(last=False)
+        return record
+
+    def invalidate(self, digest: str) -> None:
+        self._generation += 1
+        self._cache.pop(digest, None)
+
+    def invalidate_all(self) -> None:
+        self._generation += 1
+        self._cache.clear()

@@ -1,0 +1,90 @@
+"""The gateway application: create_app() and its lifespan."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from redis.exceptions import RedisError
+from sqlalchemy import text
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from tollgate_gateway import __version__, metrics
+from tollgate_gateway.admin.router import router as admin_router
+from tollgate_gateway.chat.router import routes as openai_routes
+from tollgate_gateway.config import Settings, get_settings
+from tollgate_gateway.errors import install_handlers
+from tollgate_gateway.middleware import RequestContextMiddleware
+from tollgate_gateway.native.router import routes as native_routes
+from tollgate_gateway.services import Services
+from tollgate_gateway.storage.db import current_revision, head_revision
+
+log = logging.getLogger("tollgate_gateway")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services = await Services.build(settings)
+        await services.start()
+        app.state.services = services
+        log.info("gateway ready; upstream default %s", settings.ollama_base_url)
+        try:
+            yield
+        finally:
+            await services.stop()
+            log.info("gateway stopped; usage flushed")
+
+    app = FastAPI(
+        title="Tollgate gateway",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    install_handlers(app)
+    app.router.routes.extend(openai_routes)
+    app.router.routes.extend(native_routes)
+    app.include_router(admin_router)
+    app.add_api_route("/healthz", healthz, methods=["GET"], include_in_schema=False)
+    app.add_api_route("/readyz", readyz, methods=["GET"], include_in_schema=False)
+    app.add_api_route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False)
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
+    return app
+
+
+async def healthz() -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    services: Services = request.app.state.services
+    checks: dict[str, str] = {}
+    try:
+        async with services.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+        checks["postgres"] = "ok"
+        revision = await current_revision(services.engine)
+        checks["schema"] = "ok" if revision == head_revision() else f"at {revision}"
+    except Exception as exc:
+        checks["postgres"] = f"error: {type(exc).__name__}"
+    try:
+        await services.redis.ping()
+        checks["redis"] = "ok"
+        metrics.REDIS_UP.set(1)
+    except (RedisError, OSError) as exc:
+        checks["redis"] = f"error: {type(exc).__name__}"
+        metrics.REDIS_UP.set(0)
+    checks["change_feed"] = "ok" if services.feed.connected.is_set() else "reconnecting"
+    ready = all(checks[k] == "ok" for k in ("postgres", "schema", "redis"))
+    return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+
+
+async def metrics_endpoint() -> Response:
+    body, content_type = metrics.render()
+    return Response(body, media_type=content_type)

@@ -1,0 +1,99 @@
+"""Prometheus metrics. Names are documented in the README.
+
+With several worker processes set PROMETHEUS_MULTIPROC_DIR; /metrics then
+aggregates every worker (prometheus-client's multiprocess mode).
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+FAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+
+REQUESTS = Counter(
+    "tollgate_requests_total",
+    "Requests by model alias, endpoint and HTTP status.",
+    ["alias", "endpoint", "status"],
+)
+KEY_REQUESTS = Counter(
+    "tollgate_key_requests_total",
+    "Requests per key (only with TOLLGATE_METRICS_PER_KEY).",
+    ["key", "alias"],
+)
+LATENCY = Histogram(
+    "tollgate_request_duration_seconds",
+    "Time from request to the last byte of the response.",
+    ["alias", "endpoint"],
+    buckets=LATENCY_BUCKETS,
+)
+TTFT = Histogram(
+    "tollgate_time_to_first_token_seconds",
+    "Time from request to the first streamed token.",
+    ["alias", "endpoint"],
+    buckets=LATENCY_BUCKETS,
+)
+TOKENS = Counter(
+    "tollgate_tokens_total",
+    "Tokens by model alias and direction (input or output).",
+    ["alias", "direction"],
+)
+COST = Counter("tollgate_cost_total", "Cost charged, in the alias price currency.", ["alias"])
+IN_FLIGHT = Gauge(
+    "tollgate_in_flight_requests", "Requests being served now.", multiprocess_mode="livesum"
+)
+LIMIT_REFUSALS = Counter(
+    "tollgate_limit_refusals_total",
+    "Requests refused by a limit (requests, tokens, concurrency, budget).",
+    ["reason"],
+)
+UPSTREAM_ERRORS = Counter(
+    "tollgate_upstream_errors_total",
+    "Upstream (Ollama) failures by class (connect, timeout, overloaded, http_5xx, stream).",
+    ["error_class"],
+)
+AUTH_FAILURES = Counter("tollgate_auth_failures_total", "Requests refused for a bad key.")
+USAGE_QUEUE = Gauge(
+    "tollgate_usage_queue_depth", "Usage events waiting to be written.", multiprocess_mode="livesum"
+)
+USAGE_FLUSH_SECONDS = Histogram(
+    "tollgate_usage_flush_duration_seconds",
+    "Time to write one batch of usage events.",
+    buckets=FAST_BUCKETS,
+)
+USAGE_WRITTEN = Counter("tollgate_usage_events_written_total", "Usage events written.")
+USAGE_FLUSH_ERRORS = Counter("tollgate_usage_flush_errors_total", "Failed usage batch writes.")
+USAGE_DROPPED = Counter(
+    "tollgate_usage_events_dropped_total", "Usage events dropped because the buffer was full."
+)
+REDIS_LATENCY = Histogram(
+    "tollgate_redis_duration_seconds",
+    "Latency of Redis limit operations.",
+    ["op"],
+    buckets=FAST_BUCKETS,
+)
+REDIS_UP = Gauge("tollgate_redis_up", "1 while Redis answers.", multiprocess_mode="min")
+DB_LATENCY = Histogram(
+    "tollgate_db_duration_seconds",
+    "Latency of Postgres operations.",
+    ["op"],
+    buckets=FAST_BUCKETS,
+)
+
+
+def render() -> tuple[bytes, str]:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(), CONTENT_TYPE_LATEST

@@ -1,0 +1,112 @@
+"""The object graph of a running gateway, built once in the lifespan (see main.py)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from tollgate_gateway.catalog.service import Catalog
+from tollgate_gateway.chat.service import ProxyService
+from tollgate_gateway.config import Settings
+from tollgate_gateway.keys.service import KeyService
+from tollgate_gateway.limits.service import Limiter
+from tollgate_gateway.storage.changes import ChangeFeed
+from tollgate_gateway.storage.db import check_schema, create_engine
+from tollgate_gateway.storage.upstream import Upstream
+from tollgate_gateway.usage.service import UsageService
+from tollgate_gateway.usage.writer import UsageWriter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    settings: Settings
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    redis: Redis
+    keys: KeyService
+    catalog: Catalog
+    feed: ChangeFeed
+    limiter: Limiter
+    usage: UsageService
+    writer: UsageWriter
+    upstream: Upstream
+    proxy: ProxyService
+
+    @classmethod
+    async def build(cls, settings: Settings) -> Services:
+        engine = create_engine(settings.sqlalchemy_dsn)
+        await check_schema(engine)
+        redis = Redis.from_url(
+            settings.redis_url,
+            socket_timeout=settings.redis_timeout_seconds,
+            socket_connect_timeout=settings.redis_timeout_seconds,
+            health_check_interval=10,
+        )
+        keys = KeyService(
+            engine,
+            settings.key_pepper.get_secret_value().encode(),
+            settings.key_cache_ttl_seconds,
+            settings.key_cache_max_entries,
+        )
+        catalog = Catalog(engine, settings.ollama_base_url)
+        feed = ChangeFeed(settings.psycopg_dsn, keys, catalog)
+        usage = UsageService(engine)
+        limiter = Limiter(
+            redis, usage, settings.redis_failure_policy, settings.concurrency_lease_seconds
+        )
+        writer = UsageWriter(
+            engine,
+            settings.usage_batch_size,
+            settings.usage_flush_interval_seconds,
+            settings.usage_max_buffer,
+            settings.usage_spool_dir,
+        )
+        upstream = Upstream(
+            settings.upstream_connect_timeout_seconds,
+            settings.upstream_read_timeout_seconds,
+            settings.upstream_max_connections,
+        )
+        proxy = ProxyService(
+            keys,
+            catalog,
+            limiter,
+            upstream,
+            writer,
+            settings.default_max_tokens,
+            settings.metrics_per_key,
+        )
+        return cls(
+            settings,
+            engine,
+            async_sessionmaker(engine, expire_on_commit=False),
+            redis,
+            keys,
+            catalog,
+            feed,
+            limiter,
+            usage,
+            writer,
+            upstream,
+            proxy,
+        )
+
+    async def start(self) -> None:
+        self.feed.start()
+        self.limiter.start()
+        await self.writer.start()
+        await self.catalog.reload()
+
+    async def stop(self) -> None:
+        """Graceful stop: finish settlements, flush usage, close clients."""
+        await self.proxy.drain()
+        await self.writer.stop()
+        await self.limiter.stop()
+        await self.feed.stop()
+        await self.upstream.close()
+        await self.redis.aclose()
+        await self.engine.dispose()

@@ -1,0 +1,170 @@
+"""Usage events, written off the hot path in batches.
+
+Requests append to an in-memory buffer; a background task inserts batches. When
+Postgres is unreachable rows stay buffered (up to a bound) and are retried; on
+shutdown whatever cannot be written is spooled to a local file that the next
+start replays, so nothing is lost on a graceful stop or a database outage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import orjson
+from sqlalchemy import insert
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tollgate_gateway import metrics
+from tollgate_gateway.storage.orm import UsageEvent
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class UsageRow:
+    ts: datetime
+    request_id: str
+    key_id: uuid.UUID | None
+    app: str | None
+    alias: str | None
+    backend_tag: str | None
+    endpoint: str
+    status: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost: Decimal
+    latency_ms: float
+    ttft_ms: float | None
+    streamed: bool
+    error_class: str | None
+
+
+def _to_json(row: UsageRow) -> bytes:
+    return orjson.dumps(asdict(row), default=str)
+
+
+def _from_json(line: bytes) -> UsageRow:
+    data: dict[str, Any] = orjson.loads(line)
+    data["ts"] = datetime.fromisoformat(data["ts"])
+    data["key_id"] = uuid.UUID(data["key_id"]) if data["key_id"] else None
+    data["cost"] = Decimal(data["cost"])
+    return UsageRow(**data)
+
+
+class UsageWriter:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        batch_size: int,
+        interval: float,
+        max_buffer: int,
+        spool_dir: Path,
+    ) -> None:
+        self._engine = engine
+        self._batch = batch_size
+        self._interval = interval
+        self._max = max_buffer
+        self._spool_dir = spool_dir
+        self._buffer: list[UsageRow] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.dropped = 0
+
+    def record(self, row: UsageRow) -> None:
+        if len(self._buffer) >= self._max:
+            self.dropped += 1
+            metrics.USAGE_DROPPED.inc()
+            return
+        self._buffer.append(row)
+        metrics.USAGE_QUEUE.set(len(self._buffer))
+        if len(self._buffer) >= self._batch:
+            self._wake.set()
+
+    @property
+    def pending(self) -> int:
+        return len(self._buffer)
+
+    async def start(self) -> None:
+        await self._replay_spool()
+        self._task = asyncio.create_task(self._run(), name="usage-writer")
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Flush everything; spool to disk what Postgres does not take in time."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        deadline = time.monotonic() + grace
+        while self._buffer and time.monotonic() < deadline:
+            if not await self.flush():
+                await asyncio.sleep(0.2)
+        if self._buffer:
+            self._spool(self._buffer)
+            self._buffer = []
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._interval)
+            self._wake.clear()
+            while self._buffer:
+                if not await self.flush():
+                    await asyncio.sleep(min(5.0, self._interval * 4))
+                    break
+
+    async def flush(self) -> bool:
+        """Write one batch; False when Postgres refused (rows are kept)."""
+        if not self._buffer:
+            return True
+        batch = self._buffer[: self._batch]
+        started = time.perf_counter()
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(insert(UsageEvent), [asdict(r) for r in batch])
+        except Exception as exc:
+            log.warning("usage flush of %d rows failed, will retry: %s", len(batch), exc)
+            metrics.USAGE_FLUSH_ERRORS.inc()
+            return False
+        del self._buffer[: len(batch)]
+        metrics.USAGE_FLUSH_SECONDS.observe(time.perf_counter() - started)
+        metrics.USAGE_WRITTEN.inc(len(batch))
+        metrics.USAGE_QUEUE.set(len(self._buffer))
+        return True
+
+    def _spool(self, rows: list[UsageRow]) -> None:
+        self._spool_dir.mkdir(parents=True, exist_ok=True)
+        path = self._spool_dir / f"usage-{os.getpid()}-{time.time_ns()}.jsonl"
+        with path.open("wb") as fh:
+            for row in rows:
+                fh.write(_to_json(row) + b"\n")
+        log.error("postgres unavailable at shutdown: spooled %d usage rows to %s", len(rows), path)
+
+    async def _replay_spool(self) -> None:
+        if not self._spool_dir.is_dir():
+            return
+        for path in sorted(self._spool_dir.glob("usage-*.jsonl")):
+            claimed = path.with_suffix(".replaying")
+            try:
+                path.rename(claimed)  # another worker may race us for the same file
+            except OSError:
+                continue
+            rows = [_from_json(line) for line in claimed.read_bytes().splitlines() if line]
+            try:
+                async with self._engine.begin() as conn:
+                    await conn.execute(insert(UsageEvent), [asdict(r) for r in rows])
+            except Exception as exc:
+                claimed.rename(path)
+                log.warning("could not replay %s yet: %s", path.name, exc)
+                continue
+            claimed.unlink()
+            log.info("replayed %d spooled usage rows from %s", len(rows), path.name)

