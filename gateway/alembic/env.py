@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 from sqlalchemy import create_engine, pool
+
 from tollgate_gateway.config import get_settings
 from tollgate_gateway.storage.orm import Base
 

@@ -13,6 +13,7 @@ import httpx
 import openai
 import psycopg
 import pytest
+
 from tollgate_dev.gatewayproc import GatewayProcess
 from tollgate_dev.pytest_services import Admin
 

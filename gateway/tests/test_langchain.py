@@ -7,6 +7,7 @@ from typing import Any
 
 from langchain_ollama import ChatOllama
 from langchain_openai import ChatOpenAI, OpenAIEmbeddings
+
 from tollgate_dev.gatewayproc import GatewayProcess
 
 NewKey = Callable[..., dict[str, Any]]

@@ -6,9 +6,9 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from tollgate_dev.gatewayproc import GatewayProcess
 
 import ollama
+from tollgate_dev.gatewayproc import GatewayProcess
 
 NewKey = Callable[..., dict[str, Any]]
 

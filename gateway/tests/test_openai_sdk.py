@@ -8,6 +8,7 @@ from typing import Any
 
 import openai
 import pytest
+
 from tollgate_dev.gatewayproc import GatewayProcess
 
 NewKey = Callable[..., dict[str, Any]]

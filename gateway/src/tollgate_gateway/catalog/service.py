@@ -68,7 +68,7 @@ class Catalog:
     async def reload(self) -> None:
         self._stale = False
         async with self._engine.connect() as conn:
-            rows = (await conn.execute(select(Model))).scalars().all()
+            rows = (await conn.execute(select(Model.__table__))).all()
         self._aliases = {
             m.alias: Alias(
                 alias=m.alias,

@@ -123,7 +123,9 @@ class KeyService:
     async def _load(self, digest: str) -> KeyRecord | None:
         generation = self._generation
         async with self._engine.connect() as conn:
-            row = (await conn.execute(select(ApiKey).where(ApiKey.key_hash == digest))).first()
+            row = (
+                await conn.execute(select(ApiKey.__table__).where(ApiKey.key_hash == digest))
+            ).first()
         record = KeyRecord.from_row(row) if row is not None else None
         if generation == self._generation:
             ttl = self._ttl if self.feed_healthy else FEED_DOWN_TTL

@@ -36,6 +36,9 @@ MONEY = Numeric(18, 8)
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    # Fetch server-generated values (timestamps) with RETURNING, so async code never
+    # triggers a lazy load after commit.
+    __mapper_args__ = {"eager_defaults": True}
 
 
 class User(Base):

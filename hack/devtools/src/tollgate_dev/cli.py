@@ -75,6 +75,7 @@ async def _prepare_demo(env: dict[str, str]) -> str:
     """The demo alias and a demo key (written to .state/demo-key), made once."""
     from sqlalchemy import select
     from sqlalchemy.ext.asyncio import async_sessionmaker
+
     from tollgate_gateway.admin import schemas, service
     from tollgate_gateway.config import to_sqlalchemy_dsn
     from tollgate_gateway.keys.hashing import hash_key

