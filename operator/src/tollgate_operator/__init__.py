@@ -1,0 +1,1 @@
+"""Tollgate operator (never named `operator`: that would shadow the standard library)."""
