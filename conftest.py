@@ -1,3 +1,4 @@
-"""Fixtures for every test tier: real PostgreSQL, Valkey, Ollama stand-in, gateways."""
+"""Fixtures for every test tier: real PostgreSQL, Valkey, Ollama stand-in, gateways and the
+local Kubernetes control plane."""
 
-pytest_plugins = ["tollgate_dev.pytest_services"]
+pytest_plugins = ["tollgate_dev.pytest_services", "tollgate_dev.pytest_cluster"]

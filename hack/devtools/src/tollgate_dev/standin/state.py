@@ -1,0 +1,78 @@
+"""Everything one stand-in instance remembers, shared by its handlers."""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from .catalog import LoadedModels, ModelRecord, ModelStore
+from .config import StandinConfig
+from .faults import FaultBook
+from .names import ModelName, parse_name
+from .scheduler import Scheduler
+from .stats import Stats
+from .wire import parse_keep_alive
+
+
+@dataclass(slots=True)
+class StandinState:
+    config: StandinConfig
+    store: ModelStore
+    loaded: LoadedModels
+    scheduler: Scheduler
+    faults: FaultBook
+    stats: Stats
+    default_keep_alive: float
+    registry: tuple[str, ...] = field(default=())
+
+    @classmethod
+    def from_config(cls, config: StandinConfig) -> StandinState:
+        stats = Stats(config.request_log_size)
+        return cls(
+            config=config,
+            store=ModelStore(config.models),
+            loaded=LoadedModels(),
+            scheduler=Scheduler(config.parallel, config.max_queue, stats),
+            faults=FaultBook(),
+            stats=stats,
+            default_keep_alive=parse_keep_alive(config.keep_alive, 300.0),
+            registry=_registry_keys(config),
+        )
+
+    def reset(self) -> None:
+        """Back to the configured models, no faults, zeroed counters."""
+        self.store.reset()
+        self.loaded.clear()
+        self.faults.clear()
+        self.stats.reset()
+
+    def in_registry(self, name: ModelName) -> bool:
+        return any(fnmatch.fnmatchcase(name.key, pattern) for pattern in self.registry)
+
+    async def load(self, record: ModelRecord, keep_alive: float) -> None:
+        """Pretend to load weights (``load_ms``) unless resident; then mark it loaded."""
+        if not self.loaded.is_loaded(record.key) and self.config.load_ms > 0:
+            async with self.scheduler.loading_lock(record.key):
+                if not self.loaded.is_loaded(record.key):
+                    await asyncio.sleep(self.config.load_ms / 1000)
+                    self.loaded.touch(record, keep_alive)
+        self.loaded.touch(record, keep_alive)
+
+
+def _registry_keys(config: StandinConfig) -> tuple[str, ...]:
+    keys: list[str] = []
+    for raw in (*config.registry, *config.models):
+        if raw == "*":
+            keys.append("*")
+            continue
+        name = parse_name(raw)
+        if name is None:
+            raise ValueError(f"invalid model name in registry: {raw!r}")
+        keys.append(name.key)
+    return tuple(keys)
+
+
+STATE: web.AppKey[StandinState] = web.AppKey("tollgate_standin_state", StandinState)

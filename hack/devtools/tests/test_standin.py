@@ -1,0 +1,639 @@
+"""The Ollama stand-in, exercised through the official ``ollama`` and ``openai`` clients.
+
+The stand-in is a test double, not Ollama: these tests pin the wire behaviour it copies
+from Ollama and the test controls (``/_standin/*``) it adds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import aiohttp
+import httpx
+import ollama
+import openai
+import pytest
+import pytest_asyncio
+
+from tollgate_dev.standin import StandinConfig, StandinServer, run_standin, standin_in_thread
+from tollgate_dev.standin.__main__ import build_parser, config_from_args
+from tollgate_dev.standin.textgen import seed_of, word_pieces
+
+BUSY = "server busy, please try again.  maximum pending requests exceeded"
+
+
+def get_weather(city: str) -> str:
+    """Get the weather for a city.
+
+    Args:
+        city: The city to look up.
+    """
+    return f"sunny in {city}"
+
+
+WEATHER_TOOL: dict[str, Any] = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Get the weather for a city",
+        "parameters": {
+            "type": "object",
+            "required": ["city"],
+            "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+        },
+    },
+}
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def standin() -> AsyncIterator[StandinServer]:
+    async with run_standin(StandinConfig(host="127.10.0.5", port=0, parallel=4)) as server:
+        yield server
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def http(standin: StandinServer) -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(base_url=standin.url) as session:
+        await session.post("/_standin/reset")
+        yield session
+
+
+@pytest.fixture(scope="module")
+def threaded() -> Iterator[StandinServer]:
+    """A stand-in on its own thread, for the synchronous ``ollama.Client``."""
+    with standin_in_thread(StandinConfig(port=0, registry=("*",))) as server:
+        yield server
+
+
+@pytest.fixture
+def client(threaded: StandinServer) -> Iterator[ollama.Client]:
+    httpx.post(f"{threaded.url}/_standin/reset").raise_for_status()
+    with ollama.Client(host=threaded.url) as c:
+        yield c
+
+
+def expected_text(model: str, turns: list[tuple[str, str]], count: int = 12) -> str:
+    return "".join(word_pieces(seed_of(model, turns), count))
+
+
+async def ndjson(response: aiohttp.ClientResponse) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (await response.text()).splitlines() if line]
+
+
+async def sse(response: aiohttp.ClientResponse) -> list[Any]:
+    events = [e for e in (await response.text()).split("\n\n") if e]
+    assert all(e.startswith("data: ") for e in events)
+    return [e[6:] if e == "data: [DONE]" else json.loads(e[6:]) for e in events]
+
+
+# --- the official ollama client (synchronous) -------------------------------------------
+
+
+def test_list_show_and_version(client: ollama.Client, threaded: StandinServer) -> None:
+    names = [m.model for m in client.list().models]
+    assert names == ["nomic-embed-text:latest", "llama3:8b"]
+    llama = client.list().models[1]
+    assert llama.details is not None and llama.details.family == "llama"
+    assert llama.size is not None and llama.size > 1_000_000_000
+    assert llama.digest is not None and re.fullmatch(r"[0-9a-f]{64}", llama.digest)
+
+    shown = client.show("llama3:8b")
+    assert shown.capabilities == ["completion", "tools"]
+    assert shown.modelinfo is not None and shown.modelinfo["general.architecture"] == "llama"
+    assert shown.details is not None and shown.details.parameter_size == "8.0B"
+    assert client.show("nomic-embed-text").capabilities == ["embedding"]
+
+    assert httpx.get(f"{threaded.url}/api/version").json() == {"version": "0.33.0"}
+
+
+def test_chat_non_stream_and_stream(client: ollama.Client) -> None:
+    messages = [{"role": "user", "content": "Why is the sky blue?"}]
+    whole = client.chat(model="llama3:8b", messages=messages)
+    assert whole.message.content == expected_text("llama3:8b", [("user", "Why is the sky blue?")])
+    assert whole.done and whole.done_reason == "stop"
+    assert whole.eval_count == 12 and whole.prompt_eval_count == 5 + 4
+    assert whole.total_duration and whole.load_duration and whole.eval_duration
+
+    parts = list(client.chat(model="llama3:8b", messages=messages, stream=True))
+    assert "".join(p.message.content or "" for p in parts) == whole.message.content
+    assert [p.done for p in parts] == [False] * 12 + [True]
+    assert parts[-1].eval_count == 12 and parts[-1].prompt_eval_duration
+
+
+def test_chat_num_predict_and_json_format(client: ollama.Client) -> None:
+    messages = [{"role": "user", "content": "count"}]
+    short = client.chat(model="llama3:8b", messages=messages, options={"num_predict": 3})
+    assert short.done_reason == "length" and short.eval_count == 3
+    assert len((short.message.content or "").split()) == 3
+
+    as_json = client.chat(model="llama3:8b", messages=messages, format="json")
+    assert isinstance(json.loads(as_json.message.content or ""), dict)
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}, "s": {"type": "string"}}}
+    structured_reply = client.chat(model="llama3:8b", messages=messages, format=schema)
+    structured = json.loads(structured_reply.message.content or "")
+    assert structured["n"] == 1 and isinstance(structured["s"], str)
+
+
+def test_chat_tool_call(client: ollama.Client) -> None:
+    messages = [{"role": "user", "content": "Call get_weather with city=Paris please"}]
+    reply = client.chat(model="llama3:8b", messages=messages, tools=[get_weather])
+    calls = reply.message.tool_calls or []
+    assert len(calls) == 1
+    assert calls[0].function.name == "get_weather"
+    assert calls[0].function.arguments == {"city": "Paris"}
+
+    streamed = list(
+        client.chat(model="llama3:8b", messages=messages, tools=[WEATHER_TOOL], stream=True)
+    )
+    streamed_calls = [c for p in streamed for c in (p.message.tool_calls or [])]
+    assert streamed_calls[0].function.arguments == {"city": "Paris", "days": 1}
+
+    follow_up = [*messages, {"role": "tool", "content": "sunny", "tool_name": "get_weather"}]
+    answer = client.chat(model="llama3:8b", messages=follow_up, tools=[get_weather])
+    assert not answer.message.tool_calls and answer.message.content
+
+
+def test_generate(client: ollama.Client) -> None:
+    whole = client.generate(model="llama3:8b", prompt="Hello")
+    assert whole.response == expected_text("llama3:8b", [("user", "Hello")])
+    assert whole.context
+    parts = list(client.generate(model="llama3:8b", prompt="Hello", stream=True))
+    assert "".join(p.response or "" for p in parts) == whole.response
+    loaded = client.generate(model="llama3:8b", prompt="")
+    assert loaded.done_reason == "load"
+
+
+def test_embed_and_embeddings(client: ollama.Client) -> None:
+    result = client.embed(model="nomic-embed-text", input=["alpha", "beta gamma"])
+    assert len(result.embeddings) == 2
+    assert all(len(v) == 8 for v in result.embeddings)
+    assert all(abs(sum(x * x for x in v) - 1) < 1e-6 for v in result.embeddings)
+    assert result.prompt_eval_count == (1 + 2) + (2 + 2)
+    again = client.embed(model="nomic-embed-text", input="alpha")
+    assert again.embeddings[0] == result.embeddings[0]
+    small = client.embed(model="nomic-embed-text", input="alpha", dimensions=4)
+    assert len(small.embeddings[0]) == 4
+
+    legacy = client.embeddings(model="nomic-embed-text", prompt="alpha")
+    assert list(legacy.embedding) == list(result.embeddings[0])
+
+
+def test_pull_stream_and_not(client: ollama.Client) -> None:
+    progress = list(client.pull("qwen2.5:0.5b", stream=True))
+    statuses = [p.status for p in progress]
+    assert statuses[0] == "pulling manifest"
+    assert statuses[-3:] == ["verifying sha256 digest", "writing manifest", "success"]
+    layers = [p for p in progress if (p.status or "").startswith("pulling ") and p.digest]
+    assert layers and all(p.digest and p.status == f"pulling {p.digest[7:19]}" for p in layers)
+    assert layers[0].completed is None and layers[0].total
+    assert any(p.completed == p.total for p in layers)
+    assert "qwen2.5:0.5b" in [m.model for m in client.list().models]
+
+    final = client.pull("tinyllama", stream=False)
+    assert final.status == "success"
+    assert "tinyllama:latest" in [m.model for m in client.list().models]
+
+
+def test_pull_errors() -> None:
+    with standin_in_thread(StandinConfig(port=0)) as server, ollama.Client(server.url) as c:
+        with pytest.raises(ollama.ResponseError, match="file does not exist"):
+            list(c.pull("no-such-model", stream=True))
+        with pytest.raises(ollama.ResponseError) as info:
+            c.pull("no-such-model")
+        assert info.value.status_code == 500
+        with pytest.raises(ollama.ResponseError, match="invalid model name") as bad:
+            c.pull("bad name!")
+        assert bad.value.status_code == 400
+
+
+def test_copy_delete_and_ps(client: ollama.Client) -> None:
+    assert client.copy("llama3:8b", "my-llama").status == "success"
+    assert "my-llama:latest" in [m.model for m in client.list().models]
+    client.chat(model="my-llama", messages=[{"role": "user", "content": "hi"}])
+    running = client.ps().models
+    assert "my-llama:latest" in [m.model for m in running]
+    assert all(m.expires_at is not None and m.context_length == 4096 for m in running)
+
+    assert client.delete("my-llama").status == "success"
+    assert "my-llama:latest" not in [m.model for m in client.list().models]
+    assert "my-llama:latest" not in [m.model for m in client.ps().models]
+    with pytest.raises(ollama.ResponseError) as missing:
+        client.delete("my-llama")
+    assert missing.value.status_code == 404 and missing.value.error == "model 'my-llama' not found"
+
+
+def test_create_and_unload(client: ollama.Client) -> None:
+    progress = list(client.create(model="custom", from_="llama3:8b", stream=True))
+    assert progress[-1].status == "success"
+    assert client.show("custom").details is not None
+    client.generate(model="custom", prompt="hi")
+    assert "custom:latest" in [m.model for m in client.ps().models]
+    unloaded = client.generate(model="custom", prompt="", keep_alive=0)
+    assert unloaded.done_reason == "unload"
+    assert "custom:latest" not in [m.model for m in client.ps().models]
+
+
+def test_native_errors(client: ollama.Client) -> None:
+    with pytest.raises(ollama.ResponseError) as info:
+        client.chat(model="missing:7b", messages=[{"role": "user", "content": "x"}])
+    assert (info.value.status_code, info.value.error) == (404, "model 'missing:7b' not found")
+    with pytest.raises(ollama.ResponseError) as info:
+        client.show("missing")
+    assert info.value.status_code == 404
+    with pytest.raises(ollama.ResponseError) as info:
+        client.chat(model="nomic-embed-text", messages=[{"role": "user", "content": "x"}])
+    assert info.value.error == '"nomic-embed-text" does not support chat'
+    with pytest.raises(ollama.ResponseError) as info:
+        client.chat(model="llama3:8b", messages=[{"role": "user", "content": "x"}], think=True)
+    assert info.value.error == '"llama3:8b" does not support thinking'
+
+
+# --- the official ollama client (asynchronous) ------------------------------------------
+
+
+async def test_async_client(standin: StandinServer, http: aiohttp.ClientSession) -> None:
+    async with ollama.AsyncClient(host=standin.url) as c:
+        listed = await c.list()
+        assert [m.model for m in listed.models] == ["nomic-embed-text:latest", "llama3:8b"]
+        messages = [{"role": "user", "content": "hi"}]
+        stream = await c.chat(model="llama3:8b", messages=messages, stream=True)
+        chunks = [part async for part in stream]
+        assert chunks[-1].done and chunks[-1].eval_count == 12
+        generated = await c.generate(model="llama3:8b", prompt="hi", options={"num_predict": 2})
+        assert generated.done_reason == "length"
+        embedded = await c.embed(model="nomic-embed-text", input="hi")
+        assert len(embedded.embeddings[0]) == 8
+        pulled = [p async for p in await c.pull("llama3.2:1b", stream=True)]
+        assert pulled[-1].status == "success"
+        assert (await c.show("llama3.2:1b")).details is not None
+        running = {m.model for m in (await c.ps()).models}
+        assert running == {"llama3:8b", "nomic-embed-text:latest"}
+
+
+# --- the official openai client ---------------------------------------------------------
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def oai(
+    standin: StandinServer, http: aiohttp.ClientSession
+) -> AsyncIterator[openai.AsyncOpenAI]:
+    async with openai.AsyncOpenAI(
+        base_url=f"{standin.url}/v1", api_key="standin", max_retries=0
+    ) as c:
+        yield c
+
+
+async def test_openai_chat(oai: openai.AsyncOpenAI) -> None:
+    messages: Any = [{"role": "user", "content": "Why is the sky blue?"}]
+    reply = await oai.chat.completions.create(model="llama3:8b", messages=messages)
+    assert reply.id.startswith("chatcmpl-") and reply.object == "chat.completion"
+    assert reply.choices[0].message.content == expected_text(
+        "llama3:8b", [("user", "Why is the sky blue?")]
+    )
+    assert reply.choices[0].finish_reason == "stop"
+    assert reply.usage is not None and reply.usage.completion_tokens == 12
+
+    stream = await oai.chat.completions.create(
+        model="llama3:8b",
+        messages=messages,
+        stream=True,
+        stream_options={"include_usage": True},
+        max_tokens=4,
+    )
+    chunks = [c async for c in stream]
+    content = [c for c in chunks if c.choices and c.choices[0].delta.content]
+    assert [c.choices[0].delta.role for c in content] == ["assistant", None, None, None]
+    finish = [c for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert len(finish) == 1 and finish[0].choices[0].finish_reason == "length"
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == 4
+    assert all(c.usage is None for c in chunks[:-1])
+
+
+async def test_openai_tool_call(oai: openai.AsyncOpenAI) -> None:
+    messages: Any = [{"role": "user", "content": "use get_weather city: Oslo"}]
+    tools: Any = [WEATHER_TOOL]
+    reply = await oai.chat.completions.create(model="llama3:8b", messages=messages, tools=tools)
+    call = (reply.choices[0].message.tool_calls or [])[0]
+    assert reply.choices[0].finish_reason == "tool_calls"
+    assert call.type == "function" and call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == {"city": "Oslo", "days": 1}
+
+
+async def test_openai_completions(oai: openai.AsyncOpenAI) -> None:
+    whole = await oai.completions.create(model="llama3:8b", prompt="Once upon", max_tokens=5)
+    assert whole.choices[0].finish_reason == "length" and whole.usage is not None
+    assert (
+        whole.choices[0].text
+        == expected_text("llama3:8b", [("user", "Once upon")], 12)[: len(whole.choices[0].text)]
+    )
+    stream = await oai.completions.create(model="llama3:8b", prompt="Once upon", stream=True)
+    text = "".join([c.choices[0].text async for c in stream if c.choices])
+    assert text == expected_text("llama3:8b", [("user", "Once upon")])
+
+
+async def test_openai_embeddings(oai: openai.AsyncOpenAI) -> None:
+    floats = await oai.embeddings.create(
+        model="nomic-embed-text", input=["a", "b"], encoding_format="float"
+    )
+    assert [d.index for d in floats.data] == [0, 1] and len(floats.data[0].embedding) == 8
+    assert floats.usage.prompt_tokens == 6
+    default = await oai.embeddings.create(model="nomic-embed-text", input="a")  # base64
+    assert default.data[0].embedding == pytest.approx(floats.data[0].embedding, abs=1e-6)
+    shorter = await oai.embeddings.create(model="nomic-embed-text", input="a", dimensions=3)
+    assert len(shorter.data[0].embedding) == 3
+
+
+async def test_openai_models_and_errors(oai: openai.AsyncOpenAI) -> None:
+    models = [m async for m in oai.models.list()]
+    assert [m.id for m in models] == ["nomic-embed-text:latest", "llama3:8b"]
+    assert all(m.owned_by == "library" for m in models)
+    retrieved = await oai.models.retrieve("llama3:8b")
+    assert retrieved.id == "llama3:8b" and retrieved.object == "model"
+
+    with pytest.raises(openai.NotFoundError) as missing:
+        await oai.chat.completions.create(
+            model="missing", messages=[{"role": "user", "content": "x"}]
+        )
+    assert missing.value.status_code == 404
+    body = missing.value.response.json()
+    assert body == {
+        "error": {
+            "message": "model 'missing' not found",
+            "type": "not_found_error",
+            "param": None,
+            "code": None,
+        }
+    }
+    with pytest.raises(openai.NotFoundError):
+        await oai.models.retrieve("missing")
+    with pytest.raises(openai.BadRequestError, match="too short"):
+        await oai.chat.completions.create(model="llama3:8b", messages=[])
+
+
+# --- raw protocol details ---------------------------------------------------------------
+
+
+async def test_root_head_and_unknown_path(http: aiohttp.ClientSession) -> None:
+    async with http.get("/") as r:
+        assert (r.status, await r.text()) == (200, "Ollama is running")
+    async with http.head("/") as r:
+        assert r.status == 200
+    async with http.get("/api/nothing") as r:
+        assert (r.status, await r.text()) == (404, "404 page not found")
+
+
+async def test_native_stream_shape(http: aiohttp.ClientSession) -> None:
+    body = {"model": "llama3:8b", "messages": [{"role": "user", "content": "hi"}]}
+    async with http.post("/api/chat", json=body) as r:
+        assert r.headers["Content-Type"] == "application/x-ndjson"
+        lines = await ndjson(r)
+    assert set(lines[0]) == {"model", "created_at", "message", "done"}
+    assert lines[0]["created_at"].endswith("Z")
+    final = lines[-1]
+    assert final["done"] is True and final["message"] == {"role": "assistant", "content": ""}
+    metrics = ["total_duration", "load_duration", "prompt_eval_count", "prompt_eval_duration"]
+    assert all(isinstance(final[k], int) and final[k] > 0 for k in [*metrics, "eval_count"])
+
+
+async def test_v1_and_native_agree(http: aiohttp.ClientSession) -> None:
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"}]
+    native_body = {"model": "llama3:8b", "messages": messages, "stream": False}
+    async with http.post("/api/chat", json=native_body) as r:
+        native = (await r.json())["message"]["content"]
+    body = {"model": "llama3:8b", "messages": messages, "stream": True}
+    async with http.post("/v1/chat/completions", json=body) as r:
+        assert r.headers["Content-Type"] == "text/event-stream"
+        events = await sse(r)
+    assert events[-1] == "[DONE]"
+    assert "".join(e["choices"][0]["delta"].get("content", "") for e in events[:-1]) == native
+    assert events[-2]["choices"][0] == {"index": 0, "delta": {}, "finish_reason": "stop"}
+    assert all("usage" not in e for e in events[:-1])
+    assert len({e["id"] for e in events[:-1]}) == 1
+
+
+async def test_bad_requests(http: aiohttp.ClientSession) -> None:
+    cases = [
+        ("/api/chat", b"", 400, "missing request body"),
+        ("/api/chat", b'{"messages": []}', 400, "model is required"),
+        ("/api/generate", b'{"prompt": "x"}', 404, "model '' not found"),
+        ("/api/show", b"{}", 400, "model is required"),
+        ("/api/chat", b'{"model": "bad name!"}', 400, "invalid model name"),
+        ("/api/embeddings", b'{"model": "x"}', 404, 'model "x" not found, try pulling it first'),
+    ]
+    for path, raw, status, message in cases:
+        async with http.post(path, data=raw) as r:
+            assert (r.status, (await r.json())["error"]) == (status, message), path
+    async with http.post("/api/chat", data=b"{not json") as r:
+        assert r.status == 400 and "error" in await r.json()
+    async with http.post("/v1/chat/completions", data=b"[1]") as r:
+        error = (await r.json())["error"]
+    assert r.status == 400 and set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == "invalid_request_error"
+
+
+async def test_loopback_host_header_not_checked_by_default(http: aiohttp.ClientSession) -> None:
+    async with http.get("/api/version", headers={"Host": "evil.example.com"}) as r:
+        assert r.status == 200
+    async with (
+        run_standin(StandinConfig(port=0, strict_host=True)) as strict,
+        aiohttp.ClientSession() as s,
+        s.get(f"{strict.url}/api/version", headers={"Host": "evil.example.com"}) as r,
+    ):
+        assert (r.status, await r.text()) == (403, "")
+
+
+# --- admission control, stats, faults, cancellations -------------------------------------
+
+
+async def post_status(session: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> int:
+    async with session.post(url, json=body) as response:
+        await response.read()
+        return response.status
+
+
+async def test_queue_full_returns_503() -> None:
+    config = StandinConfig(port=0, parallel=1, max_queue=1, ttft_ms=300, tokens_per_second=20)
+    body = {"model": "llama3:8b", "messages": [{"role": "user", "content": "hi"}]}
+    async with run_standin(config) as server, aiohttp.ClientSession(server.url) as s:
+        statuses = await asyncio.gather(*(post_status(s, "/api/chat", body) for _ in range(3)))
+        assert sorted(statuses) == [200, 200, 503]
+        async with s.get("/_standin/stats") as r:
+            stats = await r.json()
+        assert stats["busy_rejections"] == 1 and stats["max_in_flight"] == 1
+        assert stats["max_queued"] == 1
+        async with s.get("/_standin/requests", params={"path": "/api/chat"}) as r:
+            logged = (await r.json())["requests"]
+        assert sorted(e["status"] for e in logged) == [200, 200, 503]
+
+
+async def test_busy_error_body_native_and_v1() -> None:
+    config = StandinConfig(port=0, parallel=1, max_queue=0, ttft_ms=30_000)
+    chat = {"model": "llama3:8b", "messages": [{"role": "user", "content": "hi"}]}
+    async with run_standin(config) as server, aiohttp.ClientSession(server.url) as s:
+        holder = asyncio.create_task(post_status(s, "/api/chat", chat))
+        await wait_for_stat(s, "in_flight", 1)
+        async with s.post("/api/chat", json=chat) as r:
+            assert (r.status, await r.json()) == (503, {"error": BUSY})
+            assert "Retry-After" not in r.headers
+        async with s.post("/v1/chat/completions", json=chat) as r:
+            assert r.status == 503 and (await r.json())["error"]["message"] == BUSY
+        holder.cancel()  # the client goes away; the stand-in cancels the generation
+        stats = await wait_for_stat(s, "cancelled", 1)
+        assert stats["in_flight"] == 0 and stats["busy_rejections"] == 2
+
+
+async def wait_for_stat(session: aiohttp.ClientSession, key: str, value: int) -> dict[str, Any]:
+    deadline = time.monotonic() + 10
+    while True:
+        async with session.get("/_standin/stats") as r:
+            stats: dict[str, Any] = await r.json()
+        if stats[key] == value or time.monotonic() > deadline:
+            assert stats[key] == value, stats
+            return stats
+        await asyncio.sleep(0.02)
+
+
+async def test_in_flight_counting() -> None:
+    config = StandinConfig(port=0, parallel=2, ttft_ms=500, tokens_per_second=50)
+    body = {"model": "llama3:8b", "messages": [{"role": "user", "content": "hi"}]}
+    async with run_standin(config) as server, aiohttp.ClientSession(server.url) as s:
+        statuses = await asyncio.gather(*(post_status(s, "/api/chat", body) for _ in range(5)))
+        assert statuses == [200] * 5
+        stats = await wait_for_stat(s, "in_flight", 0)
+        assert stats["max_in_flight"] == 2 and stats["max_queued"] == 3
+        assert stats["requests"]["/api/chat"] == 5
+        await s.post("/_standin/reset")
+        assert (await wait_for_stat(s, "max_in_flight", 0))["requests"] == {}
+
+
+async def test_client_disconnect_counts_as_cancelled() -> None:
+    config = StandinConfig(port=0, parallel=1, tokens_per_second=5)
+    body = {"model": "llama3:8b", "messages": [{"role": "user", "content": "hi"}]}
+    async with run_standin(config) as server, aiohttp.ClientSession(server.url) as s:
+        response = await s.post("/api/chat", json=body)
+        assert json.loads(await response.content.readline())["done"] is False
+        response.close()
+        stats = await wait_for_stat(s, "cancelled", 1)
+        assert stats["in_flight"] == 0
+        quick = {**body, "stream": False, "options": {"num_predict": 1}}
+        assert await post_status(s, "/api/chat", quick) == 200
+
+
+async def test_fault_fail_and_delay(http: aiohttp.ClientSession) -> None:
+    faults = [
+        {"kind": "fail", "times": 2, "path": "/api/tags", "status": 502, "message": "boom"},
+        {"kind": "fail", "path": "/v1/", "status": 500},
+        {"kind": "delay", "path": "/api/version", "delay_ms": 50},
+    ]
+    async with http.post("/_standin/faults", json=faults) as r:
+        assert len((await r.json())["faults"]) == 3
+    for _ in range(2):
+        async with http.get("/api/tags") as r:
+            assert (r.status, await r.json()) == (502, {"error": "boom"})
+    async with http.get("/api/tags") as r:
+        assert r.status == 200
+    async with http.get("/v1/models") as r:
+        assert r.status == 500 and (await r.json())["error"]["type"] == "api_error"
+    started = time.monotonic()
+    async with http.get("/api/version") as r:
+        assert r.status == 200
+    assert time.monotonic() - started >= 0.04
+    async with http.get("/_standin/faults") as r:
+        assert (await r.json())["faults"] == []
+    async with http.get("/_standin/stats") as r:
+        assert (await r.json())["faults_applied"] == 4
+
+
+async def test_fault_stream_error(standin: StandinServer, http: aiohttp.ClientSession) -> None:
+    fault = {"kind": "stream_error", "path": "/api/chat", "after_chunks": 2, "message": "oom"}
+    await http.post("/_standin/faults", json=fault)
+    messages = [{"role": "user", "content": "x"}]
+    seen: list[ollama.ChatResponse] = []
+
+    async def consume(c: ollama.AsyncClient) -> None:
+        async for part in await c.chat(model="llama3:8b", messages=messages, stream=True):
+            seen.append(part)
+
+    async with ollama.AsyncClient(host=standin.url) as c:
+        with pytest.raises(ollama.ResponseError, match="oom"):
+            await consume(c)
+        assert len(seen) == 2
+
+        await http.post("/_standin/faults", json={**fault, "after_chunks": 0})
+        with pytest.raises(ollama.ResponseError) as info:
+            await c.chat(model="llama3:8b", messages=messages)
+        assert (info.value.status_code, info.value.error) == (500, "oom")
+
+    v1 = {"kind": "stream_error", "path": "/v1/chat", "after_chunks": 1}
+    await http.post("/_standin/faults", json=v1)
+    body = {"model": "llama3:8b", "messages": [{"role": "user", "content": "x"}], "stream": True}
+    async with http.post("/v1/chat/completions", json=body) as r:
+        events = await sse(r)
+    assert r.status == 200 and len(events) == 2 and "[DONE]" not in events
+    assert events[1]["choices"][0]["delta"] == {"content": ""}
+
+
+async def test_fault_drop(http: aiohttp.ClientSession) -> None:
+    await http.post("/_standin/faults", json={"kind": "drop", "after_chunks": 3})
+    body = {"model": "llama3:8b", "messages": [{"role": "user", "content": "x"}]}
+    with pytest.raises(aiohttp.ClientPayloadError):
+        async with http.post("/api/chat", json=body) as r:
+            await r.read()
+    await http.post("/_standin/faults", json={"kind": "drop"})
+    with pytest.raises(aiohttp.ServerDisconnectedError):
+        async with http.post("/api/chat", json={**body, "stream": False}) as r:
+            await r.read()
+    async with http.post("/api/chat", json={**body, "stream": False}) as r:
+        assert r.status == 200
+    async with http.get("/_standin/stats") as r:
+        assert (await r.json())["cancelled"] == 0
+
+
+async def test_request_log(http: aiohttp.ClientSession) -> None:
+    body = {"model": "llama3:8b", "prompt": "hi", "options": {"num_predict": 1}}
+    await post_status(http, "/api/generate", body)
+    async with http.get("/_standin/requests", params={"path": "/api/generate"}) as r:
+        logged = (await r.json())["requests"]
+    assert len(logged) == 1 and logged[0]["body"] == body and logged[0]["status"] == 200
+
+
+async def test_bound_address_and_determinism(standin: StandinServer) -> None:
+    assert standin.url.startswith("http://127.10.0.5:")
+    assert expected_text("llama3:8b", [("user", "a")]) != expected_text(
+        "llama3:8b", [("user", "b")]
+    )
+    assert expected_text("llama3:8b", [("user", "a")]) != expected_text("other", [("user", "a")])
+
+
+def test_cli_starts_and_labels_itself() -> None:
+    args = build_parser().parse_args(
+        ["--models", "a:1b,b", "--parallel", "3", "--max-queue", "7", "--ttft-ms", "5"]
+    )
+    config = config_from_args(args)
+    assert (config.models, config.parallel, config.max_queue, config.ttft_ms) == (
+        ("a:1b", "b"),
+        3,
+        7,
+        5.0,
+    )
+    command = [sys.executable, "-m", "tollgate_dev.standin", "--port", "0", "--host", "127.0.0.9"]
+    with subprocess.Popen(command, stderr=subprocess.PIPE, text=True) as process:
+        try:
+            assert process.stderr is not None
+            line = process.stderr.readline()
+            assert "Ollama stand-in (not Ollama)" in line
+            url = re.search(r"http://\S+", line)
+            assert url is not None
+            assert httpx.get(url.group(0)).text == "Ollama is running"
+        finally:
+            process.terminate()
+            process.wait(timeout=10)
+    assert process.returncode == 0
