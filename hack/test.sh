@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 hack/bootstrap.sh
 echo "== ruff"; .venv/bin/ruff check . ; .venv/bin/ruff format --check .
 echo "== mypy"; .venv/bin/mypy
+echo "== Debian packages"; hack/ensure-debs.sh prometheus
 echo "== k8s binaries"; hack/build-k8s.sh
 echo "== pytest"
 set +e

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import ollama
 import pytest
 
-import ollama
 from tollgate_dev.gatewayproc import GatewayProcess
 
 NewKey = Callable[..., dict[str, Any]]

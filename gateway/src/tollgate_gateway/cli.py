@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
+from pathlib import Path
 
 from tollgate_gateway.config import Settings, get_settings
 from tollgate_gateway.logs import configure_logging
@@ -54,10 +56,21 @@ async def _preflight(settings: Settings) -> None:
         await engine.dispose()
 
 
+def _reset_multiprocess_metrics() -> None:
+    """Workers share metric files in PROMETHEUS_MULTIPROC_DIR; a new server starts empty."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        for stale in path.glob("*.db"):
+            stale.unlink()
+
+
 def serve(settings: Settings) -> None:
     import uvicorn
 
     _refuse_insecure(settings)
+    _reset_multiprocess_metrics()
     try:
         asyncio.run(_preflight(settings))
     except Exception as exc:

@@ -22,6 +22,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tollgate_gateway import metrics
 from tollgate_gateway.keys.hashing import hash_key, hashes_equal
 from tollgate_gateway.storage.orm import ApiKey
 
@@ -122,10 +123,12 @@ class KeyService:
 
     async def _load(self, digest: str) -> KeyRecord | None:
         generation = self._generation
+        started = time.perf_counter()
         async with self._engine.connect() as conn:
             row = (
                 await conn.execute(select(ApiKey.__table__).where(ApiKey.key_hash == digest))
             ).first()
+        metrics.DB_LATENCY.labels("key_lookup").observe(time.perf_counter() - started)
         record = KeyRecord.from_row(row) if row is not None else None
         if generation == self._generation:
             ttl = self._ttl if self.feed_healthy else FEED_DOWN_TTL

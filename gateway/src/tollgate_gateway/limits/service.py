@@ -24,6 +24,7 @@ from typing import Any, Protocol
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from tollgate_gateway import metrics
 from tollgate_gateway.config import RedisFailurePolicy
 from tollgate_gateway.errors import ApiError
 from tollgate_gateway.keys.service import KeyRecord
@@ -101,15 +102,20 @@ class Limiter:
     async def admit(self, key: KeyRecord, request_id: str, reservation: Decimal) -> Admission:
         if not key.has_limits:
             return Admission(key, request_id, tracked=False)
+        started = time.perf_counter()
         try:
             result = await self._run_admit(key, request_id, reservation, seed=-1)
             if result[0] == -1:
                 now = datetime.now(UTC)
                 seed = await self._spend.month_spend(key.id, month_start(now))
                 result = await self._run_admit(key, request_id, reservation, int(seed * NANOS))
-            self.redis_up = True
         except (TimeoutError, RedisError, OSError) as exc:
             return self._redis_down(key, request_id, exc)
+        metrics.REDIS_LATENCY.labels("admit").observe(time.perf_counter() - started)
+        if not self.redis_up:
+            log.warning("redis is back; limits are enforced again")
+            self.redis_up = True
+            metrics.REDIS_UP.set(1)
         code = int(result[0])
         if code != 0:
             raise self._refusal(key, code, result)
@@ -155,6 +161,7 @@ class Limiter:
         if self.redis_up:
             log.error("redis unavailable (%s); limits policy is %r", exc, self._policy.value)
         self.redis_up = False
+        metrics.REDIS_UP.set(0)
         if self._policy is RedisFailurePolicy.CLOSED:
             raise ApiError(
                 503,
@@ -240,6 +247,7 @@ class Limiter:
         if not (admission.tracked or charge_tpm or charge_spend):
             return
         keys = self._keys(key, datetime.now(UTC))
+        started = time.perf_counter()
         try:
             await self._settle(
                 keys=[keys[1], keys[2], keys[3], keys[4]],
@@ -253,22 +261,26 @@ class Limiter:
                     int(charge_spend),
                 ],
             )
+            metrics.REDIS_LATENCY.labels("settle").observe(time.perf_counter() - started)
         except (TimeoutError, RedisError, OSError) as exc:
-            # The lease expires by itself; the spend is re-seeded from Postgres next month key.
+            # The lease expires by itself; the month's spend is re-seeded from Postgres.
             log.warning("could not settle %s in redis: %s", admission.request_id, exc)
 
     async def _renew_loop(self) -> None:
+        """Renew the leases of this process's in-flight requests; keep `tollgate_redis_up` true."""
         interval = self._lease_ms / 3000
         while True:
-            await asyncio.sleep(interval)
-            if not self._inflight:
-                continue
             expiry = int(time.time() * 1000) + self._lease_ms
             try:
                 async with self._redis.pipeline(transaction=False) as pipe:
+                    pipe.ping()
                     for adm in list(self._inflight.values()):
                         base = f"tg:{{{adm.key.id}}}"
                         pipe.zadd(f"{base}:inflight", {adm.request_id: expiry}, xx=True)
                     await pipe.execute()
+                metrics.REDIS_UP.set(1)
             except (RedisError, OSError) as exc:
-                log.warning("lease renewal failed: %s", exc)
+                metrics.REDIS_UP.set(0)
+                if self._inflight:
+                    log.warning("lease renewal failed: %s", exc)
+            await asyncio.sleep(interval)

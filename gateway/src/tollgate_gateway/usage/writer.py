@@ -136,7 +136,9 @@ class UsageWriter:
             metrics.USAGE_FLUSH_ERRORS.inc()
             return False
         del self._buffer[: len(batch)]
-        metrics.USAGE_FLUSH_SECONDS.observe(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        metrics.USAGE_FLUSH_SECONDS.observe(elapsed)
+        metrics.DB_LATENCY.labels("usage_flush").observe(elapsed)
         metrics.USAGE_WRITTEN.inc(len(batch))
         metrics.USAGE_QUEUE.set(len(self._buffer))
         return True
