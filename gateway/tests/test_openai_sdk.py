@@ -96,6 +96,10 @@ async def test_async_client_chat_stream_and_embeddings(
         model=chat_model, messages=[{"role": "user", "content": "hi"}], max_tokens=3
     )
     assert result.usage is not None and result.usage.completion_tokens <= 3
+    newer = await c.chat.completions.create(
+        model=chat_model, messages=[{"role": "user", "content": "hi"}], max_completion_tokens=2
+    )
+    assert newer.usage is not None and newer.usage.completion_tokens <= 2
     parts = []
     async for chunk in await c.chat.completions.create(
         model=chat_model,

@@ -148,6 +148,10 @@ class ProxyService:
     async def _forward(self, call: Call) -> Response:
         body = call.parsed.body
         body["model"] = call.alias.backend_tag
+        if call.endpoint is Endpoint.CHAT and call.parsed.max_tokens is not None:
+            # Ollama reads only max_tokens; newer OpenAI clients send max_completion_tokens.
+            body["max_tokens"] = call.parsed.max_tokens
+            body.pop("max_completion_tokens", None)
         if call.parsed.stream and call.endpoint in (Endpoint.CHAT, Endpoint.COMPLETIONS):
             body["stream_options"] = {"include_usage": True}
         elif call.endpoint in (Endpoint.OLLAMA_CHAT, Endpoint.OLLAMA_GENERATE):
