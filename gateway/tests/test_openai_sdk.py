@@ -259,3 +259,40 @@ def test_unreachable_backend_is_502(gateway: GatewayProcess, new_key: NewKey, ad
         _chat(client(gateway, new_key()["key"]), "nowhere")
     assert err.value.status_code == 502
     assert err.value.code == "upstream_unreachable"
+
+
+def test_tools_and_response_format_pass_through(
+    gateway: GatewayProcess, new_key: NewKey, chat_model: str
+) -> None:
+    import json
+
+    c = client(gateway, new_key()["key"])
+    tools: Any = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "Weather for a city",
+                "parameters": {
+                    "type": "object",
+                    "properties": {"city": {"type": "string"}},
+                    "required": ["city"],
+                },
+            },
+        }
+    ]
+    result = c.chat.completions.create(
+        model=chat_model,
+        tools=tools,
+        messages=[{"role": "user", "content": "What is the weather in Paris? Use get_weather."}],
+    )
+    calls = result.choices[0].message.tool_calls
+    assert calls and calls[0].function.name == "get_weather"
+    assert isinstance(json.loads(calls[0].function.arguments), dict)
+    assert result.choices[0].finish_reason == "tool_calls"
+    as_json = c.chat.completions.create(
+        model=chat_model,
+        response_format={"type": "json_object"},
+        messages=[{"role": "user", "content": "Give me a JSON object"}],
+    )
+    assert isinstance(json.loads(as_json.choices[0].message.content or ""), dict)

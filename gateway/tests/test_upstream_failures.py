@@ -110,10 +110,10 @@ def test_error_mid_stream_raises_in_the_client(
     gateway: GatewayProcess, faulty: StandinProcess, new_key: NewKey
 ) -> None:
     inject(faulty, kind="drop", after_chunks=3, path="/v1/chat/completions")
-    received = []
+    received: list[Any] = []
+    stream = chat(gateway, new_key()["key"], stream=True)
     with pytest.raises(openai.APIError) as err:
-        for chunk in chat(gateway, new_key()["key"], stream=True):
-            received.append(chunk)
+        received.extend(stream)
     assert len(received) >= 1
     assert "mid-stream" in err.value.message
 

@@ -1,0 +1,87 @@
+"""Usage is never lost: flushed on SIGTERM, spooled when PostgreSQL is down, replayed later."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import openai
+import psycopg
+
+from tollgate_dev.gatewayproc import GatewayProcess, StandinProcess
+from tollgate_dev.pytest_services import Admin, Gateways, gateway_env
+from tollgate_dev.services import LocalPostgres, LocalValkey
+
+SLOW_FLUSH = {
+    "TOLLGATE_USAGE_FLUSH_INTERVAL_SECONDS": "3600",
+    "TOLLGATE_USAGE_BATCH_SIZE": "100000",
+}
+
+
+def count(dsn: str, key_id: str) -> int:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM usage_events WHERE key_id = %s", (key_id,)
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def requests(gateway: GatewayProcess, key: str, model: str, n: int) -> None:
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key, max_retries=0)
+    for _ in range(n):
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "x"}])
+
+
+def test_sigterm_flushes_buffered_usage(
+    gateways: Gateways, admin: Admin, chat_model: str, migrated_dsn: str
+) -> None:
+    gateway = gateways.start(**SLOW_FLUSH)
+    key = admin.create_key()
+    requests(gateway, key["key"], chat_model, 7)
+    assert count(migrated_dsn, key["id"]) == 0  # still buffered: nothing written yet
+    assert gateway.stop() in (0, -15)  # uvicorn re-raises SIGTERM after a graceful stop
+    assert count(migrated_dsn, key["id"]) == 7
+
+
+def test_usage_survives_a_database_outage_at_shutdown(
+    service_dir: Path, valkey: LocalValkey, standin: StandinProcess
+) -> None:
+    from tollgate_gateway.cli import migrate
+    from tollgate_gateway.config import Settings
+
+    pg = LocalPostgres(service_dir / "outage-postgres")
+    pg.start()
+    port = pg.port
+    migrate(Settings(postgres_dsn=pg.dsn))
+    spool = service_dir / "spool"
+    env = gateway_env(
+        pg.dsn, valkey.url, standin.url, TOLLGATE_USAGE_SPOOL_DIR=str(spool), **SLOW_FLUSH
+    )
+    first = GatewayProcess(env, log_path=service_dir / "outage-gateway-1.log")
+    first.start()
+    try:
+        admin = Admin(first.url)
+        admin.ensure_model("m", "llama3:8b")
+        key = admin.create_key()
+        requests(first, key["key"], "m", 5)
+        pg.stop()  # the database goes away with five events still buffered
+        first.stop()
+        spooled = list(spool.glob("usage-*.jsonl"))
+        assert len(spooled) == 1
+        assert len(spooled[0].read_text().splitlines()) == 5
+        pg = LocalPostgres(service_dir / "outage-postgres", port=port)
+        pg.start()
+        second = GatewayProcess(
+            {**env, "TOLLGATE_USAGE_FLUSH_INTERVAL_SECONDS": "0.1"},
+            log_path=service_dir / "outage-gateway-2.log",
+        )
+        second.start()  # replays the spool at start
+        deadline = time.monotonic() + 15
+        while count(pg.dsn, key["id"]) < 5 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert count(pg.dsn, key["id"]) == 5
+        assert not list(spool.glob("usage-*"))
+        second.stop()
+    finally:
+        first.stop()
+        pg.stop()
