@@ -17,6 +17,8 @@ from tollgate_dev.pytest_services import Admin, Gateways
 
 NewKey = Callable[..., dict[str, Any]]
 ALIAS = "faulty"
+# Ollama's own words when OLLAMA_MAX_QUEUE is full (two spaces included)
+OLLAMA_BUSY = "server busy, please try again.  maximum pending requests exceeded"
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +42,12 @@ def inject(standin: StandinProcess, **fault: Any) -> None:
     httpx.post(standin.url + "/_standin/faults", json=fault).raise_for_status()
 
 
+def fail_next(standin: StandinProcess, status: int, message: str) -> None:
+    inject(
+        standin, kind="fail", status=status, path="/v1/chat/completions", body={"error": message}
+    )
+
+
 def chat(gateway: GatewayProcess, key: str, **kw: Any) -> Any:
     client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key, max_retries=0)
     return client.chat.completions.create(
@@ -50,13 +58,7 @@ def chat(gateway: GatewayProcess, key: str, **kw: Any) -> Any:
 def test_queue_full_is_503_with_retry_after(
     gateway: GatewayProcess, faulty: StandinProcess, new_key: NewKey
 ) -> None:
-    inject(
-        faulty,
-        kind="fail",
-        status=503,
-        path="/v1/chat/completions",
-        body={"error": "server busy, please try again.  maximum pending requests exceeded"},
-    )
+    fail_next(faulty, 503, OLLAMA_BUSY)
     with pytest.raises(openai.InternalServerError) as err:
         chat(gateway, new_key()["key"])
     assert err.value.status_code == 503
@@ -67,13 +69,7 @@ def test_queue_full_is_503_with_retry_after(
 def test_openai_client_retries_a_busy_upstream_and_succeeds(
     gateway: GatewayProcess, faulty: StandinProcess, new_key: NewKey
 ) -> None:
-    inject(
-        faulty,
-        kind="fail",
-        status=503,
-        path="/v1/chat/completions",
-        body={"error": "server busy, please try again.  maximum pending requests exceeded"},
-    )
+    fail_next(faulty, 503, OLLAMA_BUSY)
     client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=new_key()["key"], max_retries=2)
     result = client.chat.completions.create(
         model=ALIAS, messages=[{"role": "user", "content": "hi"}]
@@ -84,13 +80,7 @@ def test_openai_client_retries_a_busy_upstream_and_succeeds(
 def test_upstream_500_is_502(
     gateway: GatewayProcess, faulty: StandinProcess, new_key: NewKey
 ) -> None:
-    inject(
-        faulty,
-        kind="fail",
-        status=500,
-        path="/v1/chat/completions",
-        body={"error": "llama runner process has terminated"},
-    )
+    fail_next(faulty, 500, "llama runner process has terminated")
     with pytest.raises(openai.InternalServerError) as err:
         chat(gateway, new_key()["key"])
     assert err.value.status_code == 502

@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import httpx
 import pytest
@@ -22,8 +22,22 @@ ADMIN_EMAIL = "admin@tollgate.test"
 ADMIN_PASSWORD = "test-admin-password-" + secrets.token_hex(4)
 
 
-def _fail(what: str, exc: Exception) -> None:
-    pytest.fail(f"{what} could not start: {exc}", pytrace=False)
+class _Server(Protocol):
+    def start(self) -> str: ...
+    def stop(self) -> None: ...
+
+
+S = TypeVar("S", bound=_Server)
+
+
+def _serve(what: str, server: S) -> Iterator[S]:
+    """Start a real server for a fixture, fail (never skip) if it cannot start, stop it after."""
+    try:
+        server.start()
+    except (ServiceError, OSError) as exc:
+        pytest.fail(f"{what} could not start: {exc}", pytrace=False)
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -36,24 +50,12 @@ def service_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def postgres(service_dir: Path) -> Iterator[LocalPostgres]:
-    server = LocalPostgres(service_dir / "postgres")
-    try:
-        server.start()
-    except (ServiceError, OSError) as exc:
-        _fail("PostgreSQL", exc)
-    yield server
-    server.stop()
+    yield from _serve("PostgreSQL", LocalPostgres(service_dir / "postgres"))
 
 
 @pytest.fixture(scope="session")
 def valkey(service_dir: Path) -> Iterator[LocalValkey]:
-    server = LocalValkey(service_dir / "valkey")
-    try:
-        server.start()
-    except (ServiceError, OSError) as exc:
-        _fail("Valkey", exc)
-    yield server
-    server.stop()
+    yield from _serve("Valkey", LocalValkey(service_dir / "valkey"))
 
 
 @pytest.fixture(scope="session")
@@ -67,13 +69,7 @@ def migrated_dsn(postgres: LocalPostgres) -> str:
 
 @pytest.fixture(scope="session")
 def standin(service_dir: Path) -> Iterator[StandinProcess]:
-    proc = StandinProcess(log_path=service_dir / "standin.log")
-    try:
-        proc.start()
-    except (ServiceError, OSError) as exc:
-        _fail("Ollama stand-in", exc)
-    yield proc
-    proc.stop()
+    yield from _serve("Ollama stand-in", StandinProcess(log_path=service_dir / "standin.log"))
 
 
 def gateway_env(dsn: str, redis_url: str, ollama: str, **extra: str) -> dict[str, str]:
