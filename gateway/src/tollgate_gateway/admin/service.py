@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -55,10 +56,12 @@ async def authenticate(session: AsyncSession, email: str, password: str) -> User
     user = (
         await session.execute(select(User).where(func.lower(User.email) == email.lower()))
     ).scalar_one_or_none()
+    # argon2 is deliberately slow: keep it off the event loop.
     if user is None:
-        verify_password(DUMMY_HASH, password)
+        await asyncio.to_thread(verify_password, DUMMY_HASH, password)
         return None
-    if user.disabled or not verify_password(user.password_hash, password):
+    valid = await asyncio.to_thread(verify_password, user.password_hash, password)
+    if user.disabled or not valid:
         return None
     return user
 
@@ -70,15 +73,15 @@ async def ensure_admin(session: AsyncSession, email: str, password: str) -> bool
     ).first()
     if exists:
         return False
-    session.add(User(email=email.lower(), password_hash=hash_password(password), role="admin"))
+    password_hash = await asyncio.to_thread(hash_password, password)
+    session.add(User(email=email.lower(), password_hash=password_hash, role="admin"))
     await _commit(session, "admin exists")
     return True
 
 
 async def create_user(session: AsyncSession, data: schemas.UserIn) -> User:
-    user = User(
-        email=str(data.email).lower(), password_hash=hash_password(data.password), role=data.role
-    )
+    password_hash = await asyncio.to_thread(hash_password, data.password)
+    user = User(email=str(data.email).lower(), password_hash=password_hash, role=data.role)
     session.add(user)
     await _commit(session, f"A user with email {data.email} already exists.")
     return user
@@ -89,7 +92,7 @@ async def update_user(
 ) -> User:
     user = await _get(session, User, id_, "User")
     if data.password is not None:
-        user.password_hash = hash_password(data.password)
+        user.password_hash = await asyncio.to_thread(hash_password, data.password)
     if data.role is not None:
         user.role = data.role
     if data.disabled is not None:
