@@ -8,6 +8,7 @@ echo "== ruff"; .venv/bin/ruff check . ; .venv/bin/ruff format --check .
 echo "== mypy"; .venv/bin/mypy
 echo "== Debian packages"; hack/ensure-debs.sh prometheus
 echo "== k8s binaries"; hack/build-k8s.sh
+echo "== Ollama (real, built from source)"; hack/build-ollama.sh
 echo "== pytest"
 set +e
 .venv/bin/pytest "$@"
