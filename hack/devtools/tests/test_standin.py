@@ -22,6 +22,8 @@ import openai
 import pytest
 import pytest_asyncio
 
+from tollgate_dev.pytest_ollama import RealOllamaPods
+from tollgate_dev.realollama import RealOllama
 from tollgate_dev.standin import StandinConfig, StandinServer, run_standin, standin_in_thread
 from tollgate_dev.standin.__main__ import build_parser, config_from_args
 from tollgate_dev.standin.textgen import seed_of, word_pieces
@@ -637,3 +639,325 @@ def test_cli_starts_and_labels_itself() -> None:
             process.terminate()
             process.wait(timeout=10)
     assert process.returncode == 0
+
+
+# --- what the comparison with real Ollama (v0.24.0) changed ----------------------------------
+
+
+async def test_go_json_errors(http: aiohttp.ClientSession) -> None:
+    cases = [
+        (
+            "/api/chat",
+            b"{not json",
+            "invalid character 'n' looking for beginning of object key string",
+        ),
+        ("/api/chat", b'{"model":"x" "y"}', "invalid character '\"' after object key:value pair"),
+        ("/api/chat", b'{"model":tru}', "invalid character '}' in literal true (expecting 'e')"),
+        ("/api/chat", b'{"model":"', "unexpected EOF"),
+        ("/api/chat", b'{"model": 42}', GO_NUMBER + "ChatRequest.model of type string"),
+        (
+            "/api/chat",
+            b'{"messages": "hi"}',
+            GO_STRING + "ChatRequest.messages of type []api.Message",
+        ),
+        ("/api/chat", b'{"messages": [1]}', GO_NUMBER + "ChatRequest.messages of type api.Alias"),
+        (
+            "/api/chat",
+            b'{"messages": [{"content": 5}]}',
+            GO_NUMBER + "ChatRequest.messages.content of type string",
+        ),
+        (
+            "/api/generate",
+            b'{"context": [1.5]}',
+            GO_NUMBER_15 + "GenerateRequest.context of type int",
+        ),
+        ("/api/create", b'{"files": {"a": 1}}', GO_NUMBER + "CreateRequest.files of type string"),
+    ]
+    for path, raw, message in cases:
+        async with http.post(path, data=raw) as r:
+            assert (r.status, (await r.json())["error"]) == (400, message), raw
+    async with http.post("/api/chat", data=b'{"model": "llama3:8b"} trailing') as r:
+        assert (await r.json())["done_reason"] == "load"  # Go decodes the first value only
+    v1 = [
+        (b"", "EOF"),
+        (b'{"messages": [{"role": 1}]}', GO_NUMBER + "Message.messages.role of type string"),
+        (b'{"max_tokens": "a"}', GO_STRING + "ChatCompletionRequest.max_tokens of type int"),
+    ]
+    for raw, message in v1:
+        async with http.post("/v1/chat/completions", data=raw) as r:
+            assert (await r.json())["error"]["message"] == message, raw
+
+
+GO_NUMBER = "json: cannot unmarshal number into Go struct field "
+GO_STRING = "json: cannot unmarshal string into Go struct field "
+GO_NUMBER_15 = "json: cannot unmarshal number 1.5 into Go struct field "
+
+
+async def test_wire_framing_like_go(http: aiohttp.ClientSession) -> None:
+    body = {"model": "llama3:8b", "messages": [{"role": "user", "content": "hi"}]}
+    async with http.post("/v1/chat/completions", json=body) as r:
+        raw = await r.read()
+        assert r.headers["Content-Type"] == "application/json" and raw.endswith(b"}\n")
+        assert "Server" not in r.headers
+    async with http.post("/v1/chat/completions", json={**body, "model": "missing"}) as r:
+        assert r.headers["Content-Type"] == "application/json"  # from the native handler
+        assert (await r.read()).endswith(b"}\n")
+    bad = {"model": "llama3:8b", "messages": [{"role": "user"}]}
+    async with http.post("/v1/chat/completions", json=bad) as r:  # refused by the middleware
+        assert r.headers["Content-Type"] == "application/json; charset=utf-8"
+        raw = await r.read()
+        assert raw.endswith(b"}}") and b"type: \\u003cnil\\u003e" in raw  # HTML-escaped
+    async with http.get("/api/nothing") as r:
+        assert r.headers["Content-Type"] == "text/plain"
+    async with http.get("/api/chat") as r:
+        assert (r.status, r.headers["Allow"]) == (405, "POST")
+    async with http.post("/api/tags") as r:
+        assert (r.status, r.headers["Allow"]) == (405, "HEAD, GET")
+    async with http.get("/v1/models/", allow_redirects=False) as r:
+        assert (r.status, r.headers["Location"]) == (301, "/v1/models")
+        assert await r.text() == '<a href="/v1/models">Moved Permanently</a>.\n\n'
+    async with http.post("/api/chat/", json=body, allow_redirects=False) as r:
+        assert (r.status, r.headers["Location"]) == (307, "/api/chat")
+    async with http.post("/api/embed", json={"model": "missing", "input": "x"}) as r:
+        error = (await r.json())["error"]
+        assert error == 'model "missing" not found, try pulling it first'
+
+
+async def test_v1_stream_shape_before_0_32_6() -> None:
+    body = {
+        "model": "llama3:8b",
+        "messages": [{"role": "user", "content": "hi"}],
+        "stream": True,
+        "max_tokens": 2,
+        "stream_options": {"include_usage": True},
+    }
+    config = StandinConfig(port=0, version="0.24.0")
+    async with (
+        run_standin(config) as server,
+        aiohttp.ClientSession(server.url) as s,
+        s.post("/v1/chat/completions", json=body) as r,
+    ):
+        events = await sse(r)
+    deltas = [e["choices"][0]["delta"] for e in events[:-2]]
+    assert all(set(d) == {"role", "content"} for d in deltas)
+    assert deltas[-1] == {"role": "assistant", "content": ""}
+    assert events[-3]["choices"][0]["finish_reason"] == "length"
+    assert events[-2]["choices"] == [] and events[-1] == "[DONE]"
+
+
+def test_pull_from_a_local_registry() -> None:
+    name = "127.0.0.1:5000/library/tiny:latest"
+    config = StandinConfig(port=0, registry=("127.0.0.1:*",), cpu=True)
+    with standin_in_thread(config) as server, ollama.Client(server.url) as c:
+        with pytest.raises(ollama.ResponseError) as refused:
+            list(c.pull(name, stream=True))
+        assert refused.value.error == (
+            'pull model manifest: Get "https://127.0.0.1:5000/v2/library/tiny/manifests/latest":'
+            " http: server gave HTTP response to HTTPS client"
+        )
+        with pytest.raises(ollama.ResponseError) as quiet:
+            c.pull(name)
+        assert quiet.value.status_code == 500
+        progress = list(c.pull(name, insecure=True, stream=True))
+        statuses = [p.status for p in progress]
+        assert statuses[-3:] == ["verifying sha256 digest", "writing manifest", "success"]
+        first = [p for p in progress if p.status == statuses[1]]
+        assert first[0].completed is None and first[-1].completed == first[-1].total
+        assert first[-1] == first[-2]  # the last numbers arrive more than once
+        assert name in [m.model for m in c.list().models]
+        again = list(c.pull(name, insecure=True, stream=True))
+        assert all(p.completed == p.total for p in again if p.digest)
+        with pytest.raises(ollama.ResponseError, match="file does not exist"):
+            c.pull("127.0.0.2:5000/library/tiny", insecure=True)
+
+
+def test_create_show_and_ps_like_ollama(client: ollama.Client, threaded: StandinServer) -> None:
+    url = threaded.url
+    neither = httpx.post(f"{url}/api/create", json={"model": "x"})
+    assert (neither.status_code, neither.json()) == (
+        400,
+        {"error": "neither 'from' or 'files' was specified"},
+    )
+    assert httpx.post(f"{url}/api/create", json={}).json() == {"error": "invalid model name"}
+    lines = [
+        p.status
+        for p in client.create(model="from-files", files={"m.gguf": "sha256:ab"}, stream=True)
+    ]
+    assert lines == [
+        "parsing GGUF",
+        "using existing layer sha256:ab",
+        "writing manifest",
+        "success",
+    ]
+    shown = httpx.post(f"{url}/api/show", json={"model": "from-files"}).json()
+    assert "license" not in shown and shown["tensors"][0]["name"] == "token_embd.weight"
+    assert "license" in httpx.post(f"{url}/api/show", json={"model": "llama3:8b"}).json()
+    pulled = [p.status for p in client.create(model="copy", from_="qwen3:0.6b", stream=True)]
+    assert pulled[0] == "pulling manifest" and pulled[-1] == "success"
+    assert sum(s.startswith("using existing layer") for s in pulled) == 4  # all but the config
+
+    client.chat(model="llama3:8b", messages=[], options={"num_ctx": 2048}, keep_alive=-1)
+    (running,) = client.ps().models
+    assert running.context_length == 2048 and running.size_vram == running.size
+    assert running.expires_at is not None and running.expires_at.year > 2300
+    cpu = StandinConfig(port=0, cpu=True, context_length=99999)
+    with standin_in_thread(cpu) as on_cpu, ollama.Client(on_cpu.url) as c:
+        c.generate(model="llama3:8b", prompt="")
+        (loaded,) = c.ps().models
+    assert loaded.size_vram == 0 and loaded.context_length == 8192  # capped at training
+
+
+# --- side by side with the real Ollama ---------------------------------------------------------
+
+USER_X = '{"role":"user","content":"x"}'
+PARITY_CASES: list[tuple[str, str, str]] = [
+    ("GET", "/", ""),
+    ("GET", "/api/version", ""),
+    ("POST", "/api/chat", ""),
+    ("POST", "/api/chat", '{"messages": []}'),
+    ("POST", "/api/chat", '{"model": "bad name!"}'),
+    ("POST", "/api/chat", "{not json"),
+    ("POST", "/api/chat", '{"model": 42}'),
+    ("POST", "/api/chat", "[1]"),
+    ("POST", "/api/chat", '{"model":"tiny","messages":"hi"}'),
+    ("POST", "/api/chat", '{"model":"tiny","messages":[1]}'),
+    ("POST", "/api/chat", '{"model":"tiny","messages":[{"role":"user","content":5}]}'),
+    ("POST", "/api/chat", '{"model":"tiny","keep_alive":"bogus"}'),
+    ("POST", "/api/chat", '{"model":"tiny","messages":[' + USER_X + '],"think":true}'),
+    ("POST", "/api/chat", '{"model":"nope","messages":[' + USER_X + ']}'),
+    ("POST", "/api/chat", '{"model":"tiny" "x"}'),
+    ("POST", "/api/chat", '{"model":1.}'),
+    ("POST", "/api/chat", '{"model":"'),
+    ("POST", "/api/generate", '{"prompt": "x"}'),
+    ("POST", "/api/generate", '{"model":"tiny","context":[1.5]}'),
+    ("POST", "/api/embed", '{"model":"nope","input":"x"}'),
+    ("POST", "/api/embed", '{"model":"tiny","input":[1]}'),
+    ("POST", "/api/embeddings", '{"model":"nope","prompt":"x"}'),
+    ("POST", "/api/show", "{}"),
+    ("POST", "/api/show", '{"model":"nope"}'),
+    ("POST", "/api/copy", '{"source":"nope","destination":"x"}'),
+    ("DELETE", "/api/delete", '{"model":"nope"}'),
+    ("POST", "/api/pull", '{"model":"bad name!"}'),
+    ("POST", "/api/create", "{}"),
+    ("POST", "/api/create", '{"model":"x"}'),
+    ("POST", "/api/create", '{"model":"x","files":{"a":1}}'),
+    ("POST", "/v1/chat/completions", ""),
+    ("POST", "/v1/chat/completions", "[1]"),
+    ("POST", "/v1/chat/completions", '{"model":"tiny","messages":[]}'),
+    ("POST", "/v1/chat/completions", '{"messages":[' + USER_X + ']}'),
+    ("POST", "/v1/chat/completions", '{"model":"tiny","messages":[{"role":"user"}]}'),
+    ("POST", "/v1/chat/completions", '{"model":"tiny","messages":[{"role":1}]}'),
+    ("POST", "/v1/chat/completions", '{"model":"tiny","max_tokens":"a"}'),
+    ("POST", "/v1/chat/completions", '{"model":"nope","messages":[' + USER_X + ']}'),
+    ("POST", "/v1/completions", '{"model":"nope","prompt":"x"}'),
+    ("POST", "/v1/embeddings", '{"model":"tiny"}'),
+    ("POST", "/v1/embeddings", '{"model":"nope","input":"x"}'),
+    ("GET", "/v1/models/nope", ""),
+    ("GET", "/api/nothing", ""),
+    ("GET", "/api/chat", ""),
+    ("GET", "/api/tags/", ""),
+    ("POST", "/api/chat/", "{}"),
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def standin_024() -> Iterator[StandinServer]:
+    """The stand-in set up like the real Ollama of the test bed: 0.24.0, CPU, only ``tiny``."""
+    config = StandinConfig(port=0, models=("tiny",), version="0.24.0", cpu=True)
+    with standin_in_thread(config) as server:
+        yield server
+
+
+def _answer(base: str, method: str, path: str, body: bytes) -> tuple[Any, ...]:
+    r = httpx.request(method, base + path, content=body, follow_redirects=False, timeout=60)
+    headers = ("content-type", "allow", "location", "server")
+    return (r.status_code, r.content, *(r.headers.get(h) for h in headers))
+
+
+@pytest.mark.parametrize(("method", "path", "body"), PARITY_CASES)
+def test_same_answer_as_real_ollama(
+    real_ollama: RealOllama, standin_024: StandinServer, method: str, path: str, body: str
+) -> None:
+    real = _answer(real_ollama.url, method, path, body.encode())
+    assert _answer(standin_024.url, method, path, body.encode()) == real
+
+
+def _shape(value: Any) -> Any:
+    """Keys and types, not values: what must agree between the two servers' answers."""
+    if isinstance(value, dict):
+        return {k: _shape(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_shape(v) for v in value[:1]]
+    return type(value).__name__
+
+
+def test_same_stream_shapes_as_real_ollama(
+    real_ollama: RealOllama, standin_024: StandinServer
+) -> None:
+    chat = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}]}
+    v1 = {**chat, "stream": True, "max_tokens": 3, "stream_options": {"include_usage": True}}
+    native = {**chat, "options": {"num_predict": 3}}
+    for base in (real_ollama.url, standin_024.url):
+        with httpx.stream("POST", base + "/v1/chat/completions", json=v1) as r:
+            events = [e for e in r.read().decode().split("\n\n") if e]
+        chunks = [json.loads(e.removeprefix("data: ")) for e in events[:-1]]
+        assert events[-1] == "data: [DONE]" and len(chunks) == 5, base
+        reasons = [c["choices"][0].pop("finish_reason") for c in chunks[:-1]]
+        assert reasons == [None, None, None, "length"], base
+        assert [_shape(c) for c in chunks[:-1]] == [_shape(chunks[0])] * 4, base
+        assert chunks[-2]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+        assert chunks[-1]["choices"] == [] and set(chunks[-1]["usage"]) == {
+            "prompt_tokens",
+            "completion_tokens",
+            "total_tokens",
+        }
+    shapes = []
+    for base in (real_ollama.url, standin_024.url):
+        lines = [
+            json.loads(x) for x in httpx.post(base + "/api/chat", json=native).text.splitlines()
+        ]
+        whole = httpx.post(base + "/api/generate", json={**native, "prompt": "x", "stream": False})
+        shown = httpx.post(base + "/api/show", json={"model": "tiny"}).json()
+        shown.pop("license", None)
+        running = httpx.get(base + "/api/ps").json()["models"]
+        assert running[0]["size_vram"] == 0, base
+        shapes.append(
+            [
+                _shape(lines[0]),
+                _shape(lines[-1]),
+                list(whole.json()),
+                list(shown),
+                _shape(shown["tensors"][0]),
+                _shape(running[0]),
+            ]
+        )
+    assert shapes[0] == shapes[1]
+
+
+def test_pull_into_a_pod_like_real_ollama(
+    real_ollama_pods: RealOllamaPods, registry_tiny: str
+) -> None:
+    """A pool Pod's Ollama (its own loopback IP, port 11434) pulls from the local registry."""
+    pod = real_ollama_pods.start("127.10.0.7")
+    assert pod.url == "http://127.10.0.7:11434"
+    config = StandinConfig(host="127.10.0.8", port=11434, models=(), registry=("*",))
+    with standin_in_thread(config) as standin:
+        for base in (pod.url, standin.url):
+            refused = httpx.post(base + "/api/pull", json={"model": registry_tiny}).text
+            assert "http: server gave HTTP response to HTTPS client" in refused, base
+            body = {"model": registry_tiny, "insecure": True}
+            lines = [
+                json.loads(x) for x in httpx.post(base + "/api/pull", json=body).text.splitlines()
+            ]
+            statuses = list(dict.fromkeys(line.get("status") for line in lines))
+            assert statuses[0] == "pulling manifest", base
+            assert statuses[-3:] == ["verifying sha256 digest", "writing manifest", "success"]
+            layers = [line for line in lines if line.get("digest")]
+            assert all(line["status"] == f"pulling {line['digest'][7:19]}" for line in layers)
+            assert layers[-1]["completed"] == layers[-1]["total"]
+            assert [m["name"] for m in httpx.get(base + "/api/tags").json()["models"]] == [
+                registry_tiny
+            ]
+    chat = {"model": registry_tiny, "messages": [{"role": "user", "content": "hi"}]}
+    reply = httpx.post(pod.url + "/api/chat", json={**chat, "stream": False}, timeout=60).json()
+    assert reply["done"] and reply["eval_count"] > 0

@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--pull-delay-ms", type=float, default=0.0, help="duration of a model pull")
     add("--registry", type=_names, default=DEFAULT_REGISTRY, help="pullable names; * = any")
     add("--keep-alive", default=defaults.keep_alive, help="OLLAMA_KEEP_ALIVE")
+    add("--context-length", type=int, default=defaults.context_length, help="default num_ctx")
+    add("--cpu", action="store_true", help="no GPU: /api/ps shows size_vram 0")
     add("--strict-host", action="store_true", help="403 unexpected Host headers on loopback")
     add("--access-log", action="store_true", help="log every request")
     add("--request-log-size", type=int, default=defaults.request_log_size)
@@ -64,6 +66,8 @@ def config_from_args(args: argparse.Namespace) -> StandinConfig:
         pull_delay_ms=args.pull_delay_ms,
         registry=args.registry,
         keep_alive=args.keep_alive,
+        context_length=args.context_length,
+        cpu=args.cpu,
         strict_host=args.strict_host,
         access_log=args.access_log,
         request_log_size=args.request_log_size,

@@ -6,12 +6,14 @@ from typing import Any
 
 from aiohttp import web
 
+from . import gojson
 from .generation import Encoder, Failure, GenRequest, Metrics, serve_generation
 from .inference import (
     chat_request,
     embed_inputs,
     embed_texts,
     generate_request,
+    not_found_try_pulling,
     resolve,
 )
 from .scheduler import ServerBusy
@@ -24,7 +26,6 @@ from .wire import (
     error_response,
     field_error,
     get_str,
-    go_quote,
     json_response,
     parse_keep_alive,
     read_json_object,
@@ -141,7 +142,7 @@ async def run_generation(
 
 async def chat(request: web.Request) -> web.StreamResponse:
     try:
-        body = await read_json_object(request, "api.ChatRequest")
+        body = await read_json_object(request, gojson.CHAT)
         gen = chat_request(request.app[STATE], body)
     except BadRequest as exc:
         return error_response(400, str(exc))
@@ -150,7 +151,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
 
 async def generate(request: web.Request) -> web.StreamResponse:
     try:
-        body = await read_json_object(request, "api.GenerateRequest")
+        body = await read_json_object(request, gojson.GENERATE)
         gen = generate_request(request.app[STATE], body)
     except BadRequest as exc:
         return error_response(400, str(exc))
@@ -160,18 +161,21 @@ async def generate(request: web.Request) -> web.StreamResponse:
 async def embed(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     try:
-        body = await read_json_object(request, "api.EmbedRequest")
+        body = await read_json_object(request, gojson.EMBED)
         model = get_str(body, "model", "api.EmbedRequest")
         keep_alive = parse_keep_alive(body.get("keep_alive"), state.default_keep_alive)
         dimensions = _dimensions(body.get("dimensions"))
         found = resolve(state, model, Failure(404, f"model '{model}' not found"))
         texts = embed_inputs(body.get("input"))
+        if isinstance(found, Failure) and found.status == 404 and model:
+            found = Failure(404, not_found_try_pulling(model))
     except BadRequest as exc:
         return error_response(400, str(exc))
     if isinstance(found, Failure):
         return error_response(found.status, found.message)
     try:
-        result = await embed_texts(state, found, texts, keep_alive, dimensions)
+        options = body.get("options")
+        result = await embed_texts(state, found, texts, keep_alive, dimensions, options)
     except ServerBusy as busy:
         return error_response(503, str(busy))
     if not texts:
@@ -191,7 +195,7 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
     """The legacy endpoint: one ``prompt``, one ``embedding``."""
     state = request.app[STATE]
     try:
-        body = await read_json_object(request, "api.EmbeddingRequest")
+        body = await read_json_object(request, gojson.EMBEDDING)
         model = get_str(body, "model", "api.EmbeddingRequest")
         prompt = get_str(body, "prompt", "api.EmbeddingRequest")
         keep_alive = parse_keep_alive(body.get("keep_alive"), state.default_keep_alive)
@@ -199,7 +203,7 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
         return error_response(400, str(exc))
     found = resolve(state, model, Failure(400, "model is required"))
     if isinstance(found, Failure) and found.status == 404:
-        found = Failure(404, f"model {go_quote(model)} not found, try pulling it first")
+        found = Failure(404, not_found_try_pulling(model))
     if isinstance(found, Failure):
         return error_response(found.status, found.message)
     try:

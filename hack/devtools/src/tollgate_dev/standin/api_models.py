@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 
-from .catalog import CONTEXT_LENGTH, ModelRecord, Residency, describe
+from . import gojson
+from .catalog import (
+    BLOCK_COUNT,
+    CONTEXT_LENGTH,
+    VOCAB_SIZE,
+    ModelRecord,
+    Residency,
+    describe,
+)
 from .generation import Failure
 from .inference import resolve
-from .names import ModelName, parse_name
+from .names import DEFAULT_HOST, ModelName, parse_name
 from .state import STATE, StandinState
 from .streaming import (
     ChunkWriter,
@@ -35,7 +45,9 @@ from .wire import (
 )
 
 PULL_FAILED = "pull model manifest: file does not exist"
+HTTPS_TO_HTTP = "http: server gave HTTP response to HTTPS client"
 PROGRESS_STEPS = 4
+STATUS = "_status"  # an error event's HTTP status, when not 500 (not sent)
 
 
 async def root(request: web.Request) -> web.Response:
@@ -62,7 +74,7 @@ async def tags(request: web.Request) -> web.Response:
     return json_response({"models": [tags_entry(r) for r in records]})
 
 
-def _ps_entry(residency: Residency) -> dict[str, Any]:
+def _ps_entry(residency: Residency, cpu: bool) -> dict[str, Any]:
     record = residency.record
     return {
         "name": record.display,
@@ -71,23 +83,41 @@ def _ps_entry(residency: Residency) -> dict[str, Any]:
         "digest": record.digest,
         "details": record.details(),
         "expires_at": isotime(residency.expires_at),
-        "size_vram": record.size,
-        "context_length": CONTEXT_LENGTH,
+        "size_vram": 0 if cpu else record.size,
+        "context_length": residency.num_ctx,
     }
 
 
 async def ps(request: web.Request) -> web.Response:
-    running = request.app[STATE].loaded.running()
-    return json_response({"models": [_ps_entry(r) for r in running]})
+    state = request.app[STATE]
+    running = state.loaded.running()
+    return json_response({"models": [_ps_entry(r, state.config.cpu) for r in running]})
 
 
-def show_body(state: StandinState, record: ModelRecord) -> dict[str, Any]:
+LICENSE = "Stand-in model: no weights, no licence."
+TEMPLATE = "{{ .Prompt }}"
+STOP = "<|end|>"
+_FILE_TYPES = {"F32": 0, "F16": 1, "Q4_0": 2, "Q8_0": 7, "Q4_K_M": 15}
+
+
+def show_body(state: StandinState, record: ModelRecord, verbose: bool = False) -> dict[str, Any]:
+    """``/api/show``: Ollama's ``api.ShowResponse`` keys, in its order."""
     family = record.family
+    dim = state.config.embedding_dim
+    tokens: list[str] | None = [f"<{i}>" for i in range(VOCAB_SIZE)] if verbose else None
     model_info = {
         "general.architecture": family,
+        "general.file_type": _FILE_TYPES.get(record.quantization, 15),
         "general.parameter_count": record.parameter_count,
+        f"{family}.attention.head_count": 1,
+        f"{family}.block_count": BLOCK_COUNT,
         f"{family}.context_length": CONTEXT_LENGTH,
-        f"{family}.embedding_length": state.config.embedding_dim,
+        f"{family}.embedding_length": dim,
+        f"{family}.feed_forward_length": 4 * dim,
+        f"{family}.vocab_size": VOCAB_SIZE,
+        "tokenizer.ggml.model": "gpt2",
+        "tokenizer.ggml.token_type": [1] * VOCAB_SIZE if verbose else None,
+        "tokenizer.ggml.tokens": tokens,
     }
     blob = record.layers()[0].digest.replace(":", "-")
     modelfile = (
@@ -95,15 +125,21 @@ def show_body(state: StandinState, record: ModelRecord) -> dict[str, Any]:
         "# To build a new Modelfile based on this, replace FROM with:\n"
         f"# FROM {record.display}\n\n"
         f"FROM /usr/share/ollama/.ollama/models/blobs/{blob}\n"
-        'TEMPLATE "{{ .Prompt }}"\n'
+        f"TEMPLATE {TEMPLATE}\n"
+        f"PARAMETER stop {STOP}\n"
     )
+    body: dict[str, Any] = {}
+    if record.license:
+        body["license"] = LICENSE
+        modelfile += f'LICENSE """{LICENSE}"""\n'
     return {
-        "license": "Stand-in model: no weights, no licence.",
+        **body,
         "modelfile": modelfile,
-        "parameters": 'stop                           "<|end|>"',
-        "template": "{{ .Prompt }}",
+        "parameters": f'{"stop":<30} "{STOP}"',
+        "template": TEMPLATE,
         "details": record.details(),
         "model_info": model_info,
+        "tensors": record.tensors(dim),
         "capabilities": list(record.capabilities),
         "modified_at": isotime(record.modified_at),
     }
@@ -112,7 +148,7 @@ def show_body(state: StandinState, record: ModelRecord) -> dict[str, Any]:
 async def show(request: web.Request) -> web.Response:
     state = request.app[STATE]
     try:
-        body = await read_json_object(request, "api.ShowRequest")
+        body = await read_json_object(request, gojson.SHOW)
         model = get_str(body, "model", "api.ShowRequest") or get_str(
             body, "name", "api.ShowRequest"
         )
@@ -121,13 +157,15 @@ async def show(request: web.Request) -> web.Response:
     found = resolve(state, model, Failure(400, "model is required"))
     if isinstance(found, Failure):
         return error_response(found.status, found.message)
-    return json_response(show_body(state, found))
+    return json_response(
+        show_body(state, found, get_bool(body, "verbose", "api.ShowRequest") is True)
+    )
 
 
 async def delete(request: web.Request) -> web.Response:
     state = request.app[STATE]
     try:
-        body = await read_json_object(request, "api.DeleteRequest")
+        body = await read_json_object(request, gojson.DELETE)
         model = get_str(body, "model", "api.DeleteRequest") or get_str(
             body, "name", "api.DeleteRequest"
         )
@@ -147,7 +185,7 @@ async def delete(request: web.Request) -> web.Response:
 async def copy(request: web.Request) -> web.Response:
     state = request.app[STATE]
     try:
-        body = await read_json_object(request, "api.CopyRequest")
+        body = await read_json_object(request, gojson.COPY)
         source = get_str(body, "source", "api.CopyRequest")
         destination = get_str(body, "destination", "api.CopyRequest")
     except BadRequest as exc:
@@ -165,85 +203,121 @@ async def copy(request: web.Request) -> web.Response:
 
 
 async def create(request: web.Request) -> web.StreamResponse:
-    """Minimal ``/api/create``: copies ``from`` (or invents a model) under the new name."""
+    """``/api/create`` from another model (``from``, pulled first when missing) or ``files``.
+
+    No Modelfile is parsed and no blob is read: ``files`` gives a model described from its
+    name, without a licence.
+    """
     state = request.app[STATE]
     try:
-        body = await read_json_object(request, "api.CreateRequest")
+        body = await read_json_object(request, gojson.CREATE)
         model = get_str(body, "model", "api.CreateRequest") or get_str(
             body, "name", "api.CreateRequest"
         )
         base = get_str(body, "from", "api.CreateRequest")
+        files = body.get("files") or {}
         stream = get_bool(body, "stream", "api.CreateRequest") is not False
     except BadRequest as exc:
         return error_response(400, str(exc))
-    created = _create(state, model, base)
-    if isinstance(created, Failure):
-        return error_response(created.status, created.message)
-    events = [
-        {"status": f"using existing layer {created.layers()[0].digest}"},
-        {"status": "writing manifest"},
-        {"status": "success"},
-    ]
-    if not stream:
-        return json_response(events[-1])
-    return web.Response(
-        body=b"".join(dumps(e) + b"\n" for e in events), headers={"Content-Type": NDJSON_CT}
-    )
-
-
-def _create(state: StandinState, model: str, base: str) -> ModelRecord | Failure:
-    if not model.strip():
-        return Failure(400, "model is required")
-    name = parse_name(model)
+    name = parse_name(model) if model.strip() else None
     if name is None:
-        return Failure(400, "invalid model name")
+        return error_response(400, "invalid model name")
+    events = _create_events(state, name, base, files)
+    return await (_stream_progress if stream else _progress_quietly)(request, state, events)
+
+
+async def _create_events(
+    state: StandinState, name: ModelName, base: str, files: dict[str, Any]
+) -> AsyncIterator[dict[str, Any]]:
     now = datetime.now(UTC)
-    if not base:
-        record = describe(name, now)
-    else:
-        found = resolve(state, base, Failure(400, "invalid model name"))
-        if isinstance(found, Failure):
-            return found
+    if base:
+        source = parse_name(base)
+        if source is None:
+            yield {"error": "invalid model name", STATUS: 400}
+            return
+        if state.store.get(source) is None:
+            async for event in _pull_events(state, source, insecure=False):
+                yield event
+                if "error" in event:
+                    return
+        found = state.store.get(source)
+        assert found is not None
         record = found.renamed(name, now)
+        layers = [layer.digest for layer in record.layers()[:-1]]  # all but the config
+    elif files:
+        yield {"status": "parsing GGUF"}
+        record = replace(describe(name, now), license=False)
+        layers = [str(digest) for digest in files.values()]
+    else:
+        yield {"error": "neither 'from' or 'files' was specified", STATUS: 400}
+        return
+    for digest in layers:
+        yield {"status": f"using existing layer {digest}"}
+    yield {"status": "writing manifest"}
     state.store.add(record)
-    return record
+    yield {"status": "success"}
 
 
 async def pull(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     try:
-        body = await read_json_object(request, "api.PullRequest")
+        body = await read_json_object(request, gojson.PULL)
         model = get_str(body, "model", "api.PullRequest") or get_str(
             body, "name", "api.PullRequest"
         )
+        insecure = get_bool(body, "insecure", "api.PullRequest") is True
         stream = get_bool(body, "stream", "api.PullRequest") is not False
     except BadRequest as exc:
         return error_response(400, str(exc))
     name = parse_name(model) if model.strip() else None
     if name is None:
         return error_response(400, "invalid model name")
-    events = _pull_events(state, name)
-    if stream:
-        return await _stream_pull(request, state, events)
-    return await _pull_quietly(request, state, events)
+    events = _pull_events(state, name, insecure)
+    return await (_stream_progress if stream else _progress_quietly)(request, state, events)
 
 
-async def _pull_events(state: StandinState, name: ModelName) -> AsyncIterator[dict[str, Any]]:
+def plain_http_registry(host: str) -> bool:
+    """Registries the stand-in takes for plain-HTTP ones: an address with a port, an IP
+    or ``localhost`` (what a local or in-cluster test registry looks like)."""
+    if host.lower() == DEFAULT_HOST:
+        return False
+    bare = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    try:
+        ipaddress.ip_address(bare.strip("[]"))
+    except ValueError:
+        return ":" in host or bare.lower() == "localhost"
+    return True
+
+
+def _manifest_url(name: ModelName, scheme: str) -> str:
+    return f"{scheme}://{name.host}/v2/{name.namespace}/{name.model}/manifests/{name.tag}"
+
+
+async def _pull_events(
+    state: StandinState, name: ModelName, insecure: bool
+) -> AsyncIterator[dict[str, Any]]:
     """Ollama's pull progress; the model joins the store just before ``success``."""
     yield {"status": "pulling manifest"}
+    if plain_http_registry(name.host) and not insecure:
+        url = _manifest_url(name, "https")
+        yield {"error": f'pull model manifest: Get "{url}": {HTTPS_TO_HTTP}'}
+        return
     if not state.in_registry(name):
         yield {"error": PULL_FAILED}
         return
     existing = state.store.get(name)
     record = describe(name, datetime.now(UTC))
-    step_delay = state.config.pull_delay_ms / 1000 / PROGRESS_STEPS
-    for index, layer in enumerate(record.layers()):
+    step_delay = state.config.pull_delay_ms / 1000 / PROGRESS_STEPS / len(record.layers())
+    for layer in record.layers():
         status = {"status": f"pulling {layer.digest[7:19]}", "digest": layer.digest}
-        if index == 0 and existing is None:
+        if existing is None:
+            # a download reports every tick; nothing has arrived at the first one
             yield {**status, "total": layer.size}
             for step in range(1, PROGRESS_STEPS + 1):
                 await pause(step_delay)
-                yield {**status, "total": layer.size, "completed": layer.size * step // 4}
+                done = layer.size * step // PROGRESS_STEPS
+                yield {**status, "total": layer.size, "completed": done}
+            yield {**status, "total": layer.size, "completed": layer.size}  # ticks repeat
         else:
             yield {**status, "total": layer.size, "completed": layer.size}
     yield {"status": "verifying sha256 digest"}
@@ -252,9 +326,10 @@ async def _pull_events(state: StandinState, name: ModelName) -> AsyncIterator[di
     yield {"status": "success"}
 
 
-async def _stream_pull(
+async def _stream_progress(
     request: web.Request, state: StandinState, events: AsyncIterator[dict[str, Any]]
 ) -> web.StreamResponse:
+    """Ollama's ``streamResponse``: NDJSON lines; an error before any line is a plain one."""
     writer = ChunkWriter(
         request,
         state,
@@ -265,7 +340,11 @@ async def _stream_pull(
     )
     try:
         async for event in events:
-            await writer.send(dumps(event) + b"\n")
+            if "error" in event and writer.sent == 0:
+                return _progress_error(event)
+            await writer.send(dumps(_public(event)) + b"\n")
+            if "error" in event:
+                break
         return await writer.finish()
     except PreStreamFailure as failure:
         return error_response(failure.status, failure.message)
@@ -273,17 +352,29 @@ async def _stream_pull(
         return ended.response
 
 
-async def _pull_quietly(
+async def _progress_quietly(
     request: web.Request, state: StandinState, events: AsyncIterator[dict[str, Any]]
 ) -> web.StreamResponse:
+    """Ollama's ``waitForStream`` (``"stream": false``): the last line, or the error."""
     fault = take_stream_fault(state, request)
     last: dict[str, Any] = {}
     async for event in events:
         last = event
+        if "error" in event:
+            break
     if fault is not None and fault.kind == "drop":
         return drop_connection(request)
     if fault is not None:
         return error_response(500, fault.message)
     if "error" in last:
-        return error_response(500, str(last["error"]))
-    return json_response(last)
+        return _progress_error(last)
+    return json_response(last, content_type="application/json")
+
+
+def _progress_error(event: dict[str, Any]) -> web.Response:
+    status = int(event.get(STATUS, 500))
+    return json_response(_public(event), status=status, content_type="application/json")
+
+
+def _public(event: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in event.items() if k != STATUS}

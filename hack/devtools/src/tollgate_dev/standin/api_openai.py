@@ -10,8 +10,16 @@ from typing import Any
 
 from aiohttp import web
 
+from . import gojson
 from .generation import Failure, GenRequest, Metrics, serve_generation
-from .inference import chat_request, embed_inputs, embed_texts, generate_request, resolve
+from .inference import (
+    chat_request,
+    embed_inputs,
+    embed_texts,
+    generate_request,
+    not_found_try_pulling,
+    resolve,
+)
 from .names import parse_name
 from .scheduler import ServerBusy
 from .state import STATE
@@ -36,11 +44,23 @@ COMPLETION_REQ = "openai.CompletionRequest"
 _ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error"}
 
 
-def openai_error(status: int, message: str) -> web.Response:
-    """Ollama's ``openai.NewError``: all four keys, ``param`` and ``code`` null."""
+def openai_error(status: int, message: str, middleware: bool = False) -> web.Response:
+    """Ollama's ``openai.NewError``: all four keys, ``param`` and ``code`` null.
+
+    ``middleware``: the ``/v1`` middleware itself refused the request (undecodable
+    body, bad messages): Gin's JSON, with a charset and no final newline. Errors from
+    the native handler behind it go out through the middleware's writer instead.
+    """
     kind = _ERROR_TYPES.get(status, "api_error")
     error = {"message": message, "type": kind, "param": None, "code": None}
-    return json_response({"error": error}, status=status, content_type="application/json")
+    if middleware:
+        return json_response({"error": error}, status=status)
+    return v1_json({"error": error}, status=status)
+
+
+def v1_json(obj: Any, status: int = 200) -> web.Response:
+    """What the ``/v1`` middleware's writers send: ``json.Encoder`` output, newline-terminated."""
+    return json_response(obj, status=status, content_type="application/json", newline=True)
 
 
 def _usage(plan: Plan) -> dict[str, int]:
@@ -68,13 +88,18 @@ def openai_tool_calls(calls: list[ToolCall]) -> list[dict[str, Any]]:
 
 
 class ChatSse:
-    """``chat.completion.chunk`` events; role only in the first, ``delta: {}`` to finish."""
+    """``chat.completion.chunk`` events; role only in the first, ``delta: {}`` to finish.
+
+    With ``role_every_chunk`` (Ollama before 0.32.6) every delta is
+    ``{"role": "assistant", "content": ...}`` and the finish chunk's content is ``""``.
+    """
 
     content_type = SSE_CT
 
-    def __init__(self, model: str, include_usage: bool) -> None:
+    def __init__(self, model: str, include_usage: bool, role_every_chunk: bool = False) -> None:
         self.model = model
         self.include_usage = include_usage
+        self.role_every_chunk = role_every_chunk
         self.id = f"chatcmpl-{random.randrange(999)}"  # noqa: S311 - Ollama's ids are not unique either
         self.created = int(time.time())
 
@@ -88,19 +113,24 @@ class ChatSse:
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
         }
 
+    def _delta(self, first: bool, content: str | None, **extra: Any) -> dict[str, Any]:
+        if self.role_every_chunk:
+            return {"role": "assistant", "content": content or "", **extra}
+        delta: dict[str, Any] = {"role": "assistant"} if first else {}
+        if content is not None:
+            delta["content"] = content
+        return {**delta, **extra}
+
     def piece(self, text: str, first: bool) -> bytes:
-        delta = {"role": "assistant", "content": text} if first else {"content": text}
-        return _sse(self._chunk(delta, None))
+        return _sse(self._chunk(self._delta(first, text), None))
 
     def tool_calls(self, calls: list[ToolCall], first: bool) -> bytes:
-        delta: dict[str, Any] = {"role": "assistant"} if first else {}
-        delta["tool_calls"] = openai_tool_calls(calls)
+        delta = self._delta(first, None, tool_calls=openai_tool_calls(calls))
         return _sse(self._chunk(delta, None))
 
     def done(self, plan: Plan, metrics: Metrics, first: bool) -> bytes:
         finish = "tool_calls" if plan.tool_calls else plan.done_reason
-        delta: dict[str, Any] = {"role": "assistant"} if first else {}
-        out = _sse(self._chunk(delta, finish))
+        out = _sse(self._chunk(self._delta(first, None), finish))
         if self.include_usage:
             usage_chunk = {**self._chunk({}, None), "choices": [], "usage": _usage(plan)}
             out += _sse(usage_chunk)
@@ -109,8 +139,7 @@ class ChatSse:
     def midstream_error(self, message: str, first: bool) -> bytes:
         # Ollama decodes its own {"error": ...} line as an empty chat response: the error
         # text is lost, an empty chunk goes out and the stream ends without [DONE].
-        delta = {"role": "assistant", "content": ""} if first else {"content": ""}
-        return _sse({**self._chunk(delta, None), "model": ""})
+        return _sse({**self._chunk(self._delta(first, ""), None), "model": ""})
 
     def whole(self, plan: Plan, metrics: Metrics) -> web.Response:
         message: dict[str, Any] = {"role": "assistant", "content": plan.text}
@@ -126,7 +155,7 @@ class ChatSse:
             "choices": [{"index": 0, "message": message, "finish_reason": finish}],
             "usage": _usage(plan),
         }
-        return json_response(body, content_type="application/json")
+        return v1_json(body)
 
     def idle(self, reason: str) -> web.Response:
         return self.whole(Plan([], reason, 0, 0), _ZERO)
@@ -139,7 +168,7 @@ class CompletionSse(ChatSse):
     """``text_completion`` events; with ``include_usage`` every chunk carries zero usage."""
 
     def __init__(self, model: str, include_usage: bool) -> None:
-        super().__init__(model, include_usage)
+        super().__init__(model, include_usage, role_every_chunk=False)
         self.id = f"cmpl-{random.randrange(999)}"  # noqa: S311
 
     def _text(self, text: str, finish: str | None) -> dict[str, Any]:
@@ -181,7 +210,7 @@ class CompletionSse(ChatSse):
             "choices": [{"text": plan.text, "index": 0, "finish_reason": plan.done_reason}],
             "usage": _usage(plan),
         }
-        return json_response(body, content_type="application/json")
+        return v1_json(body)
 
 
 _ZERO = Metrics(1, 1, 0, 1, 0, 1)
@@ -260,10 +289,10 @@ async def _serve(
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     try:
-        body = await read_json_object(request, CHAT_REQ)
+        body = await read_json_object(request, gojson.CHAT_COMPLETION, "EOF")
         messages = get_list(body, "messages", CHAT_REQ, "[]openai.Message")
         if not messages:
-            return openai_error(400, "[] is too short - 'messages'")
+            return openai_error(400, "[] is too short - 'messages'", middleware=True)
         native = {
             "model": get_str(body, "model", CHAT_REQ),
             "messages": _native_messages(messages),
@@ -275,14 +304,15 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         include_usage = _include_usage(body, CHAT_REQ)
         gen = chat_request(request.app[STATE], native)
     except BadRequest as exc:
-        return openai_error(400, str(exc))
+        return openai_error(400, str(exc), middleware=True)
     model = native["model"]
-    return await _serve(request, gen, ChatSse(str(model), include_usage))
+    legacy = request.app[STATE].config.v1_role_every_chunk
+    return await _serve(request, gen, ChatSse(str(model), include_usage, legacy))
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
     try:
-        body = await read_json_object(request, COMPLETION_REQ)
+        body = await read_json_object(request, gojson.COMPLETION, "EOF")
         native = {
             "model": get_str(body, "model", COMPLETION_REQ),
             "prompt": get_str(body, "prompt", COMPLETION_REQ),
@@ -292,7 +322,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
         include_usage = _include_usage(body, COMPLETION_REQ)
         gen = generate_request(request.app[STATE], native)
     except BadRequest as exc:
-        return openai_error(400, str(exc))
+        return openai_error(400, str(exc), middleware=True)
     model = native["model"]
     return await _serve(request, gen, CompletionSse(str(model), include_usage))
 
@@ -315,20 +345,22 @@ def _embedding_inputs(body: dict[str, Any]) -> list[str]:
 async def embeddings(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     try:
-        body = await read_json_object(request, "openai.EmbedRequest")
+        body = await read_json_object(request, gojson.OPENAI_EMBED, "EOF")
         encoding = get_str(body, "encoding_format", "openai.EmbedRequest")
         if encoding and encoding.lower() not in ("float", "base64"):
             message = (
                 f"Invalid value for 'encoding_format' = {encoding}. "
                 "Supported values: ['float', 'base64']."
             )
-            return openai_error(400, message)
+            return openai_error(400, message, middleware=True)
         texts = _embedding_inputs(body)
         model = get_str(body, "model", "openai.EmbedRequest")
         dimensions = body.get("dimensions")
     except BadRequest as exc:
-        return openai_error(400, str(exc))
+        return openai_error(400, str(exc), middleware=True)
     found = resolve(state, model, Failure(404, f"model '{model}' not found"))
+    if isinstance(found, Failure) and found.status == 404 and model:
+        found = Failure(404, not_found_try_pulling(model))
     if isinstance(found, Failure):
         return openai_error(found.status, found.message)
     dims = dimensions if isinstance(dimensions, int) and not isinstance(dimensions, bool) else None
@@ -342,7 +374,7 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
     ]
     usage = {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens}
     body_out = {"object": "list", "data": data, "model": model, "usage": usage}
-    return json_response(body_out, content_type="application/json")
+    return v1_json(body_out)
 
 
 def _model_object(model: str, created: int) -> dict[str, Any]:
@@ -355,7 +387,7 @@ async def list_models(request: web.Request) -> web.Response:
     records = request.app[STATE].store.newest_first()
     data = [_model_object(r.display, int(r.modified_at.timestamp())) for r in records]
     body = {"object": "list", "data": data or None}
-    return json_response(body, content_type="application/json")
+    return v1_json(body)
 
 
 async def retrieve_model(request: web.Request) -> web.Response:
@@ -364,4 +396,4 @@ async def retrieve_model(request: web.Request) -> web.Response:
     if isinstance(found, Failure):
         return openai_error(found.status, found.message)
     created = int(found.modified_at.timestamp())
-    return json_response(_model_object(model, created), content_type="application/json")
+    return v1_json(_model_object(model, created))

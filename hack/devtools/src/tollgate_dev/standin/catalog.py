@@ -20,8 +20,11 @@ EMBEDDING = "embedding"
 COMPLETION = "completion"
 TOOLS = "tools"
 THINKING = "thinking"
-CONTEXT_LENGTH = 4096
-FOREVER = datetime(2318, 1, 1, tzinfo=UTC)
+CONTEXT_LENGTH = 8192  # what every model was trained for (``model_info``); caps num_ctx
+BLOCK_COUNT = 2
+VOCAB_SIZE = 256
+MAX_GO_DURATION = timedelta(microseconds=(2**63 - 1) // 1000)
+"""``keep_alive < 0``: Ollama's session lasts ``math.MaxInt64`` nanoseconds (~292 years)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +62,9 @@ _CAPABILITIES = {
 }
 
 
+CONFIG_MEDIA_TYPE = "application/vnd.docker.container.image.v1+json"
+
+
 @dataclass(frozen=True, slots=True)
 class Layer:
     """One blob of a model manifest."""
@@ -80,6 +86,7 @@ class ModelRecord:
     parameter_count: int
     quantization: str
     capabilities: tuple[str, ...]
+    license: bool = True  # False for models made from files: no licence layer
 
     @property
     def key(self) -> str:
@@ -106,10 +113,12 @@ class ModelRecord:
 
     def layers(self) -> tuple[Layer, ...]:
         small = (
-            Layer("application/vnd.ollama.image.template", _sha(self.key, "template"), 1_429),
-            Layer("application/vnd.ollama.image.license", _sha(self.key, "license"), 8_433),
-            Layer("application/vnd.ollama.image.params", _sha(self.key, "params"), 110),
-            Layer("application/vnd.docker.container.image.v1+json", _sha(self.key, "cfg"), 485),
+            *(
+                Layer(f"application/vnd.ollama.image.{kind}", _sha(self.key, kind), size)
+                for kind, size in (("template", 1_429), ("license", 8_433), ("params", 110))
+                if self.license or kind != "license"
+            ),
+            Layer(CONFIG_MEDIA_TYPE, _sha(self.key, "cfg"), 485),
         )
         model_size = max(self.size - sum(layer.size for layer in small), 1)
         model = Layer("application/vnd.ollama.image.model", _sha(self.key, "model"), model_size)
@@ -117,6 +126,31 @@ class ModelRecord:
 
     def renamed(self, name: ModelName, now: datetime) -> ModelRecord:
         return replace(self, name=name, modified_at=now)
+
+    def tensors(self, embedding: int) -> list[dict[str, Any]]:
+        """``/api/show``'s tensor list: a small llama-shaped network, ``embedding`` wide."""
+        weight = "F16" if EMBEDDING in self.capabilities else self.quantization[:4]
+        hidden, vocab = 4 * embedding, VOCAB_SIZE
+        out = [{"name": "token_embd.weight", "type": weight, "shape": [embedding, vocab]}]
+        for block in range(BLOCK_COUNT):
+            shapes = {
+                "attn_norm": ("F32", [embedding]),
+                "attn_q": (weight, [embedding, embedding]),
+                "attn_k": (weight, [embedding, embedding]),
+                "attn_v": (weight, [embedding, embedding]),
+                "attn_output": (weight, [embedding, embedding]),
+                "ffn_norm": ("F32", [embedding]),
+                "ffn_gate": (weight, [embedding, hidden]),
+                "ffn_up": (weight, [embedding, hidden]),
+                "ffn_down": (weight, [hidden, embedding]),
+            }
+            out += [
+                {"name": f"blk.{block}.{part}.weight", "type": kind, "shape": shape}
+                for part, (kind, shape) in shapes.items()
+            ]
+        out.append({"name": "output_norm.weight", "type": "F32", "shape": [embedding]})
+        out.append({"name": "output.weight", "type": weight, "shape": [embedding, vocab]})
+        return out
 
 
 def describe(name: ModelName, now: datetime) -> ModelRecord:
@@ -194,6 +228,7 @@ class Residency:
 
     record: ModelRecord
     expires_at: datetime
+    num_ctx: int
 
 
 class LoadedModels:
@@ -206,8 +241,8 @@ class LoadedModels:
         residency = self._loaded.get(key)
         return residency is not None and residency.expires_at > datetime.now(UTC)
 
-    def touch(self, record: ModelRecord, keep_alive: float) -> None:
-        self._loaded[record.key] = Residency(record, _expiry(keep_alive))
+    def touch(self, record: ModelRecord, keep_alive: float, num_ctx: int) -> None:
+        self._loaded[record.key] = Residency(record, _expiry(keep_alive), num_ctx)
 
     def unload(self, key: str) -> None:
         self._loaded.pop(key, None)
@@ -223,5 +258,5 @@ class LoadedModels:
 
 def _expiry(keep_alive: float) -> datetime:
     if math.isinf(keep_alive) or keep_alive < 0:
-        return FOREVER
+        return datetime.now(UTC) + MAX_GO_DURATION
     return datetime.now(UTC) + timedelta(seconds=keep_alive)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 DEFAULT_MODELS: tuple[str, ...] = ("llama3:8b", "nomic-embed-text")
+V1_ROLE_ONCE_SINCE = (0, 32, 6)
+"""Ollama's ``/v1`` stream sends ``role`` once and finishes with ``delta: {}`` from here on."""
 
 # Names the stand-in's pretend registry can "pull". "*" in the tuple allows any valid name.
 DEFAULT_REGISTRY: tuple[str, ...] = (
@@ -53,6 +55,8 @@ class StandinConfig:
     pull_delay_ms: float = 0.0
     registry: tuple[str, ...] = DEFAULT_REGISTRY
     keep_alive: str = "5m"
+    context_length: int = 4096
+    cpu: bool = False
     strict_host: bool = False
     access_log: bool = False
     request_log_size: int = 256
@@ -68,11 +72,27 @@ class StandinConfig:
         _require(self.parallel >= 1, "parallel must be >= 1")
         _require(self.max_queue >= 0, "max_queue must be >= 0")
         _require(self.request_log_size >= 0, "request_log_size must be >= 0")
+        _require(self.context_length >= 1, "context_length must be >= 1")
+
+    @property
+    def v1_role_every_chunk(self) -> bool:
+        """``/v1`` streams in the shape of Ollama before 0.32.6 (``role`` in every chunk)."""
+        return version_info(self.version) < V1_ROLE_ONCE_SINCE
 
     @property
     def token_interval(self) -> float:
         """Seconds between streamed tokens (0 when unpaced)."""
         return 1.0 / self.tokens_per_second if self.tokens_per_second > 0 else 0.0
+
+
+def version_info(version: str) -> tuple[int, ...]:
+    """``"0.24.0"`` -> ``(0, 24, 0)``; a suffix such as ``-rc1`` is ignored."""
+    numbers: list[int] = []
+    for part in version.removeprefix("v").split("-", 1)[0].split("."):
+        if not part.isdigit():
+            break
+        numbers.append(int(part))
+    return tuple(numbers)
 
 
 def _require(ok: bool, message: str) -> None:

@@ -118,14 +118,15 @@ async def serve_generation(
 ) -> web.StreamResponse:
     state = request.app[STATE]
     clock = Clock()
+    num_ctx = state.num_ctx(gen.options)
     try:
         async with state.scheduler.slot(gen.record.key):
-            await state.load(gen.record, gen.keep_alive)
+            await state.load(gen.record, gen.keep_alive, num_ctx)
             clock.loaded = time.perf_counter_ns()
             try:
                 return await _produce(request, state, gen, encoder, clock)
             finally:
-                state.loaded.touch(gen.record, gen.keep_alive)
+                state.loaded.touch(gen.record, gen.keep_alive, num_ctx)
     except ServerBusy as busy:
         return encoder.failure(503, str(busy))
     except PreStreamFailure as failure:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +41,11 @@ def resolve(state: StandinState, raw: str, missing: Failure) -> ModelRecord | Fa
         return Failure(400, "invalid model name")
     record = state.store.get(name)
     return record if record is not None else Failure(404, f"model '{raw}' not found")
+
+
+def not_found_try_pulling(model: str) -> str:
+    """The scheduler's "not found" (embeddings): Go's ``%q``, unlike the handlers' ``'x'``."""
+    return f"model {go_quote(model)} not found, try pulling it first"
 
 
 def chat_request(state: StandinState, body: dict[str, Any]) -> GenRequest | Failure:
@@ -101,8 +107,8 @@ def turns_from_messages(messages: list[Any]) -> list[Turn]:
     for message in messages:
         if not isinstance(message, dict):
             raise field_error(CHAT, "messages", "api.Message", message)
-        role = get_str(message, "role", "Message.messages")
-        turns.append((role, get_str(message, "content", "Message.messages")))
+        # types were checked when the body was decoded (gojson.CHAT)
+        turns.append((str(message.get("role") or ""), str(message.get("content") or "")))
     return turns
 
 
@@ -131,16 +137,18 @@ async def embed_texts(
     texts: list[str],
     keep_alive: float,
     dimensions: int | None,
+    options: Mapping[str, Any] | None = None,
 ) -> EmbedResult:
     """Embed under the model's scheduler slot; raises ``ServerBusy`` when the queue is full."""
     start = time.perf_counter_ns()
+    num_ctx = state.num_ctx(options)
     try:
         async with state.scheduler.slot(record.key):
-            await state.load(record, keep_alive)
+            await state.load(record, keep_alive, num_ctx)
             loaded = time.perf_counter_ns()
             dim = state.config.embedding_dim
             vectors = [embedding(record.display, t, dim, dimensions) for t in texts]
-            state.loaded.touch(record, keep_alive)
+            state.loaded.touch(record, keep_alive, num_ctx)
     except asyncio.CancelledError:
         state.stats.cancelled += 1
         raise

@@ -43,6 +43,7 @@ def create_app(config: StandinConfig) -> web.Application:
     """The stand-in as an aiohttp application (no socket bound yet)."""
     app = web.Application(middlewares=[_standin_middleware], client_max_size=MAX_BODY)
     app[STATE] = StandinState.from_config(config)
+    app.on_response_prepare.append(_drop_server_header)
     _add_ollama_routes(app)
     api_control.add_routes(app)
     return app
@@ -53,7 +54,7 @@ def _add_ollama_routes(app: web.Application) -> None:
     router.add_get("/", api_models.root)
     router.add_get("/api/version", api_models.version)
     router.add_get("/api/tags", api_models.tags)
-    router.add_get("/api/ps", api_models.ps)
+    router.add_get("/api/ps", api_models.ps, allow_head=False)
     router.add_post("/api/show", api_models.show)
     router.add_delete("/api/delete", api_models.delete)
     router.add_post("/api/copy", api_models.copy)
@@ -66,8 +67,13 @@ def _add_ollama_routes(app: web.Application) -> None:
     router.add_post("/v1/chat/completions", api_openai.chat_completions)
     router.add_post("/v1/completions", api_openai.completions)
     router.add_post("/v1/embeddings", api_openai.embeddings)
-    router.add_get("/v1/models", api_openai.list_models)
-    router.add_get("/v1/models/{model}", api_openai.retrieve_model)
+    router.add_get("/v1/models", api_openai.list_models, allow_head=False)
+    router.add_get("/v1/models/{model}", api_openai.retrieve_model, allow_head=False)
+
+
+async def _drop_server_header(request: web.Request, response: web.StreamResponse) -> None:
+    """Ollama sends no ``Server`` header (aiohttp would name itself)."""
+    response.headers.popall("Server", None)
 
 
 @web.middleware
@@ -96,9 +102,37 @@ async def _handle(
     try:
         return await handler(request)
     except web.HTTPNotFound:
-        return web.Response(status=404, text="404 page not found")
-    except web.HTTPMethodNotAllowed:
-        return web.Response(status=405, text="405 method not allowed")
+        return await _trailing_slash_redirect(request) or _plain(404, "404 page not found")
+    except web.HTTPMethodNotAllowed as exc:
+        # Gin lists the allowed methods in the order their routes were first registered.
+        allow = ", ".join(m for m in ("HEAD", "GET", "POST", "DELETE") if m in exc.allowed_methods)
+        response = _plain(405, "405 method not allowed")
+        response.headers["Allow"] = allow
+        return response
+
+
+def _plain(status: int, text: str) -> web.Response:
+    """Gin's default 404/405 bodies (``text/plain`` without a charset)."""
+    return web.Response(status=status, body=text.encode(), headers={"Content-Type": "text/plain"})
+
+
+async def _trailing_slash_redirect(request: web.Request) -> web.Response | None:
+    """Gin's ``RedirectTrailingSlash``: ``/api/tags/`` answers 301 (GET) or 307 to ``/api/tags``."""
+    path = request.path
+    if path == "/" or not path.endswith("/"):
+        return None
+    target = path.rstrip("/") or "/"
+    match = await request.app.router.resolve(request.clone(rel_url=target))
+    if isinstance(match.http_exception, web.HTTPNotFound):
+        return None
+    if request.method == "GET":
+        body = f'<a href="{target}">Moved Permanently</a>.\n\n'.encode()
+        headers = {"Content-Type": "text/html; charset=utf-8", "Location": target}
+        return web.Response(status=301, body=body, headers=headers)
+    headers = {"Location": target}
+    if request.method == "HEAD":
+        headers["Content-Type"] = "text/html; charset=utf-8"
+    return web.Response(status=307, headers=headers)
 
 
 def _fault_response(path: str, fault: Fault) -> web.Response:

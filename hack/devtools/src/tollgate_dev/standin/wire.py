@@ -8,8 +8,9 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 from aiohttp import web
+
+from .gojson import EmptyBody, GoJsonError, Struct, decode, kind, marshal, type_error
 
 JSON_CT = "application/json; charset=utf-8"
 NDJSON_CT = "application/x-ndjson"
@@ -34,13 +35,16 @@ class BadRequest(Exception):
 
 
 def dumps(obj: Any) -> bytes:
-    return orjson.dumps(obj)
+    """Compact JSON the way Go's ``json.Marshal`` writes it (HTML characters escaped)."""
+    return marshal(obj)
 
 
-def json_response(obj: Any, status: int = 200, content_type: str = JSON_CT) -> web.Response:
-    return web.Response(
-        body=orjson.dumps(obj), status=status, headers={"Content-Type": content_type}
-    )
+def json_response(
+    obj: Any, status: int = 200, content_type: str = JSON_CT, newline: bool = False
+) -> web.Response:
+    """A JSON body; ``newline`` for Go's ``json.Encoder`` (Ollama's ``/v1`` writers)."""
+    body = marshal(obj) + b"\n" if newline else marshal(obj)
+    return web.Response(body=body, status=status, headers={"Content-Type": content_type})
 
 
 def error_response(status: int, message: str) -> web.Response:
@@ -63,39 +67,33 @@ def isotime(moment: datetime) -> str:
     return moment.isoformat().replace("+00:00", "Z")
 
 
-async def read_json_object(request: web.Request, go_type: str) -> dict[str, Any]:
-    """Decode the body as a JSON object, failing the way Gin's ``ShouldBindJSON`` does."""
+async def read_json_object(
+    request: web.Request, target: Struct, empty: str = "missing request body"
+) -> dict[str, Any]:
+    """Decode the body into ``target`` the way Gin's ``ShouldBindJSON`` does.
+
+    ``empty`` is the message for a body without any JSON value: Ollama's native handlers
+    say ``missing request body``, its ``/v1`` middleware passes Go's ``EOF`` through.
+    """
     raw = await request.read()
-    if not raw.strip():
-        raise BadRequest("missing request body")
     try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"invalid character in JSON body: {exc}") from None
-    if not isinstance(body, dict):
-        raise BadRequest(f"json: cannot unmarshal {go_kind(body)} into Go value of type {go_type}")
+        body = decode(raw, target)
+    except EmptyBody:
+        raise BadRequest(empty) from None
+    except GoJsonError as exc:
+        raise BadRequest(str(exc)) from None
     request[BODY_KEY] = body
     return body
 
 
 def go_kind(value: Any) -> str:
     """The JSON kind Go's decoder names in its type errors."""
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    return "object"
+    return kind(value)
 
 
 def field_error(struct: str, field: str, want: str, value: Any) -> BadRequest:
-    return BadRequest(
-        f"json: cannot unmarshal {go_kind(value)} into Go struct field "
-        f"{struct}.{field} of type {want}"
-    )
+    """Go's type error for ``struct.field`` (``struct`` may carry its package: ``api.X``)."""
+    return BadRequest(str(type_error(value, want, Struct(struct), field)))
 
 
 def get_str(body: dict[str, Any], field: str, struct: str) -> str:
