@@ -1,0 +1,131 @@
+"""Postgres adapter: rows of the gateway's ``api_keys`` and ``models`` tables.
+
+The gateway owns the schema (its ORM and Alembic migrations); this module never creates
+anything. Every write fires the gateway's NOTIFY trigger, so callers plan first and only
+write rows that actually differ.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Table, delete, insert, select, update
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.sql.elements import ColumnElement
+
+from tollgate_gateway.config import to_sqlalchemy_dsn
+from tollgate_gateway.storage.db import check_schema
+from tollgate_gateway.storage.orm import ApiKey, Model
+from tollgate_operator.services.errors import Unavailable
+
+Row = dict[str, Any]
+
+API_KEYS: Table = ApiKey.__table__  # type: ignore[assignment]
+MODELS: Table = Model.__table__  # type: ignore[assignment]
+
+
+@dataclass
+class RowPlan:
+    """What to write, decided from the rows as they are (inside the same transaction)."""
+
+    inserts: list[Row] = field(default_factory=list)
+    updates: list[tuple[uuid.UUID, Row]] = field(default_factory=list)
+    deletes: list[uuid.UUID] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    # Results the planner wants to hand back to its caller.
+    current_id: uuid.UUID | None = None
+    in_grace: list[datetime] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.inserts or self.updates or self.deletes)
+
+
+class Duplicate(Exception):
+    """A unique column (key hash, alias) already holds this value in another row."""
+
+
+Planner = Callable[[list[Row]], RowPlan]
+
+_UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeout, OSError, asyncio.TimeoutError)
+
+
+class Database:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    @classmethod
+    def connect(cls, dsn: str, connect_timeout: float = 5.0) -> Database:
+        engine = create_async_engine(
+            to_sqlalchemy_dsn(dsn),
+            pool_size=5,
+            max_overflow=5,
+            pool_pre_ping=True,
+            connect_args={"connect_timeout": max(1, int(connect_timeout))},
+        )
+        return cls(engine)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    async def check_schema(self) -> None:
+        """Raise SchemaNotAtHead unless the gateway's migrations are at head."""
+        await check_schema(self.engine)
+
+    async def _planned(self, table: Table, where: ColumnElement[bool], planner: Planner) -> RowPlan:
+        try:
+            async with self.engine.begin() as conn:
+                result = await conn.execute(select(table).where(where).with_for_update())
+                rows = [dict(r._mapping) for r in result.all()]
+                plan = planner(rows)
+                for row_id in plan.deletes:
+                    await conn.execute(delete(table).where(table.c.id == row_id))
+                for row_id, changes in plan.updates:
+                    await conn.execute(update(table).where(table.c.id == row_id).values(**changes))
+                for row in plan.inserts:
+                    await conn.execute(insert(table).values(**row))
+            return plan
+        except IntegrityError as exc:
+            raise Duplicate(str(exc.orig).splitlines()[0]) from exc
+        except _UNAVAILABLE as exc:
+            raise Unavailable("postgres", type(exc).__name__) from exc
+        except DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise Unavailable("postgres", "connection lost") from exc
+            raise
+
+    async def plan_keys(self, managed_by: str, planner: Planner) -> RowPlan:
+        """Plan and apply changes to the api_keys rows of one ApiKey resource."""
+        return await self._planned(API_KEYS, API_KEYS.c.managed_by == managed_by, planner)
+
+    async def plan_models(self, alias: str, managed_by: str, planner: Planner) -> RowPlan:
+        """Plan and apply changes to one alias's row, and any row this resource owns."""
+        where = (MODELS.c.alias == alias) | (MODELS.c.managed_by == managed_by)
+        return await self._planned(MODELS, where, planner)
+
+    async def revoke_keys(self, managed_by: str, now: datetime) -> int:
+        try:
+            async with self.engine.begin() as conn:
+                result = await conn.execute(
+                    update(API_KEYS)
+                    .where(API_KEYS.c.managed_by == managed_by, API_KEYS.c.revoked_at.is_(None))
+                    .values(revoked_at=now)
+                )
+                return int(result.rowcount or 0)
+        except _UNAVAILABLE as exc:
+            raise Unavailable("postgres", type(exc).__name__) from exc
+
+    async def delete_models(self, managed_by: str) -> int:
+        try:
+            async with self.engine.begin() as conn:
+                result = await conn.execute(delete(MODELS).where(MODELS.c.managed_by == managed_by))
+                return int(result.rowcount or 0)
+        except _UNAVAILABLE as exc:
+            raise Unavailable("postgres", type(exc).__name__) from exc

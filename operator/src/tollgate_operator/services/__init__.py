@@ -1,0 +1,1 @@
+"""Reconciliation logic: one service per resource kind, called by the kopf handlers."""

@@ -1,0 +1,162 @@
+"""OllamaPool → StatefulSet, Services and PodDisruptionBudget; status from its Pods."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import kopf
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from tollgate_operator.builders.labels import pool_selector, selector_string
+from tollgate_operator.builders.pool import PoolDefaults, build_pool_children
+from tollgate_operator.k8s import Kube, pod_is_ready
+from tollgate_operator.ollama import OllamaClient
+from tollgate_operator.resources import (
+    ObjectRef,
+    OllamaPoolSpec,
+    OllamaPoolStatus,
+    PoolPod,
+    set_condition,
+)
+from tollgate_operator.services.common import (
+    EventSink,
+    Locks,
+    StatusWriter,
+    parse_spec,
+    parse_status,
+    ready_changed,
+    utcnow,
+)
+from tollgate_operator.services.errors import InvalidSpec, ReconcileError, Unavailable, Waiting
+from tollgate_operator.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def backend_url(template: str, pool: str, namespace: str, port: int, cluster_ip: str = "") -> str:
+    """Where gateways reach a pool (its ClusterIP Service), from TOLLGATE_BACKEND_URL_TEMPLATE."""
+    return template.format(name=pool, namespace=namespace, port=port, cluster_ip=cluster_ip)
+
+
+def pod_url(pod: dict[str, Any], port: int) -> str:
+    return f"http://{pod['status']['podIP']}:{port}"
+
+
+def pod_name(pod: dict[str, Any]) -> str:
+    return str(pod["metadata"]["name"])
+
+
+class PoolService:
+    def __init__(
+        self,
+        settings: Settings,
+        kube: Kube,
+        ollama: OllamaClient,
+        locks: Locks,
+        statuses: StatusWriter,
+        events: EventSink,
+    ) -> None:
+        self._settings = settings
+        self._kube = kube
+        self._ollama = ollama
+        self._locks = locks
+        self._statuses = statuses
+        self._events = events
+        self.defaults = PoolDefaults(
+            image=settings.ollama_image, port=settings.ollama_port, uid=settings.ollama_uid
+        )
+
+    async def reconcile(self, ref: ObjectRef) -> OllamaPoolStatus:
+        """Apply the children (server-side apply: a no-op when nothing drifted), then observe."""
+        async with self._locks.hold(ref.key):
+            status = parse_status(OllamaPoolStatus, self._statuses.current(ref))
+            try:
+                spec = parse_spec(OllamaPoolSpec, ref)
+                for manifest in build_pool_children(ref.name, ref.namespace, spec, self.defaults):
+                    kopf.adopt(manifest, owner=dict(ref.body))  # type: ignore[arg-type]
+                    try:
+                        await self._kube.apply(manifest)
+                    except ApiException as exc:
+                        if exc.status in (400, 422):
+                            raise InvalidSpec(
+                                "Rejected",
+                                f"{manifest['kind']} {ref.name} was refused: {exc.reason}",
+                            ) from exc
+                        raise
+                return await self._observe(ref, spec, status)
+            except ReconcileError as err:
+                await self._failed(ref, status, err)
+                raise
+
+    async def pods(self, namespace: str, pool: str) -> list[dict[str, Any]]:
+        pods = await self._kube.list_objects(
+            "v1", "Pod", namespace, selector_string(pool_selector(pool))
+        )
+        return sorted(pods, key=pod_name)
+
+    async def service_url(self, namespace: str, pool: str) -> str:
+        template = self._settings.backend_url_template
+        cluster_ip = ""
+        if "{cluster_ip}" in template:
+            service = await self._kube.get("v1", "Service", namespace, pool)
+            cluster_ip = ((service or {}).get("spec") or {}).get("clusterIP") or ""
+            if not cluster_ip or cluster_ip == "None":
+                raise Waiting("ServiceNotReady", f"Service {pool} has no cluster IP yet", delay=2)
+        return backend_url(template, pool, namespace, self._settings.ollama_port, cluster_ip)
+
+    async def _observe(
+        self, ref: ObjectRef, spec: OllamaPoolSpec, status: OllamaPoolStatus
+    ) -> OllamaPoolStatus:
+        pods = await self.pods(ref.namespace, ref.name)
+        entries = await asyncio.gather(*(self._pod_entry(p) for p in pods))
+        ready = sum(1 for e in entries if e.ready)
+        if spec.replicas == 0:
+            ok, reason, message = True, "ScaledToZero", "The pool has no replicas"
+        elif ready >= spec.replicas:
+            ok, reason, message = True, "ReplicasReady", f"{ready}/{spec.replicas} replicas ready"
+        else:
+            ok, reason = False, "ReplicasNotReady"
+            message = f"{ready}/{spec.replicas} replicas ready"
+        conditions = set_condition(
+            status.conditions, "Ready", ok, reason, message, ref.generation, utcnow()
+        )
+        if ready_changed(status.conditions, conditions):
+            self._events(ref.body, "Normal" if ok else "Warning", reason, message)
+        new = OllamaPoolStatus(
+            observed_generation=ref.generation,
+            replicas=spec.replicas,
+            ready_replicas=ready,
+            selector=selector_string(pool_selector(ref.name)),
+            service_url=await self.service_url(ref.namespace, ref.name),
+            pods=list(entries),
+            conditions=conditions,
+        )
+        await self._statuses.write(ref, new)
+        return new
+
+    async def _pod_entry(self, pod: dict[str, Any]) -> PoolPod:
+        if not pod_is_ready(pod):
+            phase = (pod.get("status") or {}).get("phase") or "Pending"
+            return PoolPod(name=pod_name(pod), ready=False, message=f"Pod is {phase}, not ready")
+        try:
+            models = await self._ollama.tags(pod_url(pod, self._settings.ollama_port))
+        except Unavailable:
+            return PoolPod(name=pod_name(pod), ready=True, message="Ollama does not answer")
+        return PoolPod(name=pod_name(pod), ready=True, models=sorted(models))
+
+    async def _failed(self, ref: ObjectRef, status: OllamaPoolStatus, err: ReconcileError) -> None:
+        conditions = set_condition(
+            status.conditions, "Ready", False, err.reason, err.message, ref.generation
+        )
+        if ready_changed(status.conditions, conditions):
+            self._events(ref.body, "Warning", err.reason, err.message)
+        try:
+            await self._statuses.write(ref, status.model_copy(update={"conditions": conditions}))
+        except Unavailable as exc:
+            logger.warning("could not write the status of %s/%s: %s", ref.namespace, ref.name, exc)
+
+    def forget(self, ref: ObjectRef) -> None:
+        self._locks.forget(ref.key)
+        self._statuses.forget(ref.key)

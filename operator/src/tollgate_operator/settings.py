@@ -1,0 +1,99 @@
+"""Operator settings, read from the environment (one place, typed).
+
+POSTGRES_DSN keeps its plain name (as in the gateway); everything else is TOLLGATE_*.
+TOLLGATE_KEY_PEPPER must be the gateways' pepper, or keys the operator writes never match.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from functools import lru_cache
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+BACKEND_URL_FIELDS = ("name", "namespace", "port", "cluster_ip")
+
+
+def default_identity() -> str:
+    """The Pod's name in a cluster (POD_NAME from the downward API), else host and pid."""
+    return os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TOLLGATE_", extra="ignore")
+
+    postgres_dsn: str = Field(
+        "postgresql://postgres@127.0.0.1:5432/tollgate",
+        validation_alias=AliasChoices("POSTGRES_DSN", "TOLLGATE_POSTGRES_DSN"),
+    )
+    postgres_connect_timeout_seconds: float = 5.0
+    # How long to wait for Postgres at start before giving up (the Pod is restarted).
+    startup_db_timeout_seconds: float = 60.0
+    key_pepper: SecretStr = SecretStr("")
+
+    # What applications use: the Secret carries OPENAI_BASE_URL = <gateway_url>/v1.
+    gateway_url: str = "http://tollgate-gateway.tollgate.svc.cluster.local:8000"
+    # Where gateways reach a pool: its ClusterIP Service. Fields: {name} {namespace} {port}
+    # {cluster_ip} (the Service's address, for setups without cluster DNS).
+    backend_url_template: str = "http://{name}.{namespace}.svc.cluster.local:{port}"
+
+    ollama_image: str = "docker.io/ollama/ollama:0.33.0"
+    ollama_port: int = 11434
+    ollama_connect_timeout_seconds: float = 3.0
+    # A pull fails when Ollama sends nothing for this long (large layers stream steadily).
+    ollama_read_timeout_seconds: float = 300.0
+    # Pod security: Ollama runs as this non-root user with HOME on the models volume.
+    ollama_uid: int = 1000
+
+    # Timers: how often each object is re-checked for drift even without changes.
+    apikey_resync_seconds: float = 60.0
+    pool_resync_seconds: float = 30.0
+    alias_resync_seconds: float = 30.0
+    # While pulls run, status is patched at most this often.
+    progress_interval_seconds: float = 1.0
+    # Failed pulls are retried with a growing delay, up to this.
+    pull_retry_max_seconds: float = 300.0
+    # Grace period of the old key after a rotation, unless the ApiKey says otherwise.
+    rotation_grace_seconds: int = 3600
+
+    metrics_port: int = 9090  # 0: no metrics endpoint
+    metrics_host: str = "0.0.0.0"
+    liveness_endpoint: str = "http://0.0.0.0:8080/healthz"
+    log_json: bool = False
+    log_level: str = "info"
+
+    # Leader election through a coordination.k8s.io Lease: with two replicas one works,
+    # the other waits and takes over when the Lease is not renewed.
+    leader_election: bool = True
+    lease_name: str = "tollgate-operator"
+    lease_namespace: str = Field(
+        default_factory=lambda: os.environ.get("POD_NAMESPACE", "default"),
+    )
+    lease_duration_seconds: float = 15.0
+    identity: str = Field(default_factory=default_identity)
+
+    @field_validator("backend_url_template")
+    @classmethod
+    def _known_fields(cls, value: str) -> str:
+        try:
+            value.format(**dict.fromkeys(BACKEND_URL_FIELDS, "x"))
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(
+                f"backend_url_template may use only {{{'}, {'.join(BACKEND_URL_FIELDS)}}}: {exc}"
+            ) from exc
+        return value
+
+    @property
+    def pepper(self) -> bytes:
+        return self.key_pepper.get_secret_value().encode()
+
+    @property
+    def openai_base_url(self) -> str:
+        return self.gateway_url.rstrip("/") + "/v1"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
