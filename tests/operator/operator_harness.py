@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import httpx
 import psycopg
@@ -162,6 +162,10 @@ class _Forwarder:
         return self.targets[next(self._turn) % len(self.targets)]
 
 
+class _Runtime(Protocol):
+    def stop(self) -> Any: ...
+
+
 class FakeCluster:
     """A provisioner, a container runtime (the Ollama stand-in) and kube-proxy, for pools."""
 
@@ -170,7 +174,10 @@ class FakeCluster:
         self.volumes: set[str] = set()
         self.logs = logs
         self.standin_extra = standin_extra
-        self.standins: dict[str, StandinProcess] = {}  # pod uid -> process
+        self.standins: dict[str, _Runtime] = {}  # pod uid -> what plays its Ollama
+        # Pools whose Pods run something else than the stand-in (e.g. a real Ollama):
+        # pool name -> a function starting it on a Pod IP.
+        self.runtimes: dict[str, Callable[[str], _Runtime]] = {}
         self.starting: set[str] = set()
         self.forwarders: dict[tuple[str, str], _Forwarder] = {}  # (namespace, service)
         self._stop = threading.Event()
@@ -273,26 +280,35 @@ class FakeCluster:
                 if uid in self.standins or uid in self.starting:
                     continue
                 self.starting.add(uid)
-            threading.Thread(target=self._start_standin, args=(uid, ip), daemon=True).start()
+            pool = (pod.metadata.labels or {}).get(POOL_LABEL, "")
+            threading.Thread(target=self._start_standin, args=(uid, ip, pool), daemon=True).start()
         for uid in set(self.standins) - alive:
             proc = self.standins.pop(uid)
             proc.stop()
 
-    def _start_standin(self, uid: str, ip: str) -> None:
-        proc = StandinProcess(
-            host=ip,
-            port=OLLAMA_PORT,
-            models="",
-            extra=self.standin_extra,
-            log_path=self.logs / f"standin-{ip}.log",
-        )
+    def _start_standin(self, uid: str, ip: str, pool: str) -> None:
+        runtime: _Runtime
         try:
-            proc.start()
+            if pool in self.runtimes:
+                runtime = self.runtimes[pool](ip)
+            else:
+                standin = StandinProcess(
+                    host=ip,
+                    port=OLLAMA_PORT,
+                    models="",
+                    extra=self.standin_extra,
+                    log_path=self.logs / f"standin-{ip}.log",
+                )
+                try:
+                    standin.start()
+                except (ServiceError, OSError):
+                    standin.stop()
+                    raise
+                runtime = standin
             with self._lock:
-                self.standins[uid] = proc
-        except (ServiceError, OSError) as exc:
-            print(f"fake cluster: stand-in on {ip} did not start: {exc}", file=sys.stderr)
-            proc.stop()
+                self.standins[uid] = runtime
+        except (ServiceError, OSError, RuntimeError) as exc:
+            print(f"fake cluster: Ollama on {ip} did not start: {exc}", file=sys.stderr)
         finally:
             with self._lock:
                 self.starting.discard(uid)
@@ -367,6 +383,8 @@ def operator_env(k8s_cluster: ClusterHandle, dsn: str, gateway_url: str) -> dict
         "TOLLGATE_LEASE_DURATION_SECONDS": "3",
         "TOLLGATE_LEASE_NAMESPACE": "default",
         "TOLLGATE_LOG_JSON": "true",
+        # The local OCI registry of the real-Ollama pull test speaks plain HTTP.
+        "TOLLGATE_INSECURE_REGISTRIES": "127.0.0.1:*",
     }
 
 

@@ -41,7 +41,10 @@ async def build_context(settings: Settings) -> Context:
         connector=aiohttp.TCPConnector(limit=200, limit_per_host=0), trust_env=False
     )
     ollama = OllamaClient(
-        http, settings.ollama_connect_timeout_seconds, settings.ollama_read_timeout_seconds
+        http,
+        settings.ollama_connect_timeout_seconds,
+        settings.ollama_read_timeout_seconds,
+        settings.insecure_registry_list,
     )
     locks, wakers, statuses = Locks(), Wakers(), StatusWriter(kube)
     pools = PoolService(settings, kube, ollama, locks, statuses, post_event)

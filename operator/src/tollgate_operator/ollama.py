@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,11 +59,24 @@ class PullProgress:
         return int(100 * self.completed / total) if total else 0
 
 
+def registry_host(model: str) -> str | None:
+    """The registry a model name points at (``host[:port]/ns/name:tag``), None for Ollama's."""
+    first, sep, _ = model.partition("/")
+    if sep and ("." in first or ":" in first or first == "localhost"):
+        return first
+    return None
+
+
 class OllamaClient:
     def __init__(
-        self, session: aiohttp.ClientSession, connect_timeout: float, read_timeout: float
+        self,
+        session: aiohttp.ClientSession,
+        connect_timeout: float,
+        read_timeout: float,
+        insecure_registries: Sequence[str] = (),
     ) -> None:
         self._session = session
+        self._insecure = tuple(insecure_registries)
         self._quick = aiohttp.ClientTimeout(
             total=connect_timeout + 10, connect=connect_timeout, sock_connect=connect_timeout
         )
@@ -92,7 +106,10 @@ class OllamaClient:
         on_update: Callable[[], None] | None = None,
     ) -> None:
         """Stream /api/pull until success; PullFailed with Ollama's message otherwise."""
-        body = {"model": model, "stream": True}
+        body: dict[str, Any] = {"model": model, "stream": True}
+        host = registry_host(model)
+        if host is not None and any(fnmatch.fnmatch(host, p) for p in self._insecure):
+            body["insecure"] = True  # a plain-HTTP registry the platform team allowed
         try:
             async with self._session.post(
                 f"{base_url}/api/pull", json=body, timeout=self._stream

@@ -41,6 +41,9 @@ class Settings(BaseSettings):
 
     ollama_image: str = "docker.io/ollama/ollama:0.33.0"
     ollama_port: int = 11434
+    # Registries pulled over plain HTTP (Ollama's `insecure`), comma-separated host[:port]
+    # globs, e.g. "registry.internal:5000,127.0.0.1:*". Empty: TLS registries only.
+    insecure_registries: str = ""
     ollama_connect_timeout_seconds: float = 3.0
     # A pull fails when Ollama sends nothing for this long (large layers stream steadily).
     ollama_read_timeout_seconds: float = 300.0
@@ -92,6 +95,10 @@ class Settings(BaseSettings):
     @property
     def openai_base_url(self) -> str:
         return self.gateway_url.rstrip("/") + "/v1"
+
+    @property
+    def insecure_registry_list(self) -> list[str]:
+        return [p.strip() for p in self.insecure_registries.split(",") if p.strip()]
 
 
 @lru_cache
