@@ -3,10 +3,12 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 PY := .venv/bin/python
 export TOLLGATE_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/tollgate
+IMAGE_REGISTRY ?= ghcr.io/tollgate-dev
+IMAGE_TAG ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
 .PHONY: help
 help: ## List every target with one line each
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 .PHONY: venv
 venv: ## Create or refresh the Python environment (.venv) from uv.lock
@@ -23,6 +25,10 @@ run: venv ## Start local Postgres + Valkey (unless POSTGRES_DSN/REDIS_URL are se
 .PHONY: run-standin
 run-standin: venv ## Like `make run`, plus the Ollama stand-in and a demo alias and key
 	@$(PY) -m tollgate_dev.cli run --standin
+
+.PHONY: run-cluster
+run-cluster: venv ## `make run-standin` plus the local control plane, the operator and a sample ApiKey
+	@$(PY) -m tollgate_dev.cli run --standin --cluster
 
 .PHONY: standin
 standin: venv ## Serve only the Ollama stand-in on 127.0.0.1:11434 (a test double, not Ollama)
@@ -62,6 +68,56 @@ cluster-down: venv ## Stop the local control plane
 .PHONY: cluster-env
 cluster-env: ## Print the `export KUBECONFIG=…` line for the local control plane
 	@$(PY) -m tollgate_dev.cluster env
+
+.PHONY: crds
+crds: ## Apply the CRDs from crds/ to the cluster in KUBECONFIG
+	@kubectl apply --server-side -f crds/
+
+.PHONY: operator
+operator: venv ## Run the operator locally against KUBECONFIG and POSTGRES_DSN (every namespace)
+	@TOLLGATE_GATEWAY_URL=$${TOLLGATE_GATEWAY_URL:-http://127.0.0.1:8000} \
+	 TOLLGATE_BACKEND_URL_TEMPLATE=$${TOLLGATE_BACKEND_URL_TEMPLATE:-http://\{cluster_ip\}:\{port\}} \
+	 $(PY) -m tollgate_operator --all-namespaces
+
+.PHONY: samples
+samples: ## Apply manifests/samples/ (namespace tollgate-demo) to the cluster in KUBECONFIG
+	@kubectl apply -f manifests/samples/
+
+.PHONY: sync-crds
+sync-crds: ## Copy crds/*.yaml into charts/tollgate/crds/ (a test checks they are identical)
+	@hack/chart/sync-crds.sh
+
+.PHONY: chart-lint
+chart-lint: k8s-binaries ## helm lint --strict the chart with its defaults and each charts/tollgate/ci/ scenario
+	@hack/chart/lint.sh
+
+.PHONY: chart-test
+chart-test: venv k8s-binaries ## The chart's tests: render, schema, promtool, dashboards, Caddy streaming, installs
+	@hack/ensure-debs.sh prometheus
+	@.venv/bin/pytest tests/chart
+
+.PHONY: manifests
+manifests: k8s-binaries ## Sync the chart's CRDs and render manifests/install/tollgate.yaml
+	@hack/chart/sync-crds.sh
+	@hack/chart/render.sh
+
+.PHONY: images
+images: ## Build the gateway, operator and Ollama images with docker (IMAGE_REGISTRY, IMAGE_TAG)
+	docker build -f gateway/Dockerfile -t $(IMAGE_REGISTRY)/tollgate-gateway:$(IMAGE_TAG) .
+	docker build -f operator/Dockerfile -t $(IMAGE_REGISTRY)/tollgate-operator:$(IMAGE_TAG) .
+	docker build -t $(IMAGE_REGISTRY)/tollgate-ollama:$(IMAGE_TAG) ollama
+
+.PHONY: kind-up
+kind-up: ## Create the kind cluster of kind-config.yaml (host ports 80/443 for the ingress)
+	kind create cluster --config kind-config.yaml
+
+.PHONY: kind-down
+kind-down: ## Delete the kind cluster
+	kind delete cluster --name tollgate
+
+.PHONY: dev
+dev: ## skaffold dev: build both images, deploy the chart with ci/dev-values.yaml, forward :8000
+	skaffold dev --port-forward
 
 .PHONY: clean
 clean: ## Remove local state (.state) and the environment (.venv); the build cache stays

@@ -15,6 +15,7 @@ import json
 import os
 import secrets
 import signal
+import subprocess
 import sys
 import time
 from contextlib import ExitStack
@@ -22,10 +23,12 @@ from pathlib import Path
 
 import httpx
 
-from tollgate_dev.gatewayproc import GatewayProcess, StandinProcess, stop_process
-from tollgate_dev.services import LocalPostgres, LocalValkey, ServiceError
+from tollgate_dev.cluster import LocalCluster
+from tollgate_dev.gatewayproc import GatewayProcess, StandinProcess, stop_process, wait_http
+from tollgate_dev.services import LocalPostgres, LocalValkey, ServiceError, free_port
 
-STATE = Path(os.environ.get("TOLLGATE_STATE_DIR", ".state")).resolve()
+REPO = Path(__file__).resolve().parents[4]
+STATE = Path(os.environ.get("TOLLGATE_STATE_DIR", REPO / ".state")).resolve()
 DEMO_ALIAS = "llama3"
 DEMO_TAG = "llama3:8b"
 
@@ -121,7 +124,58 @@ async def _prepare_demo(env: dict[str, str]) -> str:
         await engine.dispose()
 
 
-def run(with_standin: bool) -> int:
+def _kubectl(cluster: LocalCluster, *args: str) -> None:
+    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
+    subprocess.run(
+        [str(cluster.bin_dir / "kubectl"), *args], check=True, env=env, stdout=subprocess.DEVNULL
+    )
+
+
+def _start_cluster_and_operator(stack: ExitStack, env: dict[str, str], gateway_url: str) -> str:
+    """The local control plane, the CRDs, the operator and the sample ApiKey; its Secret."""
+    say("starting the local Kubernetes control plane (the first run builds it: ~8 min)")
+    subprocess.run([str(REPO / "hack" / "build-k8s.sh")], check=True)
+    cluster = LocalCluster(STATE / "cluster")
+    cluster.start()
+    stack.callback(cluster.stop)
+    _kubectl(cluster, "apply", "--server-side", "-f", str(REPO / "crds"))
+    liveness = f"http://127.0.0.1:{free_port()}/healthz"
+    op_env = {
+        **env,
+        "KUBECONFIG": str(cluster.kubeconfig),
+        "TOLLGATE_GATEWAY_URL": gateway_url,
+        # No cluster DNS locally: gateways reach a pool at its Service's ClusterIP.
+        "TOLLGATE_BACKEND_URL_TEMPLATE": "http://{cluster_ip}:{port}",
+        "TOLLGATE_LEASE_NAMESPACE": "default",
+        "TOLLGATE_LIVENESS_ENDPOINT": liveness,
+        "TOLLGATE_METRICS_HOST": "127.0.0.1",
+        "TOLLGATE_METRICS_PORT": str(free_port()),
+    }
+    log = open(STATE / "operator.log", "ab")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tollgate_operator", "--all-namespaces"],
+        env={**os.environ, **op_env},
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
+    )
+    log.close()
+    stack.callback(stop_process, proc)
+    wait_http(liveness, 60, proc)
+    say(f"operator running (log: {STATE / 'operator.log'})")
+    samples = REPO / "manifests" / "samples"
+    _kubectl(
+        cluster,
+        "apply",
+        "-f",
+        str(samples / "00-namespace.yaml"),
+        "-f",
+        str(samples / "apikey-basic.yaml"),
+    )
+    return str(cluster.kubeconfig)
+
+
+def run(with_standin: bool, with_cluster: bool = False) -> int:
     STATE.mkdir(parents=True, exist_ok=True)
     STATE.chmod(0o755)  # the unprivileged PostgreSQL user must reach its data when we are root
     env = dict(os.environ)
@@ -161,6 +215,19 @@ def run(with_standin: bool) -> int:
         except (ServiceError, OSError) as exc:
             say(f"could not start: {exc}")
             return 1
+        if with_cluster:
+            try:
+                kubeconfig = _start_cluster_and_operator(stack, env, gateway.url)
+            except (ServiceError, OSError, subprocess.CalledProcessError) as exc:
+                say(f"could not start the cluster or the operator: {exc}")
+                stop_process(gateway.proc)
+                return 1
+            say(f"export KUBECONFIG={kubeconfig}")
+            say("applied manifests/samples/apikey-basic.yaml; its key, once the operator wrote it:")
+            say(
+                "  kubectl -n tollgate-demo get secret demo-app-api-key "
+                "-o jsonpath='{.data.api-key}' | base64 -d"
+            )
         if with_standin:
             say(f"demo key (also in {STATE / 'demo-key'}): {demo_key}")
             body = json.dumps(
@@ -196,10 +263,15 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="also run the Ollama stand-in with a demo alias and key",
     )
+    run_parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="also run the local control plane, the operator and a sample ApiKey",
+    )
     sub.add_parser("migrate", help="apply migrations (starts the local Postgres if needed)")
     args = parser.parse_args(argv)
     if args.command == "run":
-        sys.exit(run(args.standin))
+        sys.exit(run(args.standin, args.cluster))
     env = dict(os.environ)
     with ExitStack() as stack:
         STATE.mkdir(parents=True, exist_ok=True)
