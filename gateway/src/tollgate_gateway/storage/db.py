@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import os
+from enum import StrEnum
 from pathlib import Path
 
 from alembic.config import Config
@@ -9,7 +12,12 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-ALEMBIC_INI = Path(__file__).resolve().parents[3] / "alembic.ini"
+# The Alembic files live beside the package source (gateway/alembic.ini); an image that
+# installs the package elsewhere points TOLLGATE_ALEMBIC_INI at them.
+ALEMBIC_INI = Path(
+    os.environ.get("TOLLGATE_ALEMBIC_INI") or Path(__file__).resolve().parents[3] / "alembic.ini"
+)
+log = logging.getLogger(__name__)
 
 
 class SchemaNotAtHead(RuntimeError):
@@ -40,10 +48,41 @@ async def current_revision(engine: AsyncEngine) -> str | None:
         return str(value) if value is not None else None
 
 
+class SchemaState(StrEnum):
+    CURRENT = "current"
+    BEHIND = "behind"  # migrations to run: refuse to serve
+    AHEAD = "ahead"  # a newer gateway migrated (upgrade in progress, or a rollback)
+
+
+def schema_state(current: str | None) -> SchemaState:
+    """Where the database stands against this gateway's migrations.
+
+    Migrations are expand-then-contract, so a gateway keeps serving on a newer schema
+    (during `helm upgrade` old pods run after the pre-upgrade migration; after
+    `helm rollback` old pods run on the migrated database).
+    """
+    script = ScriptDirectory.from_config(alembic_config())
+    head = script.get_current_head()
+    if current == head:
+        return SchemaState.CURRENT
+    if current is None:
+        return SchemaState.BEHIND
+    known = {rev.revision for rev in script.walk_revisions()}
+    return SchemaState.BEHIND if current in known else SchemaState.AHEAD
+
+
 async def check_schema(engine: AsyncEngine) -> None:
-    head, current = head_revision(), await current_revision(engine)
-    if current != head:
+    current = await current_revision(engine)
+    state = schema_state(current)
+    if state is SchemaState.BEHIND:
         raise SchemaNotAtHead(
-            f"database schema is at {current or 'nothing'}, this gateway needs {head}; "
-            "run `tollgate-gateway migrate` (or `make migrate`) first"
+            f"database schema is at {current or 'nothing'}, this gateway needs "
+            f"{head_revision()}; run `tollgate-gateway migrate` (or `make migrate`) first"
+        )
+    if state is SchemaState.AHEAD:
+        log.warning(
+            "database schema %s is newer than this gateway's %s; serving (migrations "
+            "are backward compatible)",
+            current,
+            head_revision(),
         )
