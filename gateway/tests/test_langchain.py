@@ -31,7 +31,7 @@ def test_chat_openai(gateway: GatewayProcess, new_key: NewKey, chat_model: str) 
 
 def test_openai_embeddings(gateway: GatewayProcess, new_key: NewKey, chat_model: str) -> None:
     emb = OpenAIEmbeddings(
-        model="text-embedding-3-small",
+        model="test-embedding-small",
         base_url=gateway.url + "/v1",
         api_key=new_key()["key"],
         check_embedding_ctx_length=False,

@@ -32,7 +32,7 @@ def test_chat_generate_embed_through_gateway(
     assert "".join(p.message.content or "" for p in pieces) == reply.message.content
     gen = c.generate(model=chat_model, prompt="Why is the sky blue?", options={"num_predict": 4})
     assert gen.response and gen.eval_count is not None and gen.eval_count <= 4
-    emb = c.embed(model="text-embedding-3-small", input=["one", "two"])
+    emb = c.embed(model="test-embedding-small", input=["one", "two"])
     assert len(emb.embeddings) == 2
 
 
@@ -41,8 +41,8 @@ def test_list_shows_only_allowed_aliases(
 ) -> None:
     everything = {m.model for m in client(gateway, new_key()["key"]).list().models}
     assert chat_model in everything
-    limited = client(gateway, new_key(allowed_models="text-embedding-*")["key"]).list()
-    assert {m.model for m in limited.models} == {"text-embedding-3-small"}
+    limited = client(gateway, new_key(allowed_models="test-embedding-*")["key"]).list()
+    assert {m.model for m in limited.models} == {"test-embedding-small"}
 
 
 def test_show_and_version(gateway: GatewayProcess, new_key: NewKey, chat_model: str) -> None:
@@ -59,7 +59,7 @@ def test_native_errors_are_ollama_shaped(
         client(gateway, "tg-nope").chat(model=chat_model, messages=[])
     assert err.value.status_code == 401
     assert "API key" in err.value.error
-    c = client(gateway, new_key(allowed_models="text-*")["key"])
+    c = client(gateway, new_key(allowed_models="test-*")["key"])
     with pytest.raises(ollama.ResponseError) as err:
         c.chat(model=chat_model, messages=[{"role": "user", "content": "hi"}])
     assert err.value.status_code == 404

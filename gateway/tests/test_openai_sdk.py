@@ -109,9 +109,9 @@ async def test_async_client_chat_stream_and_embeddings(
     ):
         parts.append(chunk)
     assert parts[-1].usage is not None
-    emb = await c.embeddings.create(model="text-embedding-3-small", input=["a", "b"])
+    emb = await c.embeddings.create(model="test-embedding-small", input=["a", "b"])
     assert [d.index for d in emb.data] == [0, 1]
-    assert emb.model == "text-embedding-3-small"
+    assert emb.model == "test-embedding-small"
     assert len(emb.data[0].embedding) > 0
     assert emb.usage.prompt_tokens > 0
     await c.close()
@@ -133,12 +133,12 @@ def test_models_list_and_retrieve_only_show_allowed(
 ) -> None:
     everything = client(gateway, new_key()["key"])
     ids = {m.id for m in everything.models.list()}
-    assert {chat_model, "text-embedding-3-small"} <= ids
+    assert {chat_model, "test-embedding-small"} <= ids
     limited = client(gateway, new_key(allowed_models="gpt-*")["key"])
     assert {m.id for m in limited.models.list()} == {i for i in ids if i.startswith("gpt-")}
     assert limited.models.retrieve(chat_model).id == chat_model
     with pytest.raises(openai.NotFoundError) as err:
-        limited.models.retrieve("text-embedding-3-small")
+        limited.models.retrieve("test-embedding-small")
     assert err.value.code == "model_not_found"
 
 
@@ -197,7 +197,7 @@ def test_unknown_disabled_and_forbidden_models_are_404(
 ) -> None:
     admin.ensure_model("switched-off", "llama3:8b", enabled=False)
     c = client(gateway, new_key(allowed_models=["gpt-4"])["key"])
-    for model in ("no-such-model", "switched-off", "text-embedding-3-small"):
+    for model in ("no-such-model", "switched-off", "test-embedding-small"):
         with pytest.raises(openai.NotFoundError) as err:
             _chat(c, model)
         assert err.value.code == "model_not_found"

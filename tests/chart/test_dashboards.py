@@ -56,7 +56,7 @@ def traffic(gateway: GatewayProcess, key: str, limited_key: str, model: str) -> 
         model=model, stream=True, messages=[{"role": "user", "content": "stream"}]
     ):
         pass
-    client.embeddings.create(model="text-embedding-3-small", input="hello")
+    client.embeddings.create(model="test-embedding-small", input="hello")
     httpx.post(
         gateway.url + "/api/chat",
         headers={"Authorization": f"Bearer {key}"},

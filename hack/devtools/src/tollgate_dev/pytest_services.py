@@ -166,7 +166,7 @@ def admin(gateway: GatewayProcess) -> Iterator[Admin]:
 def chat_model(admin: Admin) -> str:
     """An alias `gpt-4` for the stand-in's llama3:8b, priced so costs are visible."""
     admin.ensure_model("gpt-4", "llama3:8b", input_price_per_mtok="1.5", output_price_per_mtok="2")
-    admin.ensure_model("text-embedding-3-small", "nomic-embed-text:latest")
+    admin.ensure_model("test-embedding-small", "nomic-embed-text:latest")
     return "gpt-4"
 
 
