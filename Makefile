@@ -53,6 +53,10 @@ fmt: venv ## Format and auto-fix with ruff
 test: venv ## The whole suite: lint, type checks, unit, integration (real Postgres, Valkey, Kubernetes)
 	@hack/test.sh
 
+.PHONY: bench
+bench: venv ## Benchmarks: Tollgate vs upstream, Caddy, a minimal proxy and LiteLLM; results in bench/results/
+	@hack/bench.sh
+
 .PHONY: k8s-binaries
 k8s-binaries: ## Build (or reuse) etcd, kube-apiserver, controller-manager, scheduler, kwok, helm, kubectl
 	@hack/build-k8s.sh

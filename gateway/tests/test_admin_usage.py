@@ -189,3 +189,33 @@ def test_refuses_to_serve_old_schema(postgres: Any, service_dir: Any) -> None:
     )
     assert result.returncode != 0
     assert "migrate" in result.stderr
+
+
+def test_serves_on_a_newer_schema_and_reports_it(
+    postgres: Any, valkey: Any, standin: Any, service_dir: Any
+) -> None:
+    """After a newer gateway migrated (upgrade in progress, or a rollback), older gateways
+    keep serving: migrations are backward compatible. An older schema is refused."""
+    from tollgate_dev.gatewayproc import GatewayProcess
+    from tollgate_dev.pytest_services import gateway_env
+    from tollgate_gateway.cli import migrate
+    from tollgate_gateway.config import Settings
+
+    base = postgres.dsn.rsplit("/", 1)[0]
+    with psycopg.connect(base + "/postgres", autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS newer")
+        conn.execute("CREATE DATABASE newer")
+    dsn = base + "/newer"
+    migrate(Settings(postgres_dsn=dsn))
+    with psycopg.connect(dsn) as conn:
+        conn.execute("UPDATE alembic_version SET version_num = '9999_from_the_future'")
+    gateway = GatewayProcess(
+        gateway_env(dsn, valkey.url, standin.url), log_path=service_dir / "newer-schema-gateway.log"
+    )
+    gateway.start()
+    try:
+        ready = httpx.get(gateway.url + "/readyz")
+        assert ready.status_code == 200
+        assert ready.json()["checks"]["schema"] == "ok"
+    finally:
+        gateway.stop()

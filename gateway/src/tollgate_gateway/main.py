@@ -11,18 +11,39 @@ from redis.exceptions import RedisError
 from sqlalchemy import text
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.types import Receive, Scope, Send
 
 from tollgate_gateway import __version__, metrics
 from tollgate_gateway.admin.router import router as admin_router
+from tollgate_gateway.chat.router import PROXY_ROUTES as OPENAI_PROXY_ROUTES
 from tollgate_gateway.chat.router import routes as openai_routes
-from tollgate_gateway.config import Settings, get_settings
+from tollgate_gateway.config import RedisFailurePolicy, Settings, get_settings
 from tollgate_gateway.errors import install_handlers
-from tollgate_gateway.middleware import RequestContextMiddleware
+from tollgate_gateway.middleware import RequestContextMiddleware, serve_proxy
+from tollgate_gateway.native.router import PROXY_ROUTES as NATIVE_PROXY_ROUTES
 from tollgate_gateway.native.router import routes as native_routes
 from tollgate_gateway.services import Services
-from tollgate_gateway.storage.db import current_revision, head_revision
+from tollgate_gateway.storage.db import SchemaState, current_revision, schema_state
 
 log = logging.getLogger("tollgate_gateway")
+PROXY_ROUTES = {**OPENAI_PROXY_ROUTES, **NATIVE_PROXY_ROUTES}
+
+
+class GatewayApp(FastAPI):
+    """FastAPI, except that POSTs to the proxy routes go straight to `serve_proxy`: the hot
+    path does without the framework's middleware, routing and streaming machinery."""
+
+    max_body_bytes = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            endpoint = PROXY_ROUTES.get(scope["path"])
+            services: Services | None = self.state._state.get("services")
+            if endpoint is not None and services is not None:
+                proxy, limit = services.proxy, self.max_body_bytes
+                await serve_proxy(scope, receive, send, endpoint, proxy, limit)
+                return
+        await super().__call__(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -40,7 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await services.stop()
             log.info("gateway stopped; usage flushed")
 
-    app = FastAPI(
+    app = GatewayApp(
         title="Tollgate gateway",
         version=__version__,
         lifespan=lifespan,
@@ -55,6 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_api_route("/readyz", readyz, methods=["GET"], include_in_schema=False)
     app.add_api_route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.max_body_bytes = settings.max_body_bytes
     return app
 
 
@@ -70,7 +92,9 @@ async def readyz(request: Request) -> Response:
             await conn.execute(text("SELECT 1"))
         checks["postgres"] = "ok"
         revision = await current_revision(services.engine)
-        checks["schema"] = "ok" if revision == head_revision() else f"at {revision}"
+        state = schema_state(revision)
+        # A newer schema is fine (backward-compatible migrations: upgrades, rollbacks).
+        checks["schema"] = "ok" if state is not SchemaState.BEHIND else f"behind ({revision})"
     except Exception as exc:
         checks["postgres"] = f"error: {type(exc).__name__}"
     try:
@@ -81,7 +105,10 @@ async def readyz(request: Request) -> Response:
         checks["redis"] = f"error: {type(exc).__name__}"
         metrics.REDIS_UP.set(0)
     checks["change_feed"] = "ok" if services.feed.connected.is_set() else "reconnecting"
-    ready = all(checks[k] == "ok" for k in ("postgres", "schema", "redis"))
+    required = ["postgres", "schema"]
+    if services.settings.redis_failure_policy is RedisFailurePolicy.CLOSED:
+        required.append("redis")  # under the open policy requests are served without Redis
+    ready = all(checks[k] == "ok" for k in required)
     return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 
 

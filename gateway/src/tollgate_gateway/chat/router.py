@@ -1,15 +1,25 @@
-"""OpenAI API routes. Plain Starlette routes: the hot path skips FastAPI's dependency
-resolution, measurably cheaper per request; they appear in the README, not in /docs."""
+"""OpenAI API routes. Plain Starlette routes, in the README rather than in /docs.
+
+The proxy routes (`PROXY_ROUTES`) are served by `middleware.serve_proxy` before routing
+(see `main.GatewayApp`); their routes here answer what routing alone decides (405 for
+another method) and stand in should a request ever reach them."""
 
 from __future__ import annotations
 
 import orjson
+from starlette.background import BackgroundTask
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from tollgate_gateway.chat.schemas import Endpoint
-from tollgate_gateway.chat.service import ProxyService
+from tollgate_gateway.chat.service import ProxyService, Reply
+
+PROXY_ROUTES: dict[str, Endpoint] = {
+    "/v1/chat/completions": Endpoint.CHAT,
+    "/v1/completions": Endpoint.COMPLETIONS,
+    "/v1/embeddings": Endpoint.EMBEDDINGS,
+}
 
 
 def _proxy(request: Request) -> ProxyService:
@@ -17,12 +27,24 @@ def _proxy(request: Request) -> ProxyService:
     return proxy
 
 
+def to_response(reply: Reply) -> Response:
+    response: Response
+    if reply.stream is None:
+        after = BackgroundTask(reply.after) if reply.after is not None else None
+        response = Response(reply.body, reply.status, background=after)
+    else:
+        response = StreamingResponse(reply.stream, reply.status)
+    response.raw_headers = reply.headers
+    return response
+
+
 def _endpoint(endpoint: Endpoint):  # type: ignore[no-untyped-def]
     async def handler(request: Request) -> Response:
         raw = await request.body()
-        return await _proxy(request).handle(
+        reply = await _proxy(request).handle(
             endpoint, raw, request.headers.get("authorization"), request.state.request_id
         )
+        return to_response(reply)
 
     handler.__name__ = f"openai_{endpoint.name.lower()}"
     return handler
@@ -49,9 +71,7 @@ async def get_model(request: Request) -> Response:
 
 
 routes: list[BaseRoute] = [
-    Route("/v1/chat/completions", _endpoint(Endpoint.CHAT), methods=["POST"]),
-    Route("/v1/completions", _endpoint(Endpoint.COMPLETIONS), methods=["POST"]),
-    Route("/v1/embeddings", _endpoint(Endpoint.EMBEDDINGS), methods=["POST"]),
+    *(Route(path, _endpoint(ep), methods=["POST"]) for path, ep in PROXY_ROUTES.items()),
     Route("/v1/models", list_models, methods=["GET"]),
     Route("/v1/models/{model:path}", get_model, methods=["GET"]),
 ]

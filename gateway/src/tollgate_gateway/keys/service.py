@@ -53,18 +53,16 @@ class KeyRecord:
     expires_at: datetime | None
     disabled: bool
     revoked: bool
+    limited: bool = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # Asked on every request: worked out once per record.
+        limits = (self.rate_limit_rpm, self.tpm_limit, self.concurrency_limit, self.monthly_budget)
+        object.__setattr__(self, "limited", any(v is not None for v in limits))
 
     @property
     def has_limits(self) -> bool:
-        return any(
-            v is not None
-            for v in (
-                self.rate_limit_rpm,
-                self.tpm_limit,
-                self.concurrency_limit,
-                self.monthly_budget,
-            )
-        )
+        return self.limited
 
     def usable(self, now: datetime | None = None) -> bool:
         if self.disabled or self.revoked:

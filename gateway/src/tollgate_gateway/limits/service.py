@@ -12,17 +12,24 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import functools
+import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from importlib import resources
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
+import hiredis
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.asyncio.connection import Connection, UnixDomainSocketConnection
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tollgate_gateway import metrics
 from tollgate_gateway.config import RedisFailurePolicy
@@ -54,6 +61,233 @@ def month_start(now: datetime) -> datetime:
     return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
 
 
+# -- the hot-path Redis client ---------------------------------------------------------------
+# Admission and settlement are one Lua script each, twice per request. redis-py's asyncio
+# client spends more CPU per call than the rest of a request (pool checkout, locks, health
+# checks, retries, a task per settlement). This client keeps one connection, writes the
+# commands of one event-loop turn in a single write and matches replies in order (RESP
+# replies are FIFO). Any failure, or a reply later than the timeout, closes the connection
+# and fails every pending call; the next call reconnects. Errors are redis-py's exception
+# types, so the failure policy sees exactly what it saw before.
+
+
+def _pack(args: tuple[bytes | str | int, ...]) -> bytes:
+    out = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg if isinstance(arg, bytes) else str(arg).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
+
+
+class _Pipe(asyncio.Protocol):
+    """One connection; futures wait for replies in the order the commands were written.
+    A single timer watches the oldest unanswered command."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
+        self._loop = loop
+        self._timeout = timeout
+        self._reader = hiredis.Reader(replyError=ResponseError)
+        self._pending: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
+        self._outgoing: list[bytes] = []
+        self._transport: asyncio.Transport | None = None
+        self._watch: asyncio.TimerHandle | None = None
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+    def data_received(self, data: bytes) -> None:
+        self._reader.feed(data)
+        pending = self._pending
+        while True:
+            try:
+                reply = self._reader.gets()
+            except hiredis.ProtocolError as exc:
+                self.close(RedisConnectionError(f"Protocol error from Redis: {exc}"))
+                return
+            if reply is False:
+                return
+            if not pending:
+                self.close(RedisConnectionError("Redis sent a reply nobody asked for."))
+                return
+            future = pending.popleft()[0]
+            if not future.done():  # a caller that gave up (cancelled) drops its reply
+                future.set_result(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(RedisConnectionError("Connection closed by server."))
+
+    def send(self, command: bytes) -> asyncio.Future[Any]:
+        """Queue a command, written with the others of this event-loop turn in one write."""
+        future: asyncio.Future[Any] = self._loop.create_future()
+        if self.closed:
+            future.set_exception(RedisConnectionError("Connection closed."))
+            return future
+        if not self._outgoing:
+            self._loop.call_soon(self._flush)
+        self._outgoing.append(command)
+        deadline = self._loop.time() + self._timeout
+        self._pending.append((future, deadline))
+        if self._watch is None:
+            self._watch = self._loop.call_at(deadline, self._check)
+        return future
+
+    def _flush(self) -> None:
+        if self._outgoing and self._transport is not None and not self.closed:
+            self._transport.write(b"".join(self._outgoing))
+        self._outgoing.clear()
+
+    def _check(self) -> None:
+        self._watch = None
+        if not self._pending:
+            return
+        deadline = self._pending[0][1]
+        if deadline <= self._loop.time():
+            # The reply may still come, out of step with the next command: start afresh.
+            self.close(RedisTimeoutError("Timeout reading from Redis"))
+        else:
+            self._watch = self._loop.call_at(deadline, self._check)
+
+    def close(self, exc: RedisError) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+        self._fail(exc)
+
+    def _fail(self, exc: RedisError) -> None:
+        self.closed = True
+        self._outgoing.clear()
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
+        while self._pending:
+            future = self._pending.popleft()[0]
+            if not future.done():
+                future.set_exception(exc)
+
+
+class ScriptClient:
+    """EVALSHA (EVAL when the server lost the script) on one pipelined connection."""
+
+    def __init__(self, redis: Redis, timeout: float | None) -> None:
+        pool = redis.connection_pool
+        kwargs = pool.connection_kwargs
+        tcp = pool.connection_class is Connection
+        self._unix: str | None = None if tcp else kwargs.get("path")
+        self._host = kwargs.get("host", "localhost")
+        self._port = int(kwargs.get("port", 6379))
+        self._setup = []
+        if kwargs.get("password"):
+            user = kwargs.get("username")
+            auth = ("AUTH", user, kwargs["password"]) if user else ("AUTH", kwargs["password"])
+            self._setup.append(_pack(auth))
+        if kwargs.get("db"):
+            self._setup.append(_pack(("SELECT", kwargs["db"])))
+        self._timeout: float = timeout or kwargs.get("socket_timeout") or 5.0
+        self._connect_timeout: float = kwargs.get("socket_connect_timeout") or self._timeout
+        self._pipe: _Pipe | None = None
+        self._connecting: asyncio.Future[_Pipe] | None = None
+
+    @staticmethod
+    def supports(redis: Redis) -> bool:
+        """Plain TCP or unix-socket connections; anything else (TLS …) stays with redis-py."""
+        return redis.connection_pool.connection_class in (Connection, UnixDomainSocketConnection)
+
+    async def _connect(self) -> _Pipe:
+        if self._connecting is not None:  # another caller is connecting: share its outcome
+            return await asyncio.shield(self._connecting)
+        loop = asyncio.get_running_loop()
+        connecting = self._connecting = loop.create_future()
+        try:
+            pipe = await asyncio.wait_for(self._open(loop), self._connect_timeout)
+        except (OSError, TimeoutError, RedisError) as exc:
+            error = (
+                exc
+                if isinstance(exc, RedisError)
+                else RedisConnectionError(f"Error connecting to Redis: {exc!r}")
+            )
+            connecting.set_exception(error)
+            connecting.exception()  # marked as seen: nobody else may be waiting
+            raise error from exc
+        finally:
+            self._connecting = None
+        self._pipe = pipe
+        connecting.set_result(pipe)
+        return pipe
+
+    async def _open(self, loop: asyncio.AbstractEventLoop) -> _Pipe:
+        def factory() -> _Pipe:
+            return _Pipe(loop, self._timeout)
+
+        if self._unix is not None:
+            _, pipe = await loop.create_unix_connection(factory, self._unix)
+        else:
+            _, pipe = await loop.create_connection(factory, self._host, self._port)
+        for command in self._setup:
+            reply = await pipe.send(command)
+            if isinstance(reply, ResponseError):
+                pipe.close(RedisConnectionError(f"Redis refused the connection setup: {reply}"))
+                raise RedisConnectionError(str(reply))
+        return pipe
+
+    @staticmethod
+    def _command(script: Script, keys: list[str], args: list[Any], load: bool) -> bytes:
+        if load:  # EVAL also caches the script on the server
+            return _pack(("EVAL", script.source, len(keys), *keys, *args))
+        return _pack(("EVALSHA", script.sha, len(keys), *keys, *args))
+
+    def send(
+        self, script: Script, keys: list[str], args: list[Any], load: bool = False
+    ) -> asyncio.Future[Any]:
+        """Run the script without waiting: its raw reply (a `ResponseError` instance when
+        the script failed) or a connection/timeout error, as a future."""
+        pipe = self._pipe
+        if pipe is None or pipe.closed:
+            return asyncio.ensure_future(self._send_connecting(script, keys, args, load))
+        return pipe.send(self._command(script, keys, args, load))
+
+    async def _send_connecting(
+        self, script: Script, keys: list[str], args: list[Any], load: bool
+    ) -> Any:
+        pipe = await self._connect()
+        return await pipe.send(self._command(script, keys, args, load))
+
+    async def run(self, script: Script, keys: list[str], args: list[Any]) -> Any:
+        """The script's reply; raises what redis-py would (ResponseError, ConnectionError,
+        TimeoutError)."""
+        pipe = self._pipe
+        if pipe is None or pipe.closed:
+            pipe = await self._connect()
+        try:
+            reply = await pipe.send(self._command(script, keys, args, False))
+        except RedisConnectionError:
+            # The connection broke under us (a server restart, an idle timeout): once more on
+            # a new one, as redis-py would. The scripts are idempotent per request id.
+            pipe = await self._connect()
+            reply = await pipe.send(self._command(script, keys, args, False))
+        if isinstance(reply, ResponseError):
+            if str(reply).startswith("NOSCRIPT"):  # a new or flushed server
+                reply = await pipe.send(self._command(script, keys, args, True))
+            if isinstance(reply, ResponseError):
+                raise reply
+        return reply
+
+    async def close(self) -> None:
+        if self._pipe is not None:
+            self._pipe.close(RedisConnectionError("Client closed."))
+            self._pipe = None
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    source: str
+    sha: str
+
+    @classmethod
+    def load(cls, name: str) -> Script:
+        source = resources.files("tollgate_gateway.limits").joinpath(name).read_text()
+        return cls(source, hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest())
+
+
 @dataclass(slots=True)
 class Admission:
     """An admitted request; settle() it exactly once when it ends."""
@@ -63,6 +297,9 @@ class Admission:
     tracked: bool
     headers: dict[str, str] = field(default_factory=dict)
     settled: bool = False
+
+
+_LOAD, _RETRIED = 1, 2  # settlement attempts: sent as EVAL; sent again after a broken connection
 
 
 class Limiter:
@@ -77,10 +314,21 @@ class Limiter:
         self._spend = spend
         self._policy = policy
         self._lease_ms = int(lease_seconds * 1000)
-        pkg = resources.files("tollgate_gateway.limits")
-        self._admit = redis.register_script(pkg.joinpath("admit.lua").read_text())
-        self._settle = redis.register_script(pkg.joinpath("settle.lua").read_text())
+        self._admit_script = Script.load("admit.lua")
+        self._settle_script = Script.load("settle.lua")
+        self._client: ScriptClient | None = None
+        if ScriptClient.supports(redis):
+            timeout = redis.connection_pool.connection_kwargs.get("socket_timeout")
+            self._client = ScriptClient(redis, timeout)
+        else:
+            self._admit = redis.register_script(self._admit_script.source)
+            self._settle = redis.register_script(self._settle_script.source)
         self._inflight: dict[str, Admission] = {}
+        self._settling: set[asyncio.Future[Any]] = set()
+        self._names: dict[Any, tuple[str, list[str]]] = {}
+        self._latency_children: dict[str, Any] = {}
+        self._month = ""
+        self._month_ends = 0.0
         self._renewer: asyncio.Task[None] | None = None
         self.redis_up = True
 
@@ -93,6 +341,13 @@ class Limiter:
             self._renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._renewer
+        if self._client is not None:
+            await self._client.close()
+
+    async def drain(self) -> None:
+        """Wait for the settlements already sent (shutdown)."""
+        if self._settling:
+            await asyncio.gather(*self._settling, return_exceptions=True)
 
     @property
     def in_flight(self) -> int:
@@ -111,7 +366,7 @@ class Limiter:
                 result = await self._run_admit(key, request_id, reservation, int(seed * NANOS))
         except (TimeoutError, RedisError, OSError) as exc:
             return self._redis_down(key, request_id, exc)
-        metrics.REDIS_LATENCY.labels("admit").observe(time.perf_counter() - started)
+        self._latency("admit").observe(time.perf_counter() - started)
         if not self.redis_up:
             log.warning("redis is back; limits are enforced again")
             self.redis_up = True
@@ -128,34 +383,53 @@ class Limiter:
     async def _run_admit(
         self, key: KeyRecord, request_id: str, reservation: Decimal, seed: int
     ) -> list[Any]:
-        now = datetime.now(UTC)
         budget = -1 if key.monthly_budget is None else int(key.monthly_budget * NANOS)
-        result: list[Any] = await self._admit(
-            keys=self._keys(key, now),
-            args=[
-                int(time.time() * 1000),
-                key.rate_limit_rpm or 0,
-                key.tpm_limit or 0,
-                key.concurrency_limit or 0,
-                self._lease_ms,
-                request_id,
-                budget,
-                int(reservation * NANOS),
-                seed,
-                MONTH_TTL,
-            ],
-        )
+        keys = self._keys(key)
+        args: list[int | str] = [
+            int(time.time() * 1000),
+            key.rate_limit_rpm or 0,
+            key.tpm_limit or 0,
+            key.concurrency_limit or 0,
+            self._lease_ms,
+            request_id,
+            budget,
+            int(reservation * NANOS),
+            seed,
+            MONTH_TTL,
+        ]
+        if self._client is not None:
+            result: list[Any] = await self._client.run(self._admit_script, keys, args)
+        else:
+            result = await self._admit(keys=keys, args=args)
         return result
 
-    def _keys(self, key: KeyRecord, now: datetime) -> list[str]:
+    def _month_tag(self) -> str:
+        """``YYYYMM`` of now (UTC), recomputed only when a month ends."""
+        if time.time() >= self._month_ends:
+            now = datetime.now(UTC)
+            self._month = f"{now:%Y%m}"
+            start = month_start(now)
+            following = (start + timedelta(days=32)).replace(day=1)
+            self._month_ends = following.timestamp()
+        return self._month
+
+    def _keys(self, key: KeyRecord) -> list[str]:
+        month = self._month_tag()
+        cached = self._names.get(key.id)
+        if cached is not None and cached[0] == month:
+            return cached[1]
         base = f"tg:{{{key.id}}}"
-        return [
+        names = [
             f"{base}:rpm",
             f"{base}:tpm",
             f"{base}:inflight",
             f"{base}:resv",
-            f"{base}:spend:{now:%Y%m}",
+            f"{base}:spend:{month}",
         ]
+        if len(self._names) >= 100_000:
+            self._names.clear()
+        self._names[key.id] = (month, names)
+        return names
 
     def _redis_down(self, key: KeyRecord, request_id: str, exc: BaseException) -> Admission:
         if self.redis_up:
@@ -236,7 +510,9 @@ class Limiter:
         )
 
     # -- completion ------------------------------------------------------------------
-    async def settle(self, admission: Admission, tokens: int, cost: Decimal) -> None:
+    def settle(self, admission: Admission, tokens: int, cost: Decimal) -> None:
+        """Free the admission's lease and reservation, charge its tokens and cost. Sent at
+        once, not awaited: the request does not wait for it (`drain` does, at shutdown)."""
         if admission.settled:
             return
         admission.settled = True
@@ -246,25 +522,80 @@ class Limiter:
         charge_spend = key.monthly_budget is not None and cost > 0
         if not (admission.tracked or charge_tpm or charge_spend):
             return
-        keys = self._keys(key, datetime.now(UTC))
+        names = self._keys(key)
+        keys = [names[1], names[2], names[3], names[4]]
+        args: list[int | str] = [
+            int(time.time() * 1000),
+            admission.request_id,
+            tokens,
+            int(cost * NANOS),
+            MONTH_TTL,
+            int(charge_tpm),
+            int(charge_spend),
+        ]
+        if self._client is None:
+            task = asyncio.ensure_future(self._settle_redis_py(admission.request_id, keys, args))
+            self._settling.add(task)
+            task.add_done_callback(self._settling.discard)
+            return
+        self._send_settle(admission.request_id, keys, args, time.perf_counter(), 0)
+
+    def _send_settle(
+        self, request_id: str, keys: list[str], args: list[Any], started: float, attempt: int
+    ) -> None:
+        assert self._client is not None
+        load = attempt & _LOAD != 0
+        pending = self._client.send(self._settle_script, keys, args, load)
+        self._settling.add(pending)
+        pending.add_done_callback(
+            functools.partial(self._settled, request_id, keys, args, started, attempt)
+        )
+
+    def _settled(
+        self,
+        request_id: str,
+        keys: list[str],
+        args: list[Any],
+        started: float,
+        attempt: int,
+        future: asyncio.Future[Any],
+    ) -> None:
+        self._settling.discard(future)
+        if future.cancelled():
+            return
+        exc = future.exception()
+        if exc is None:
+            reply = future.result()
+            if not isinstance(reply, ResponseError):
+                self._latency("settle").observe(time.perf_counter() - started)
+                return
+            if not attempt & _LOAD and str(reply).startswith("NOSCRIPT"):
+                self._send_settle(request_id, keys, args, started, attempt | _LOAD)
+                return
+            exc = reply
+        elif isinstance(exc, RedisConnectionError) and not attempt & _RETRIED:
+            # The connection broke under us: once more on a new one, as redis-py would.
+            self._send_settle(request_id, keys, args, started, attempt | _RETRIED)
+            return
+        if isinstance(exc, TimeoutError | RedisError | OSError):
+            # The lease expires by itself; the month's spend is re-seeded from Postgres.
+            log.warning("could not settle %s in redis: %s", request_id, exc)
+        else:
+            log.error("settling %s failed: %r", request_id, exc)
+
+    async def _settle_redis_py(self, request_id: str, keys: list[str], args: list[Any]) -> None:
         started = time.perf_counter()
         try:
-            await self._settle(
-                keys=[keys[1], keys[2], keys[3], keys[4]],
-                args=[
-                    int(time.time() * 1000),
-                    admission.request_id,
-                    tokens,
-                    int(cost * NANOS),
-                    MONTH_TTL,
-                    int(charge_tpm),
-                    int(charge_spend),
-                ],
-            )
-            metrics.REDIS_LATENCY.labels("settle").observe(time.perf_counter() - started)
+            await self._settle(keys=keys, args=args)
+            self._latency("settle").observe(time.perf_counter() - started)
         except (TimeoutError, RedisError, OSError) as exc:
-            # The lease expires by itself; the month's spend is re-seeded from Postgres.
-            log.warning("could not settle %s in redis: %s", admission.request_id, exc)
+            log.warning("could not settle %s in redis: %s", request_id, exc)
+
+    def _latency(self, op: str) -> Any:
+        child = self._latency_children.get(op)
+        if child is None:
+            child = self._latency_children[op] = metrics.REDIS_LATENCY.labels(op)
+        return child
 
     async def _renew_loop(self) -> None:
         """Renew the leases of this process's in-flight requests; keep `tollgate_redis_up` true."""

@@ -72,13 +72,17 @@ async def root(request: Request) -> Response:
     return PlainTextResponse("Ollama is running (Tollgate gateway)")
 
 
+PROXY_ROUTES: dict[str, Endpoint] = {
+    "/api/chat": Endpoint.OLLAMA_CHAT,
+    "/api/generate": Endpoint.OLLAMA_GENERATE,
+    "/api/embed": Endpoint.OLLAMA_EMBED,
+    "/api/embeddings": Endpoint.OLLAMA_EMBEDDINGS,
+    "/api/show": Endpoint.OLLAMA_SHOW,
+}
+
 routes: list[BaseRoute] = [
     Route("/", root, methods=["GET", "HEAD"]),
-    Route("/api/chat", _endpoint(Endpoint.OLLAMA_CHAT), methods=["POST"]),
-    Route("/api/generate", _endpoint(Endpoint.OLLAMA_GENERATE), methods=["POST"]),
-    Route("/api/embed", _endpoint(Endpoint.OLLAMA_EMBED), methods=["POST"]),
-    Route("/api/embeddings", _endpoint(Endpoint.OLLAMA_EMBEDDINGS), methods=["POST"]),
-    Route("/api/show", _endpoint(Endpoint.OLLAMA_SHOW), methods=["POST"]),
+    *(Route(path, _endpoint(ep), methods=["POST"]) for path, ep in PROXY_ROUTES.items()),
     Route("/api/tags", tags, methods=["GET"]),
     Route("/api/ps", running, methods=["GET"]),
     Route("/api/version", version, methods=["GET"]),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from enum import StrEnum
@@ -61,14 +62,18 @@ def schema_state(current: str | None) -> SchemaState:
     (during `helm upgrade` old pods run after the pre-upgrade migration; after
     `helm rollback` old pods run on the migrated database).
     """
-    script = ScriptDirectory.from_config(alembic_config())
-    head = script.get_current_head()
+    head, known = _revisions()
     if current == head:
         return SchemaState.CURRENT
     if current is None:
         return SchemaState.BEHIND
-    known = {rev.revision for rev in script.walk_revisions()}
     return SchemaState.BEHIND if current in known else SchemaState.AHEAD
+
+
+@functools.cache
+def _revisions() -> tuple[str | None, frozenset[str]]:
+    script = ScriptDirectory.from_config(alembic_config())
+    return script.get_current_head(), frozenset(r.revision for r in script.walk_revisions())
 
 
 async def check_schema(engine: AsyncEngine) -> None:

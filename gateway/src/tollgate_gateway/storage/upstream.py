@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import aiohttp
 import orjson
+from multidict import CIMultiDict
+from yarl import URL
 
 from tollgate_gateway import metrics
 from tollgate_gateway.errors import ApiError
+
+JSON_HEADERS = CIMultiDict({"Content-Type": "application/json"})
 
 
 class Upstream:
@@ -24,6 +28,7 @@ class Upstream:
         )
         self._max = max_connections
         self._session: aiohttp.ClientSession | None = None
+        self._urls: dict[str, URL] = {}
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -36,6 +41,7 @@ class Upstream:
                 timeout=self._timeout,
                 auto_decompress=True,
                 skip_auto_headers=("User-Agent",),
+                cookie_jar=aiohttp.DummyCookieJar(),  # Ollama sets none; skip the bookkeeping
             )
         return self._session
 
@@ -47,9 +53,19 @@ class Upstream:
         self, method: str, url: str, body: bytes | None = None
     ) -> aiohttp.ClientResponse:
         """Send a request; connection failures become 502/504 ApiErrors."""
-        headers = {"Content-Type": "application/json"} if body is not None else None
+        headers = JSON_HEADERS if body is not None else None
+        target: URL | str | None = self._urls.get(url)
+        if target is None:  # parsed once: parsing costs more than the rest of the request
+            try:
+                target = URL(url)
+            except ValueError:
+                target = url  # aiohttp reports it as it always did
+            else:
+                if len(self._urls) >= 10_000:
+                    self._urls.clear()
+                self._urls[url] = target
         try:
-            return await self.session.request(method, url, data=body, headers=headers)
+            return await self.session.request(method, target, data=body, headers=headers)
         except TimeoutError as exc:
             metrics.UPSTREAM_ERRORS.labels("timeout").inc()
             raise ApiError(

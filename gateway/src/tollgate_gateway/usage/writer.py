@@ -12,20 +12,19 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tollgate_gateway import metrics
-from tollgate_gateway.storage.orm import UsageEvent
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +46,54 @@ class UsageRow:
     ttft_ms: float | None
     streamed: bool
     error_class: str | None
+
+
+COPY_ROWS = f"COPY usage_events ({', '.join(f.name for f in fields(UsageRow))}) FROM STDIN"
+_SPECIAL = re.compile(r"[\\\t\n\r]")
+_ESCAPED = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
+NULL = "\\N"
+
+
+def _text(value: str | None) -> str:
+    if value is None:
+        return NULL
+    if _SPECIAL.search(value) is None:
+        return value
+    return _SPECIAL.sub(lambda m: _ESCAPED[m.group()], value)
+
+
+def copy_line(row: UsageRow) -> str:
+    """One row in COPY's text format, columns in UsageRow's order."""
+    return "\t".join(
+        (
+            row.ts.isoformat(),
+            _text(row.request_id),
+            NULL if row.key_id is None else str(row.key_id),
+            _text(row.app),
+            _text(row.alias),
+            _text(row.backend_tag),
+            _text(row.endpoint),
+            str(row.status),
+            str(row.prompt_tokens),
+            str(row.completion_tokens),
+            str(row.cost),
+            repr(row.latency_ms),
+            NULL if row.ttft_ms is None else repr(row.ttft_ms),
+            "t" if row.streamed else "f",
+            _text(row.error_class),
+        )
+    )
+
+
+async def insert_rows(engine: AsyncEngine, rows: list[UsageRow]) -> None:
+    """Insert rows in one transaction with COPY: one round trip, and several times less CPU
+    than an executemany INSERT (or psycopg's per-value adapters)."""
+    data = "".join([copy_line(row) + "\n" for row in rows])
+    async with engine.begin() as conn:
+        raw = await conn.get_raw_connection()
+        driver: Any = raw.driver_connection  # psycopg.AsyncConnection
+        async with driver.cursor() as cursor, cursor.copy(COPY_ROWS) as copy:
+            await copy.write(data)
 
 
 def _to_json(row: UsageRow) -> bytes:
@@ -117,10 +164,15 @@ class UsageWriter:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._interval)
             self._wake.clear()
-            while self._buffer:
+            # Write what is there now; rows that arrive meanwhile wait for the next interval,
+            # or for a full batch (record() wakes us). Draining until empty would write a
+            # handful of rows at a time, each batch paying a whole transaction.
+            due = len(self._buffer)
+            while due > 0 and self._buffer:
                 if not await self.flush():
                     await asyncio.sleep(min(5.0, self._interval * 4))
                     break
+                due -= self._batch
 
     async def flush(self) -> bool:
         """Write one batch; False when Postgres refused (rows are kept)."""
@@ -129,8 +181,7 @@ class UsageWriter:
         batch = self._buffer[: self._batch]
         started = time.perf_counter()
         try:
-            async with self._engine.begin() as conn:
-                await conn.execute(insert(UsageEvent), [asdict(r) for r in batch])
+            await insert_rows(self._engine, batch)
         except Exception as exc:
             log.warning("usage flush of %d rows failed, will retry: %s", len(batch), exc)
             metrics.USAGE_FLUSH_ERRORS.inc()
@@ -162,8 +213,7 @@ class UsageWriter:
                 continue
             rows = [_from_json(line) for line in claimed.read_bytes().splitlines() if line]
             try:
-                async with self._engine.begin() as conn:
-                    await conn.execute(insert(UsageEvent), [asdict(r) for r in rows])
+                await insert_rows(self._engine, rows)
             except Exception as exc:
                 claimed.rename(path)
                 log.warning("could not replay %s yet: %s", path.name, exc)

@@ -1,0 +1,3 @@
+module tollgate.dev/bench/streamload
+
+go 1.26

@@ -1,0 +1,1 @@
+"""The benchmark harness behind `make bench`: one run, one machine, every system."""
