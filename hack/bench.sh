@@ -32,7 +32,9 @@ venv_with() { # venv_with DIR STAMP PACKAGE...: create DIR with exactly these pi
     echo "$stamp" >"$dir/.bench-stamp"
   fi
 }
-venv_with "$BENCH_CACHE/litellm-venv" "litellm $LITELLM_VERSION" "litellm[proxy]==$LITELLM_VERSION"
+# extra_proxy brings Prisma, which LiteLLM's virtual keys (its database) need
+venv_with "$BENCH_CACHE/litellm-venv" "litellm $LITELLM_VERSION proxy,extra_proxy" \
+  "litellm[proxy,extra_proxy]==$LITELLM_VERSION"
 venv_with "$BENCH_CACHE/tools-venv" "matplotlib $MATPLOTLIB_VERSION py-spy $PYSPY_VERSION" \
   "matplotlib==$MATPLOTLIB_VERSION" "py-spy==$PYSPY_VERSION"
 

@@ -10,6 +10,7 @@ tollgate  the Tollgate gateway, one worker, with auth, limits, usage and metrics
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import subprocess
 import sys
@@ -300,8 +301,12 @@ class LiteLLM(System):
                 "virtual keys: LiteLLM's Prisma database runs on the local PostgreSQL"
             )
         except StartError as exc:
-            reason = str(exc).strip().splitlines()
-            why = next((x for x in reason if "prisma" in x.lower() or "error" in x.lower()), "")
+            text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+            if "getaddrinfo" in text or "ENOTFOUND" in text:
+                why = "Prisma could not download its query engine: this machine has no internet"
+            else:
+                lines = [x.strip() for x in text.splitlines() if x.strip()]
+                why = next((x for x in lines if "prisma" in x.lower() and len(x) > 20), "")
             self.notes.append(
                 "master key only: with DATABASE_URL LiteLLM did not start "
                 f"({why.strip()[:220] or 'see the log'}); virtual keys, budgets and spend logs "
