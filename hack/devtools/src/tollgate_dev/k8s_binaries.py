@@ -42,6 +42,21 @@ def cache_root() -> Path:
     return Path(xdg) / "tollgate"
 
 
+def read_env_file(path: Path) -> dict[str, str]:
+    """``KEY=value`` lines (``#`` starts a comment), as the shell scripts source them."""
+    values: dict[str, str] = {}
+    for raw in path.read_text().splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        key, sep, value = line.partition("=")
+        if not sep:
+            msg = f"{path}: not KEY=value: {raw!r}"
+            raise ValueError(msg)
+        values[key.strip()] = value.strip().strip("\"'")
+    return values
+
+
 @dataclass(frozen=True)
 class Versions:
     """The pinned versions from ``hack/versions.env``."""
@@ -55,16 +70,7 @@ class Versions:
     def load(cls, path: Path | None = None) -> Versions:
         """Parse ``KEY=value`` lines; ``#`` starts a comment."""
         path = path or repo_root() / VERSIONS_FILE
-        values: dict[str, str] = {}
-        for raw in path.read_text().splitlines():
-            line = raw.split("#", 1)[0].strip()
-            if not line:
-                continue
-            key, sep, value = line.partition("=")
-            if not sep:
-                msg = f"{path}: not KEY=value: {raw!r}"
-                raise ValueError(msg)
-            values[key.strip()] = value.strip().strip("\"'")
+        values = read_env_file(path)
         try:
             return cls(
                 kubernetes=values["KUBERNETES_VERSION"],

@@ -35,7 +35,7 @@ from typing import Any, Self
 import httpx
 
 from tollgate_dev.gatewayproc import stop_process, wait_http
-from tollgate_dev.k8s_binaries import cache_root
+from tollgate_dev.k8s_binaries import cache_root, read_env_file
 from tollgate_dev.services import ServiceError, free_port
 
 VERSIONS_FILE = Path("hack") / "ollama-versions.env"
@@ -80,16 +80,7 @@ class OllamaVersions:
     def load(cls, path: Path | None = None) -> OllamaVersions:
         """Parse ``KEY=value`` lines; ``#`` starts a comment."""
         path = path or repo_root() / VERSIONS_FILE
-        values: dict[str, str] = {}
-        for raw in path.read_text().splitlines():
-            line = raw.split("#", 1)[0].strip()
-            if not line:
-                continue
-            key, sep, value = line.partition("=")
-            if not sep:
-                msg = f"{path}: not KEY=value: {raw!r}"
-                raise ValueError(msg)
-            values[key.strip()] = value.strip().strip("\"'")
+        values = read_env_file(path)
         try:
             return cls(ollama=values["OLLAMA_VERSION"], distribution=values["DISTRIBUTION_VERSION"])
         except KeyError as exc:
