@@ -67,13 +67,7 @@ class Upstream:
         try:
             return await self.session.request(method, target, data=body, headers=headers)
         except TimeoutError as exc:
-            metrics.UPSTREAM_ERRORS.labels("timeout").inc()
-            raise ApiError(
-                504,
-                "The model server did not answer in time.",
-                type="server_error",
-                code="upstream_timeout",
-            ) from exc
+            raise timed_out() from exc
         except aiohttp.ClientConnectorError as exc:
             metrics.UPSTREAM_ERRORS.labels("connect").inc()
             raise ApiError(
@@ -92,17 +86,22 @@ class Upstream:
             ) from exc
 
 
+def timed_out() -> ApiError:
+    """The model server was silent longer than the read timeout (504), counted once."""
+    metrics.UPSTREAM_ERRORS.labels("timeout").inc()
+    return ApiError(
+        504,
+        "The model server did not answer in time.",
+        type="server_error",
+        code="upstream_timeout",
+    )
+
+
 async def read_body(resp: aiohttp.ClientResponse) -> bytes:
     try:
         return await resp.read()
     except TimeoutError as exc:
-        metrics.UPSTREAM_ERRORS.labels("timeout").inc()
-        raise ApiError(
-            504,
-            "The model server did not answer in time.",
-            type="server_error",
-            code="upstream_timeout",
-        ) from exc
+        raise timed_out() from exc
     except aiohttp.ClientError as exc:
         metrics.UPSTREAM_ERRORS.labels("stream").inc()
         raise ApiError(
