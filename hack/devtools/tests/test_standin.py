@@ -961,3 +961,107 @@ def test_pull_into_a_pod_like_real_ollama(
     chat = {"model": registry_tiny, "messages": [{"role": "user", "content": "hi"}]}
     reply = httpx.post(pod.url + "/api/chat", json={**chat, "stream": False}, timeout=60).json()
     assert reply["done"] and reply["eval_count"] > 0
+
+
+# --- residency: OLLAMA_MAX_LOADED_MODELS and the prompt cache ---------------------------
+
+
+async def chat_once(session: aiohttp.ClientSession, model: str, *messages: str) -> dict[str, Any]:
+    body = {
+        "model": model,
+        "stream": False,
+        "messages": [{"role": "user", "content": m} for m in messages],
+    }
+    async with session.post("/api/chat", json=body) as r:
+        assert r.status == 200, await r.text()
+        answer: dict[str, Any] = await r.json()
+        return answer
+
+
+async def ps_names(session: aiohttp.ClientSession) -> list[str]:
+    async with session.get("/api/ps") as r:
+        return [m["name"] for m in (await r.json())["models"]]
+
+
+async def test_max_loaded_models_evicts_the_idle_model() -> None:
+    config = StandinConfig(port=0, models=("a:1b", "b:1b"), max_loaded_models=1, load_ms=20)
+    async with run_standin(config) as server, aiohttp.ClientSession(server.url) as s:
+        await chat_once(s, "a:1b", "hi")
+        assert await ps_names(s) == ["a:1b"]
+        await chat_once(s, "b:1b", "hi")
+        assert await ps_names(s) == ["b:1b"]
+        await chat_once(s, "b:1b", "again")  # resident: no load
+        await chat_once(s, "a:1b", "back")
+        stats = await wait_for_stat(s, "in_flight", 0)
+        assert (stats["loads"], stats["evictions"]) == (3, 2)
+        assert stats["load_seconds"] > 0
+
+
+async def test_a_busy_model_is_evicted_only_after_its_requests_end() -> None:
+    config = StandinConfig(
+        port=0, models=("a:1b", "b:1b"), max_loaded_models=1, parallel=2, tokens_per_second=40
+    )
+    finished: list[str] = []
+
+    async def run(session: aiohttp.ClientSession, model: str) -> None:
+        await chat_once(session, model, "count to twelve")
+        finished.append(model)
+
+    async with run_standin(config) as server, aiohttp.ClientSession(server.url) as s:
+        first = asyncio.create_task(run(s, "a:1b"))
+        await wait_for_stat(s, "in_flight", 1)
+        await run(s, "b:1b")
+        await first
+        assert finished == ["a:1b", "b:1b"]  # b's load waited for a's generation
+        assert await ps_names(s) == ["b:1b"]
+
+
+async def test_unlimited_by_default_keeps_every_model_loaded() -> None:
+    async with (
+        run_standin(StandinConfig(port=0, models=("a:1b", "b:1b"))) as server,
+        aiohttp.ClientSession(server.url) as s,
+    ):
+        await chat_once(s, "a:1b", "hi")
+        await chat_once(s, "b:1b", "hi")
+        assert sorted(await ps_names(s)) == ["a:1b", "b:1b"]
+        assert (await wait_for_stat(s, "evictions", 0))["loads"] == 2
+
+
+async def test_prompt_cache_hits_on_a_shared_prefix_and_dies_with_the_runner() -> None:
+    config = StandinConfig(port=0, models=("a:1b",), prefill_ms_per_token=0.1, parallel=2)
+    async with run_standin(config) as server, aiohttp.ClientSession(server.url) as s:
+        await chat_once(s, "a:1b", "You are a travel agent. Plan Lisbon.")
+        await chat_once(s, "a:1b", "You are a travel agent. Plan Lisbon.", "And Porto?")
+        stats = await wait_for_stat(s, "prompt_cache_hits", 1)
+        assert stats["prompt_cached_tokens"] == 7  # the seven words of turn one
+        await chat_once(s, "a:1b", "Something else entirely")
+        assert (await wait_for_stat(s, "prompt_cache_hits", 1))["prompt_cached_tokens"] == 7
+        async with s.post("/api/generate", json={"model": "a:1b", "keep_alive": 0}) as r:
+            assert r.status == 200  # unload: the runner and its cache go
+        await chat_once(s, "a:1b", "You are a travel agent. Plan Lisbon.", "And Porto?")
+        assert (await wait_for_stat(s, "prompt_cache_hits", 1))["loads"] == 2
+
+
+def test_prompt_cache_slots_take_the_longest_prefix() -> None:
+    from tollgate_dev.standin.promptcache import PromptCache, prompt_words
+
+    cache = PromptCache(slots=2)
+    one = prompt_words([("user", "a b c")])
+    two = prompt_words([("user", "x y")])
+    assert cache.use("m", one) == 0
+    assert cache.use("m", two) == 0
+    assert cache.use("m", prompt_words([("user", "a b c"), ("user", "d")])) == 3
+    assert cache.use("m", prompt_words([("user", "a q")])) == 1
+    assert cache.use("m", prompt_words([("system", "a b c")])) == 0  # roles differ
+    assert cache.use("other", one) == 0  # caches are per model
+    cache.drop("m")
+    assert cache.use("m", one) == 0
+
+
+def test_residency_flags_parse() -> None:
+    config = config_from_args(
+        build_parser().parse_args(["--max-loaded-models", "1", "--prefill-ms-per-token", "2.5"])
+    )
+    assert (config.max_loaded_models, config.prefill_ms_per_token) == (1, 2.5)
+    with pytest.raises(ValueError, match="max_loaded_models"):
+        StandinConfig(max_loaded_models=-1)

@@ -38,6 +38,18 @@ def build_parser() -> argparse.ArgumentParser:
     add("--embedding-dim", type=int, default=defaults.embedding_dim)
     add("--parallel", type=int, default=defaults.parallel, help="OLLAMA_NUM_PARALLEL")
     add("--max-queue", type=int, default=defaults.max_queue, help="OLLAMA_MAX_QUEUE")
+    add(
+        "--max-loaded-models",
+        type=int,
+        default=defaults.max_loaded_models,
+        help="OLLAMA_MAX_LOADED_MODELS: loading one more evicts the idle one; 0 = no limit",
+    )
+    add(
+        "--prefill-ms-per-token",
+        type=float,
+        default=defaults.prefill_ms_per_token,
+        help="extra time to first token per prompt token not in the prompt cache",
+    )
     add("--pull-delay-ms", type=float, default=0.0, help="duration of a model pull")
     add("--registry", type=_names, default=DEFAULT_REGISTRY, help="pullable names; * = any")
     add("--keep-alive", default=defaults.keep_alive, help="OLLAMA_KEEP_ALIVE")
@@ -63,6 +75,8 @@ def config_from_args(args: argparse.Namespace) -> StandinConfig:
         embedding_dim=args.embedding_dim,
         parallel=args.parallel,
         max_queue=args.max_queue,
+        max_loaded_models=args.max_loaded_models,
+        prefill_ms_per_token=args.prefill_ms_per_token,
         pull_delay_ms=args.pull_delay_ms,
         registry=args.registry,
         keep_alive=args.keep_alive,

@@ -135,7 +135,7 @@ async def run_generation(
         return error_response(gen.status, gen.message)
     encoder: Encoder = encoder_for(gen.model)
     if gen.idle == "unload":
-        request.app[STATE].loaded.unload(gen.record.key)
+        request.app[STATE].unload(gen.record.key)
         return encoder.idle("unload")
     return await serve_generation(request, gen, encoder)
 

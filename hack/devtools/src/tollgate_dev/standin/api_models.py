@@ -178,7 +178,7 @@ async def delete(request: web.Request) -> web.Response:
         return error_response(400, f"name {go_quote(model)} is invalid")
     if not state.store.remove(name):
         return error_response(404, f"model '{model}' not found")
-    state.loaded.unload(name.key)
+    state.unload(name.key)
     return web.Response()
 
 

@@ -229,6 +229,7 @@ class Residency:
     record: ModelRecord
     expires_at: datetime
     num_ctx: int
+    keep_alive: float = 300.0  # the session duration Ollama sorts eviction candidates by
 
 
 class LoadedModels:
@@ -242,7 +243,21 @@ class LoadedModels:
         return residency is not None and residency.expires_at > datetime.now(UTC)
 
     def touch(self, record: ModelRecord, keep_alive: float, num_ctx: int) -> None:
-        self._loaded[record.key] = Residency(record, _expiry(keep_alive), num_ctx)
+        self._loaded[record.key] = Residency(record, _expiry(keep_alive), num_ctx, keep_alive)
+
+    def live_keys(self) -> list[str]:
+        now = datetime.now(UTC)
+        return [key for key, r in self._loaded.items() if r.expires_at > now]
+
+    def eviction_order(self) -> list[str]:
+        """Ollama's ``ByDurationAndName``: shortest keep-alive first, then by name."""
+        now = datetime.now(UTC)
+        live = [
+            (r.keep_alive if r.keep_alive >= 0 else math.inf, key)
+            for key, r in self._loaded.items()
+            if r.expires_at > now
+        ]
+        return [key for _, key in sorted(live)]
 
     def unload(self, key: str) -> None:
         self._loaded.pop(key, None)

@@ -52,6 +52,8 @@ class StandinConfig:
     embedding_dim: int = 8
     parallel: int = 1
     max_queue: int = 512
+    max_loaded_models: int = 0  # OLLAMA_MAX_LOADED_MODELS; 0 = no limit (stand-in default)
+    prefill_ms_per_token: float = 0.0  # prompt tokens not in the prompt cache cost this each
     pull_delay_ms: float = 0.0
     registry: tuple[str, ...] = DEFAULT_REGISTRY
     keep_alive: str = "5m"
@@ -71,6 +73,8 @@ class StandinConfig:
         _require(self.embedding_dim >= 1, "embedding_dim must be >= 1")
         _require(self.parallel >= 1, "parallel must be >= 1")
         _require(self.max_queue >= 0, "max_queue must be >= 0")
+        _require(self.max_loaded_models >= 0, "max_loaded_models must be >= 0")
+        _require(self.prefill_ms_per_token >= 0, "prefill_ms_per_token must be >= 0")
         _require(self.request_log_size >= 0, "request_log_size must be >= 0")
         _require(self.context_length >= 1, "context_length must be >= 1")
 

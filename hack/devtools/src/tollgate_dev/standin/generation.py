@@ -145,9 +145,10 @@ async def _produce(
         return encoder.idle(gen.idle)
     plan = _plan(state, gen)
     fault = take_stream_fault(state, request)
+    prefill = state.config.ttft_ms / 1000 + state.prefill_seconds(gen.record.key, gen.turns)
     if gen.stream:
-        return await _stream(request, state, plan, encoder, clock, fault)
-    return await _whole(request, state, plan, encoder, clock, fault)
+        return await _stream(request, state, plan, encoder, clock, fault, prefill)
+    return await _whole(request, state, plan, encoder, clock, fault, prefill)
 
 
 def _plan(state: StandinState, gen: GenRequest) -> Plan:
@@ -178,6 +179,7 @@ async def _stream(
     encoder: Encoder,
     clock: Clock,
     fault: Fault | None,
+    prefill: float,
 ) -> web.StreamResponse:
     interval = state.config.token_interval
     writer = ChunkWriter(
@@ -188,7 +190,7 @@ async def _stream(
         fault=fault,
         error_chunk=encoder.midstream_error,
     )
-    await pause(state.config.ttft_ms / 1000)
+    await pause(prefill)
     clock.first = time.perf_counter_ns()
     if plan.tool_calls:
         await writer.send(encoder.tool_calls(plan.tool_calls, True))
@@ -207,8 +209,9 @@ async def _whole(
     encoder: Encoder,
     clock: Clock,
     fault: Fault | None,
+    prefill: float,
 ) -> web.StreamResponse:
-    await pause(state.config.ttft_ms / 1000)
+    await pause(prefill)
     clock.first = time.perf_counter_ns()
     await pause(max(len(plan.pieces) - 1, 0) * state.config.token_interval)
     if fault is not None and fault.kind == "drop":

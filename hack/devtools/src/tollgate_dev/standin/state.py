@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
-from collections.abc import Mapping
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,8 +15,10 @@ from .catalog import CONTEXT_LENGTH, LoadedModels, ModelRecord, ModelStore
 from .config import StandinConfig
 from .faults import FaultBook
 from .names import ModelName, parse_name
+from .promptcache import PromptCache, prompt_words
 from .scheduler import Scheduler
 from .stats import Stats
+from .textgen import Turn
 from .wire import parse_keep_alive
 
 
@@ -28,6 +31,7 @@ class StandinState:
     faults: FaultBook
     stats: Stats
     default_keep_alive: float
+    prompt_cache: PromptCache
     registry: tuple[str, ...] = field(default=())
 
     @classmethod
@@ -41,6 +45,7 @@ class StandinState:
             faults=FaultBook(),
             stats=stats,
             default_keep_alive=parse_keep_alive(config.keep_alive, 300.0),
+            prompt_cache=PromptCache(config.parallel),
             registry=_registry_keys(config),
         )
 
@@ -48,6 +53,7 @@ class StandinState:
         """Back to the configured models, no faults, zeroed counters."""
         self.store.reset()
         self.loaded.clear()
+        self.prompt_cache.clear()
         self.faults.clear()
         self.stats.reset()
 
@@ -64,13 +70,50 @@ class StandinState:
         return min(wanted, CONTEXT_LENGTH)
 
     async def load(self, record: ModelRecord, keep_alive: float, num_ctx: int) -> None:
-        """Pretend to load weights (``load_ms``) unless resident; then mark it loaded."""
-        if not self.loaded.is_loaded(record.key) and self.config.load_ms > 0:
+        """Pretend to load weights (``load_ms``) unless resident; then mark it loaded.
+
+        With ``max_loaded_models`` set, loading one more model first evicts another the way
+        Ollama's scheduler does: the idle one with the shortest keep-alive (then by name), or,
+        when every loaded model is busy, the first of them once its requests have finished.
+        """
+        if not self.loaded.is_loaded(record.key):
             async with self.scheduler.loading_lock(record.key):
                 if not self.loaded.is_loaded(record.key):
-                    await asyncio.sleep(self.config.load_ms / 1000)
+                    await self._make_room(record.key)
+                    self.stats.loads += 1
+                    started = time.perf_counter()
+                    if self.config.load_ms > 0:
+                        await asyncio.sleep(self.config.load_ms / 1000)
+                    self.stats.load_seconds += time.perf_counter() - started
                     self.loaded.touch(record, keep_alive, num_ctx)
         self.loaded.touch(record, keep_alive, num_ctx)
+
+    async def _make_room(self, key: str) -> None:
+        limit = self.config.max_loaded_models
+        while limit and len([k for k in self.loaded.live_keys() if k != key]) >= limit:
+            order = [k for k in self.loaded.eviction_order() if k != key]
+            idle = [k for k in order if not self.stats.in_flight_by_model.get(k)]
+            if idle:
+                self.unload(idle[0])
+                self.stats.evictions += 1
+                continue
+            await asyncio.sleep(0.005)  # Ollama waits for the runner to finish its requests
+
+    def unload(self, key: str) -> None:
+        """The runner goes, and its prompt cache with it."""
+        self.loaded.unload(key)
+        self.prompt_cache.drop(key)
+
+    def prefill_seconds(self, key: str, turns: Sequence[Turn]) -> float:
+        """Extra time to first token for the prompt tokens the cache did not hold."""
+        if self.config.prefill_ms_per_token <= 0:
+            return 0.0  # no cost to model: the hot path stays as lean as before
+        words = prompt_words(turns)
+        cached = self.prompt_cache.use(key, words)
+        if cached:
+            self.stats.prompt_cache_hits += 1
+            self.stats.prompt_cached_tokens += cached
+        return max(len(words) - cached, 1) * self.config.prefill_ms_per_token / 1000
 
 
 def _registry_keys(config: StandinConfig) -> tuple[str, ...]:

@@ -21,6 +21,11 @@ class Stats:
         self.cancelled = 0
         self.busy_rejections = 0
         self.faults_applied = 0
+        self.loads = 0
+        self.load_seconds = 0.0
+        self.evictions = 0
+        self.prompt_cache_hits = 0
+        self.prompt_cached_tokens = 0
         self.recent: deque[dict[str, Any]] = deque(maxlen=log_size)
 
     def reset(self) -> None:
@@ -32,6 +37,11 @@ class Stats:
         self.cancelled = 0
         self.busy_rejections = 0
         self.faults_applied = 0
+        self.loads = 0
+        self.load_seconds = 0.0
+        self.evictions = 0
+        self.prompt_cache_hits = 0
+        self.prompt_cached_tokens = 0
         self.recent.clear()
 
     def enter(self, model: str) -> None:
@@ -81,4 +91,9 @@ class Stats:
             "cancelled": self.cancelled,
             "busy_rejections": self.busy_rejections,
             "faults_applied": self.faults_applied,
+            "loads": self.loads,
+            "load_seconds": round(self.load_seconds, 6),
+            "evictions": self.evictions,
+            "prompt_cache_hits": self.prompt_cache_hits,
+            "prompt_cached_tokens": self.prompt_cached_tokens,
         }
