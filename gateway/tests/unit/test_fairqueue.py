@@ -1,0 +1,183 @@
+"""The pool queue's scheduling, replayed step by step (and once through asyncio)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tollgate_gateway.fairqueue import (
+    AsyncFairQueue,
+    FairQueue,
+    QueueFull,
+    Ticket,
+    WaitTimeout,
+    weight_for,
+)
+
+
+def drain(queue: FairQueue, first: list[Ticket]) -> list[str]:
+    """Finish granted requests one by one (oldest first); the order flows were served in."""
+    order: list[str] = []
+    running = list(first)
+    while running:
+        ticket = running.pop(0)
+        order.append(ticket.flow)
+        running.extend(queue.release(ticket))
+    return order
+
+
+def test_idle_pool_grants_at_once_up_to_capacity() -> None:
+    queue = FairQueue(capacity=2, max_waiting=10)
+    a, b = queue.submit("a"), queue.submit("a")
+    c = queue.submit("a")
+    assert (a.granted, b.granted, c.granted) == (True, True, False)
+    assert (queue.in_flight, queue.waiting) == (2, 1)
+    assert queue.release(a) == [c]
+
+
+def test_single_request_waits_behind_at_most_one_turn_of_a_flood() -> None:
+    queue = FairQueue(capacity=4, max_waiting=1000)
+    flood = [queue.submit("A") for _ in range(104)]
+    running = [t for t in flood if t.granted]
+    assert len(running) == 4
+    for ticket in running[:2]:  # part of A's turn finishes, then B arrives
+        running.remove(ticket)
+        running.extend(queue.release(ticket))
+    b = queue.submit("B")
+    assert not b.granted
+    served_before_b = 0
+    while not b.granted:
+        ticket = running.pop(0)
+        granted = queue.release(ticket)
+        running.extend(granted)
+        served_before_b += sum(1 for t in granted if t.flow == "A")
+    assert served_before_b <= 1
+
+
+def test_flows_alternate_by_weight() -> None:
+    queue = FairQueue(capacity=1, max_waiting=100)
+    head = queue.submit("batch", weight_for("batch"))
+    for _ in range(20):
+        queue.submit("batch", weight_for("batch"))
+    for _ in range(20):
+        queue.submit("chat", weight_for("interactive"))
+    order = drain(queue, [head])
+    # interactive weighs 8x batch: the first 18 after the head hold ~16 chat, 2 batch
+    window = order[1:19]
+    assert window.count("chat") >= 15
+    assert order.count("chat") == 20 and order.count("batch") == 21
+
+
+def test_equal_weights_alternate_exactly() -> None:
+    queue = FairQueue(capacity=1, max_waiting=100)
+    head = queue.submit("a")
+    for _ in range(5):
+        queue.submit("a")
+        queue.submit("b")
+    order = drain(queue, [head])
+    assert order[1:] == ["a", "b"] * 5 or order[1:] == ["b", "a"] * 5
+
+
+def test_work_conserving_lone_flow_uses_every_slot() -> None:
+    queue = FairQueue(capacity=3, max_waiting=100)
+    tickets = [queue.submit("batch", 1.0) for _ in range(9)]
+    assert sum(t.granted for t in tickets) == 3
+    order = drain(queue, [t for t in tickets if t.granted])
+    assert len(order) == 9
+
+
+def test_waiting_room_is_bounded() -> None:
+    queue = FairQueue(capacity=1, max_waiting=2)
+    queue.submit("a")
+    queue.submit("a")
+    queue.submit("b")
+    with pytest.raises(QueueFull):
+        queue.submit("c")
+    assert queue.waiting_by_flow() == {"a": 1, "b": 1}
+
+
+def test_cancelled_waiter_never_takes_a_slot() -> None:
+    queue = FairQueue(capacity=1, max_waiting=10)
+    head = queue.submit("a")
+    gone = queue.submit("b")
+    after = queue.submit("c")
+    assert queue.cancel(gone) == []
+    assert queue.waiting == 1
+    assert queue.release(head) == [after]
+    assert not gone.granted
+    assert queue.cancel(gone) == []  # twice is harmless
+
+
+def test_cancel_of_granted_ticket_releases_it() -> None:
+    queue = FairQueue(capacity=1, max_waiting=10)
+    head = queue.submit("a")
+    nxt = queue.submit("b")
+    assert queue.cancel(head) == [nxt]
+    assert queue.cancel(head) == []
+    with pytest.raises(ValueError, match="holds no slot"):
+        queue.release(head)
+
+
+def test_resize_grants_waiters_and_zero_capacity_holds_everyone() -> None:
+    queue = FairQueue(capacity=0, max_waiting=10)
+    waiting = [queue.submit("a"), queue.submit("b")]
+    assert not any(t.granted for t in waiting)
+    assert queue.resize(2) == waiting
+
+
+def test_a_returning_flow_gets_no_credit_for_idle_time() -> None:
+    queue = FairQueue(capacity=1, max_waiting=100)
+    head = queue.submit("a")
+    for _ in range(10):
+        queue.submit("a")
+    running = [head]
+    for _ in range(6):
+        running.extend(queue.release(running.pop(0)))
+    # b was idle all along: it starts at the virtual time, not at zero
+    b = queue.submit("b")
+    assert b.start == queue.virtual_time
+    queue.forget_idle_flows()
+    assert "b" in queue._finish
+
+
+def test_weights_and_validation() -> None:
+    assert weight_for(None) == weight_for("standard") == 4.0
+    assert weight_for("interactive") > weight_for("batch")
+    assert weight_for(2.5) == 2.5
+    with pytest.raises(ValueError, match="unknown priority"):
+        weight_for("vip")
+    with pytest.raises(ValueError, match="> 0"):
+        weight_for(0)
+    with pytest.raises(ValueError, match="> 0"):
+        FairQueue(1, 1).submit("a", weight=0)
+
+
+async def test_async_queue_deadline_disconnect_and_handover() -> None:
+    queue = AsyncFairQueue(capacity=1, max_waiting=10)
+    release = asyncio.Event()
+    served: list[str] = []
+
+    async def hold(flow: str) -> None:
+        async with queue.slot(flow, 4.0, max_wait=5) as waited:
+            assert waited >= 0
+            served.append(flow)
+            await release.wait()
+
+    holder = asyncio.create_task(hold("a"))
+    await asyncio.sleep(0)
+    with pytest.raises(WaitTimeout):
+        async with queue.slot("b", 4.0, max_wait=0.01):
+            pytest.fail("granted while the only slot is held")
+    leaver = asyncio.create_task(hold("c"))
+    await asyncio.sleep(0)
+    leaver.cancel()  # the client went away while queued
+    with pytest.raises(asyncio.CancelledError):
+        await leaver
+    assert queue.core.waiting == 0
+    follower = asyncio.create_task(hold("d"))
+    await asyncio.sleep(0)
+    release.set()
+    await asyncio.gather(holder, follower)
+    assert served == ["a", "d"]
+    assert (queue.core.in_flight, queue.core.waiting) == (0, 0)
