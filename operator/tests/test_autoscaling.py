@@ -78,10 +78,8 @@ def test_short_history_after_a_restart_never_scales_down() -> None:
 def test_min_replicas_and_no_samples() -> None:
     spec = AutoscalingSpec(1, 3, scale_down_delay=10)
     assert desired_replicas(spec, flat(0, 0, 100), current=2, now=100).replicas == 1
-    assert (
-        "minReplicas" in desired_replicas(spec, flat(0, 0, 100), current=1, now=100).reason
-        or desired_replicas(spec, flat(0, 0, 100), current=1, now=100).replicas == 1
-    )
+    at_min = desired_replicas(spec, flat(0, 0, 100), current=1, now=100)
+    assert (at_min.replicas, at_min.reason) == (1, "idle; held at minReplicas")
     assert desired_replicas(spec, [], current=0, now=5).replicas == 1
     unchanged = desired_replicas(spec, [], current=2, now=5)
     assert (unchanged.replicas, unchanged.changes(2)) == (2, False)
