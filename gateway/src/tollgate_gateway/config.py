@@ -72,6 +72,8 @@ class Settings(BaseSettings):
 
     metrics_per_key: bool = False
 
+    audit_retention_days: int = Field(365, ge=1)
+
     @property
     def sqlalchemy_dsn(self) -> str:
         return to_sqlalchemy_dsn(self.postgres_dsn)

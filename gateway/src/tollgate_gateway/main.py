@@ -15,6 +15,7 @@ from starlette.types import Receive, Scope, Send
 
 from tollgate_gateway import __version__, metrics
 from tollgate_gateway.admin.router import router as admin_router
+from tollgate_gateway.audit.router import router as audit_router
 from tollgate_gateway.chat.router import PROXY_ROUTES as OPENAI_PROXY_ROUTES
 from tollgate_gateway.chat.router import routes as openai_routes
 from tollgate_gateway.config import RedisFailurePolicy, Settings, get_settings
@@ -72,6 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.router.routes.extend(openai_routes)
     app.router.routes.extend(native_routes)
     app.include_router(admin_router)
+    app.include_router(audit_router)
     app.add_api_route("/healthz", healthz, methods=["GET"], include_in_schema=False)
     app.add_api_route("/readyz", readyz, methods=["GET"], include_in_schema=False)
     app.add_api_route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False)

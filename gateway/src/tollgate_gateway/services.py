@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from tollgate_gateway.audit import recorder  # noqa: F401  (registers the flush hook)
+from tollgate_gateway.audit.service import AuditPruner, LoginRecorder
 from tollgate_gateway.catalog.service import Catalog
 from tollgate_gateway.chat.service import ProxyService
 from tollgate_gateway.config import Settings
@@ -36,6 +38,8 @@ class Services:
     writer: UsageWriter
     upstream: Upstream
     proxy: ProxyService
+    logins: LoginRecorder
+    audit_pruner: AuditPruner
 
     @classmethod
     async def build(cls, settings: Settings) -> Services:
@@ -93,6 +97,8 @@ class Services:
             writer,
             upstream,
             proxy,
+            LoginRecorder(engine),
+            AuditPruner(engine, settings.audit_retention_days),
         )
 
     async def start(self) -> None:
@@ -100,9 +106,11 @@ class Services:
         self.limiter.start()
         await self.writer.start()
         await self.catalog.reload()
+        self.audit_pruner.start()
 
     async def stop(self) -> None:
         """Graceful stop: finish settlements, flush usage, close clients."""
+        await self.audit_pruner.stop()
         await self.proxy.drain()
         await self.writer.stop()
         await self.limiter.stop()

@@ -20,15 +20,60 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.sql.elements import ColumnElement
 
+from tollgate_gateway.audit import events as audit
 from tollgate_gateway.config import to_sqlalchemy_dsn
 from tollgate_gateway.storage.db import check_schema
-from tollgate_gateway.storage.orm import ApiKey, Model
+from tollgate_gateway.storage.orm import ApiKey, AuditEvent, Model
 from tollgate_operator.services.errors import Unavailable
 
 Row = dict[str, Any]
 
 API_KEYS: Table = ApiKey.__table__  # type: ignore[assignment]
 MODELS: Table = Model.__table__  # type: ignore[assignment]
+AUDIT: Table = AuditEvent.__table__  # type: ignore[assignment]
+KINDS = {"api_keys": "key", "models": "model"}
+
+
+def audit_rows(
+    kind: str, actor: str, rows: list[Row], plan: RowPlan, inserted: list[Row]
+) -> list[Row]:
+    """The audit rows of one applied plan: what changed, never a key hash."""
+    by_id = {r["id"]: r for r in rows}
+    live = any(r.get("revoked_at") is None for r in rows)
+    out: list[Row] = []
+
+    def add(action: str, target: Row, before: Row | None, after: Row | None) -> None:
+        out.append(
+            audit.row(
+                actor=actor,
+                source="operator",
+                action=action,
+                kind=kind,
+                target_id=target.get("id"),
+                name=audit.target_name(kind, target),
+                before=before,
+                after=after,
+            )
+        )
+
+    for row_id in plan.deletes:
+        old = by_id.get(row_id, {"id": row_id})
+        add(f"{kind}.delete", old, audit.snapshot(old), None)
+    for row_id, changes in plan.updates:
+        old = by_id.get(row_id, {"id": row_id})
+        before, after = audit.changed(audit.snapshot(old), audit.snapshot({**old, **changes}))
+        secret = any(k in audit.SECRET_FIELDS for k in changes)
+        if before or after or secret:
+            add(
+                audit.action_for(kind, "update", before, after, secret),
+                {**old, **changes},
+                before,
+                after,
+            )
+    for new in inserted:
+        action = f"{kind}.rotate" if kind == "key" and live else f"{kind}.create"
+        add(action, new, None, audit.snapshot(new))
+    return out
 
 
 @dataclass
@@ -79,7 +124,9 @@ class Database:
         """Raise SchemaNotAtHead unless the gateway's migrations are at head."""
         await check_schema(self.engine)
 
-    async def _planned(self, table: Table, where: ColumnElement[bool], planner: Planner) -> RowPlan:
+    async def _planned(
+        self, table: Table, where: ColumnElement[bool], planner: Planner, actor: str
+    ) -> RowPlan:
         try:
             async with self.engine.begin() as conn:
                 result = await conn.execute(select(table).where(where).with_for_update())
@@ -89,8 +136,13 @@ class Database:
                     await conn.execute(delete(table).where(table.c.id == row_id))
                 for row_id, changes in plan.updates:
                     await conn.execute(update(table).where(table.c.id == row_id).values(**changes))
+                inserted: list[Row] = []
                 for row in plan.inserts:
-                    await conn.execute(insert(table).values(**row))
+                    new = await conn.execute(insert(table).values(**row).returning(table))
+                    inserted.append(dict(new.one()._mapping))
+                trail = audit_rows(KINDS[table.name], actor, rows, plan, inserted)
+                if trail:
+                    await conn.execute(insert(AUDIT), trail)
             return plan
         except IntegrityError as exc:
             raise Duplicate(str(exc.orig).splitlines()[0]) from exc
@@ -103,12 +155,14 @@ class Database:
 
     async def plan_keys(self, managed_by: str, planner: Planner) -> RowPlan:
         """Plan and apply changes to the api_keys rows of one ApiKey resource."""
-        return await self._planned(API_KEYS, API_KEYS.c.managed_by == managed_by, planner)
+        return await self._planned(
+            API_KEYS, API_KEYS.c.managed_by == managed_by, planner, managed_by
+        )
 
     async def plan_models(self, alias: str, managed_by: str, planner: Planner) -> RowPlan:
         """Plan and apply changes to one alias's row, and any row this resource owns."""
         where = (MODELS.c.alias == alias) | (MODELS.c.managed_by == managed_by)
-        return await self._planned(MODELS, where, planner)
+        return await self._planned(MODELS, where, planner, managed_by)
 
     async def revoke_keys(self, managed_by: str, now: datetime) -> int:
         try:
@@ -117,15 +171,51 @@ class Database:
                     update(API_KEYS)
                     .where(API_KEYS.c.managed_by == managed_by, API_KEYS.c.revoked_at.is_(None))
                     .values(revoked_at=now)
+                    .returning(API_KEYS.c.id, API_KEYS.c.name)
                 )
-                return int(result.rowcount or 0)
+                revoked = [dict(r._mapping) for r in result.all()]
+                if revoked:
+                    after = {"revoked_at": audit.jsonable(now)}
+                    trail = [
+                        audit.row(
+                            actor=managed_by,
+                            source="operator",
+                            action="key.revoke",
+                            kind="key",
+                            target_id=r["id"],
+                            name=r["name"],
+                            before={"revoked_at": None},
+                            after=after,
+                        )
+                        for r in revoked
+                    ]
+                    await conn.execute(insert(AUDIT), trail)
+                return len(revoked)
         except _UNAVAILABLE as exc:
             raise Unavailable("postgres", type(exc).__name__) from exc
 
     async def delete_models(self, managed_by: str) -> int:
         try:
             async with self.engine.begin() as conn:
-                result = await conn.execute(delete(MODELS).where(MODELS.c.managed_by == managed_by))
-                return int(result.rowcount or 0)
+                result = await conn.execute(
+                    delete(MODELS).where(MODELS.c.managed_by == managed_by).returning(MODELS)
+                )
+                gone = [dict(r._mapping) for r in result.all()]
+                if gone:
+                    trail = [
+                        audit.row(
+                            actor=managed_by,
+                            source="operator",
+                            action="model.delete",
+                            kind="model",
+                            target_id=r["id"],
+                            name=r["alias"],
+                            before=audit.snapshot(r),
+                            after=None,
+                        )
+                        for r in gone
+                    ]
+                    await conn.execute(insert(AUDIT), trail)
+                return len(gone)
         except _UNAVAILABLE as exc:
             raise Unavailable("postgres", type(exc).__name__) from exc

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 
 from tollgate_gateway.admin import schemas, service
 from tollgate_gateway.admin.security import issue_token
@@ -22,11 +22,14 @@ router = APIRouter(prefix="/admin", tags=["admin"])
 
 @router.post("/login")
 async def login(
-    data: schemas.LoginIn, services: ServicesDep, session: SessionDep
+    data: schemas.LoginIn, services: ServicesDep, session: SessionDep, request: Request
 ) -> schemas.TokenOut:
     user = await service.authenticate(session, data.email, data.password)
+    client = request.client.host if request.client else None
     if user is None:
+        await services.logins.failure(data.email, client)
         raise ApiError(401, "Wrong email or password.", code="invalid_credentials")
+    await services.logins.success(user.email, user.id, client)
     ttl = services.settings.jwt_ttl_seconds
     token = issue_token(services.settings.jwt_secret.get_secret_value(), user.id, user.role, ttl)
     return schemas.TokenOut(access_token=token, expires_in=ttl)

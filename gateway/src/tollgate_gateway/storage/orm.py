@@ -20,7 +20,7 @@ from sqlalchemy import (
     Text,
     func,
 )
-from sqlalchemy.dialects.postgresql import UUID
+from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING_CONVENTION = {
@@ -131,3 +131,27 @@ class UsageEvent(Base):
     ttft_ms: Mapped[float | None] = mapped_column(REAL)
     streamed: Mapped[bool] = mapped_column(Boolean, default=False)
     error_class: Mapped[str | None] = mapped_column(String(64))
+
+
+class AuditEvent(Base):
+    """One change to a key, alias, user or app, or a login; written in the change's own
+    transaction (admin API) or the operator's. Never updated; pruned after the retention."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (
+        Index("ix_audit_events_ts", "ts"),
+        Index("ix_audit_events_target", "target_type", "target_id", "id"),
+        Index("ix_audit_events_actor", "actor", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    ts: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    actor: Mapped[str] = mapped_column(String(320))
+    source: Mapped[str] = mapped_column(String(16))
+    action: Mapped[str] = mapped_column(String(64))
+    target_type: Mapped[str] = mapped_column(String(32))
+    target_id: Mapped[str | None] = mapped_column(String(64))
+    target_name: Mapped[str | None] = mapped_column(String(320))
+    before: Mapped[dict[str, object] | None] = mapped_column(JSONB)
+    after: Mapped[dict[str, object] | None] = mapped_column(JSONB)
+    request_id: Mapped[str | None] = mapped_column(String(64))
