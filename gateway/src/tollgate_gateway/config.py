@@ -73,6 +73,8 @@ class Settings(BaseSettings):
     metrics_per_key: bool = False
 
     audit_retention_days: int = Field(365, ge=1)
+    access_log: bool = True
+    access_log_sample: float = Field(1.0, ge=0.0, le=1.0)
 
     @property
     def sqlalchemy_dsn(self) -> str:

@@ -91,6 +91,46 @@ DB_LATENCY = Histogram(
 )
 
 
+# -- OpenTelemetry GenAI semantic conventions, mapped to Prometheus the documented way:
+# dots become underscores, a unit in seconds adds `_seconds`, an annotation unit
+# (`{token}`) adds nothing; attribute names likewise (`gen_ai.request.model` →
+# `gen_ai_request_model`). Buckets are the ones the conventions advise.
+GENAI_TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304)
+GENAI_DURATION_BUCKETS = (
+    0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
+)  # fmt: skip
+GENAI_TTFT_BUCKETS = (
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+)  # fmt: skip
+GENAI_TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
+GENAI_LABELS = ["gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model",
+                "gen_ai_response_model"]  # fmt: skip
+GENAI_TOKEN_USAGE = Histogram(
+    "gen_ai_client_token_usage",
+    "gen_ai.client.token.usage: tokens per request, by gen_ai_token_type (input, output).",
+    [*GENAI_LABELS, "gen_ai_token_type"],
+    buckets=GENAI_TOKEN_BUCKETS,
+)
+GENAI_REQUEST_DURATION = Histogram(
+    "gen_ai_server_request_duration_seconds",
+    "gen_ai.server.request.duration: request to last byte; error_type set on failures.",
+    [*GENAI_LABELS, "error_type"],
+    buckets=GENAI_DURATION_BUCKETS,
+)
+GENAI_TTFT = Histogram(
+    "gen_ai_server_time_to_first_token_seconds",
+    "gen_ai.server.time_to_first_token: request to the first streamed token.",
+    GENAI_LABELS,
+    buckets=GENAI_TTFT_BUCKETS,
+)
+GENAI_TPOT = Histogram(
+    "gen_ai_server_time_per_output_token_seconds",
+    "gen_ai.server.time_per_output_token: streaming time per token after the first.",
+    GENAI_LABELS,
+    buckets=GENAI_TPOT_BUCKETS,
+)
+
+
 def render() -> tuple[bytes, str]:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from tollgate_gateway.accesslog import AccessLog
 from tollgate_gateway.audit import recorder  # noqa: F401  (registers the flush hook)
 from tollgate_gateway.audit.service import AuditPruner, LoginRecorder
 from tollgate_gateway.catalog.service import Catalog
@@ -83,6 +84,7 @@ class Services:
             writer,
             settings.default_max_tokens,
             settings.metrics_per_key,
+            AccessLog(settings.access_log, settings.access_log_sample, settings.log_json),
         )
         return cls(
             settings,

@@ -20,6 +20,7 @@ import aiohttp
 import orjson
 
 from tollgate_gateway import metrics
+from tollgate_gateway.accesslog import AccessLog, operation
 from tollgate_gateway.catalog.service import Alias, Catalog
 from tollgate_gateway.chat.schemas import NATIVE, Endpoint, Parsed, parse, parse_json
 from tollgate_gateway.errors import (
@@ -144,6 +145,7 @@ class ProxyService:
         usage: UsageWriter,
         default_max_tokens: int,
         metrics_per_key: bool,
+        access_log: AccessLog | None = None,
     ) -> None:
         self.keys = keys
         self.catalog = catalog
@@ -153,6 +155,7 @@ class ProxyService:
         self._default_max_tokens = default_max_tokens
         self._per_key = metrics_per_key
         self._metric_children: dict[tuple[Any, tuple[str, ...]], Any] = {}
+        self.access_log = access_log or AccessLog(enabled=False, sample=0, json_lines=False)
 
     # -- shared steps ------------------------------------------------------------------
     async def authenticate(self, authorization: str | None) -> KeyRecord:
@@ -181,15 +184,23 @@ class ProxyService:
     async def handle(
         self, endpoint: Endpoint, raw: bytes, authorization: str | None, request_id: str
     ) -> Reply:
-        key = await self.authenticate(authorization)
-        parsed = parse(endpoint, parse_json(raw))
-        alias = await self.resolve(key, parsed.model)
-        reservation = self._reservation(key, alias, parsed, len(raw))
+        started = time.perf_counter()
+        key: KeyRecord | None = None
+        model: str | None = None
         try:
-            admission = await self.limiter.admit(key, request_id, reservation)
+            key = await self.authenticate(authorization)
+            parsed = parse(endpoint, parse_json(raw))
+            model = parsed.model
+            alias = await self.resolve(key, parsed.model)
+            reservation = self._reservation(key, alias, parsed, len(raw))
+            try:
+                admission = await self.limiter.admit(key, request_id, reservation)
+            except ApiError as exc:
+                if exc.status == 429:
+                    metrics.LIMIT_REFUSALS.labels(exc.code or exc.type).inc()
+                raise
         except ApiError as exc:
-            if exc.status == 429:
-                metrics.LIMIT_REFUSALS.labels(exc.code or exc.type).inc()
+            self._refused(endpoint, request_id, exc, key, model, started)
             raise
         call = Call(request_id, endpoint, key, alias, parsed, admission)
         try:
@@ -452,6 +463,27 @@ class ProxyService:
             child(metrics.COST, name).inc(float(cost))
         if self._per_key:
             metrics.KEY_REQUESTS.labels(str(call.key.id), alias.alias).inc()
+        self._genai(call, elapsed)
+        if self.access_log.wanted(call.status):
+            self.access_log.write(
+                {
+                    "request_id": call.request_id,
+                    "key_id": str(call.key.id),
+                    "key_prefix": call.key.prefix,
+                    "app": call.key.app,
+                    "alias": name,
+                    "backend_model": alias.backend_tag,
+                    "replica": alias.backend_url,
+                    "endpoint": endpoint,
+                    "status": call.status,
+                    "error_class": call.error_class,
+                    "latency_ms": round(elapsed * 1000, 3),
+                    "ttft_ms": None if call.ttft is None else round(call.ttft * 1000, 3),
+                    "prompt_tokens": call.prompt_tokens,
+                    "completion_tokens": call.completion_tokens,
+                    "streamed": call.parsed.stream,
+                }
+            )
         self.usage.record(
             UsageRow(
                 ts=datetime.now(UTC),
@@ -473,6 +505,57 @@ class ProxyService:
         )
         if call.admission.tracked or call.key.tpm_limit or call.key.monthly_budget is not None:
             self.limiter.settle(call.admission, call.prompt_tokens + call.completion_tokens, cost)
+
+    def _refused(
+        self,
+        endpoint: Endpoint,
+        request_id: str,
+        exc: ApiError,
+        key: KeyRecord | None,
+        model: str | None,
+        started: float,
+    ) -> None:
+        """The access line of a request refused before it reached a backend."""
+        if not self.access_log.wanted(exc.status):
+            return
+        self.access_log.write(
+            {
+                "request_id": request_id,
+                "key_id": None if key is None else str(key.id),
+                "key_prefix": None if key is None else key.prefix,
+                "app": None if key is None else key.app,
+                "alias": model if isinstance(model, str) else None,
+                "backend_model": None,
+                "replica": None,
+                "endpoint": endpoint.value,
+                "status": exc.status,
+                "error_class": exc.code or exc.type,
+                "latency_ms": round((time.perf_counter() - started) * 1000, 3),
+                "ttft_ms": None,
+                "prompt_tokens": 0,
+                "completion_tokens": 0,
+                "streamed": False,
+            }
+        )
+
+    def _genai(self, call: Call, elapsed: float) -> None:
+        """The OpenTelemetry GenAI metrics of one request."""
+        endpoint = call.endpoint.value
+        base = (operation(endpoint), "ollama", call.alias.alias, call.alias.backend_tag)
+        child = self._child
+        error = "" if call.status < 400 else (call.error_class or str(call.status))
+        child(metrics.GENAI_REQUEST_DURATION, *base, error).observe(elapsed)
+        if call.status >= 400:
+            return
+        if call.prompt_tokens:
+            child(metrics.GENAI_TOKEN_USAGE, *base, "input").observe(call.prompt_tokens)
+        if call.completion_tokens:
+            child(metrics.GENAI_TOKEN_USAGE, *base, "output").observe(call.completion_tokens)
+        if call.ttft is not None:
+            child(metrics.GENAI_TTFT, *base).observe(call.ttft)
+            if call.completion_tokens > 1:
+                per_token = (elapsed - call.ttft) / (call.completion_tokens - 1)
+                child(metrics.GENAI_TPOT, *base).observe(per_token)
 
     def _child(self, metric: Any, *labels: str) -> Any:
         """`metric.labels(*labels)`, remembered: labels() takes a lock and several lookups,

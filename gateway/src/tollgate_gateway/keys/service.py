@@ -53,6 +53,7 @@ class KeyRecord:
     expires_at: datetime | None
     disabled: bool
     revoked: bool
+    prefix: str = field(default="", compare=False)  # the display prefix, for logs
     limited: bool = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -90,6 +91,7 @@ class KeyRecord:
             expires_at=row.expires_at,
             disabled=row.disabled,
             revoked=row.revoked_at is not None,
+            prefix=row.key_prefix,
         )
 
 
