@@ -9,6 +9,7 @@ echo "== mypy"; .venv/bin/mypy
 echo "== Debian packages"; hack/ensure-debs.sh prometheus
 echo "== k8s binaries"; hack/build-k8s.sh
 echo "== Ollama (real, built from source)"; hack/build-ollama.sh
+echo "== Jaeger (trace backend, built from source)"; hack/build-jaeger.sh
 echo "== pytest"
 set +e
 .venv/bin/pytest "$@"
