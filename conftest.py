@@ -5,4 +5,5 @@ pytest_plugins = [
     "tollgate_dev.pytest_services",
     "tollgate_dev.pytest_ollama",
     "tollgate_dev.pytest_cluster",
+    "tollgate_dev.pytest_tracing",
 ]
