@@ -19,9 +19,12 @@ import openai
 import pytest
 from anthropic.types import Message
 from langchain_anthropic import ChatAnthropic
+from openai.types import Completion, CreateEmbeddingResponse, Model
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.responses import Response
+from openai.types.shared import ErrorObject
 
-from tollgate_dev.gatewayproc import GatewayProcess
+from tollgate_dev.gatewayproc import GatewayProcess, StandinProcess
 from tollgate_dev.pytest_services import Admin
 from tollgate_dev.realollama import TINY_MODEL, RealOllama
 
@@ -140,7 +143,7 @@ def test_responses_function_tool(
         return  # a random-weight model calls tools when it happens to
     call = result.output[0]
     assert call.type == "function_call" and call.name == "get_weather"
-    assert json.loads(call.arguments) == {"city": "Paris"} and call.id.startswith("fc_")
+    assert json.loads(call.arguments) == {"city": "Paris"} and str(call.id).startswith("fc_")
     answered = c.responses.create(
         model=backend_alias,
         previous_response_id=result.id,
@@ -303,7 +306,7 @@ def test_messages_tools(
 def test_langchain_chat_anthropic(
     gateway: GatewayProcess, new_key: NewKey, backend_alias: str
 ) -> None:
-    llm = ChatAnthropic(  # type: ignore[call-arg]
+    llm = ChatAnthropic(
         model=backend_alias,
         base_url=gateway.url,
         api_key=new_key()["key"],
@@ -392,13 +395,25 @@ def test_bad_input_on_both_paths(
         404,
     )
     assert error["code"] == "model_not_found"
-    for body in (b"{not json", b"", b"[1]"):
-        _is_anthropic_error(post(anth, content=body, headers=key), 400, "invalid_request_error")
-        _is_openai_error(post("/v1/responses", content=body, headers=bearer), 400)
-    for bad in ({"max_tokens": 0}, {"messages": []}, {"max_tokens": None}, {"system": 5}):
+    for raw in (b"{not json", b"", b"[1]"):
+        _is_anthropic_error(post(anth, content=raw, headers=key), 400, "invalid_request_error")
+        _is_openai_error(post("/v1/responses", content=raw, headers=bearer), 400)
+    bad_messages: list[dict[str, Any]] = [
+        {"max_tokens": 0},
+        {"messages": []},
+        {"max_tokens": None},
+        {"system": 5},
+    ]
+    for bad in bad_messages:
         body = {k: v for k, v in {**message, **bad}.items() if v is not None}
         _is_anthropic_error(post(anth, json=body, headers=key), 400, "invalid_request_error")
-    for bad in ({"input": 5}, {"max_output_tokens": "x"}, {"store": "yes"}, {"input": None}):
+    bad_responses: list[dict[str, Any]] = [
+        {"input": 5},
+        {"max_output_tokens": "x"},
+        {"store": "yes"},
+        {"input": None},
+    ]
+    for bad in bad_responses:
         body = {k: v for k, v in {**response, **bad}.items() if v is not None}
         _is_openai_error(post("/v1/responses", json=body, headers=bearer), 400)
     huge = b'{"model":"gpt-4","padding":"' + b"x" * (9 * 1024 * 1024) + b'"}'
@@ -474,3 +489,126 @@ def test_usage_rows_for_messages_and_responses(
     assert [r[:5] for r in rows] == expected
     assert [r[5] is not None for r in rows] == [False, True, False, True]  # TTFT of streams
     assert {(r[6], r[7]) for r in rows} == {("agents", chat_model)}
+
+
+# -- OpenAI conformance of what was already served ----------------------------------------
+
+
+def test_openai_bodies_conform_to_the_sdk_types(
+    gateway: GatewayProcess, new_key: NewKey, backend_alias: str
+) -> None:
+    """Every body of /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models and
+    the errors, validated strictly against the openai SDK's types (see conformance.py):
+    choices carry ``logprobs`` and chat messages ``refusal``, null, as the spec requires."""
+    c = oai(gateway, new_key()["key"])
+    messages: Any = [{"role": "user", "content": "Say hello"}]
+    chat = c.chat.completions.with_raw_response.create(
+        model=backend_alias, messages=messages, max_tokens=4
+    )
+    whole = assert_conforms(ChatCompletion, chat.http_response.json())
+    assert whole.choices[0].logprobs is None and whole.choices[0].message.refusal is None
+    with c.chat.completions.with_streaming_response.create(
+        model=backend_alias,
+        messages=messages,
+        max_tokens=4,
+        stream=True,
+        stream_options={"include_usage": True},
+    ) as streamed:
+        chunks = _sse_data(streamed.http_response.iter_lines())
+    assert chunks and all(assert_conforms(ChatCompletionChunk, ch) for ch in chunks)
+    completion = c.completions.with_raw_response.create(
+        model=backend_alias, prompt="Once", max_tokens=4
+    )
+    assert assert_conforms(Completion, completion.http_response.json()).choices[0].logprobs is None
+    with c.completions.with_streaming_response.create(
+        model=backend_alias, prompt="Once", max_tokens=4, stream=True
+    ) as streamed:
+        pieces = _sse_data(streamed.http_response.iter_lines())
+    # Streamed completions reuse the Completion type, whose finish_reason cannot be null,
+    # while every chunk but the last has null there (as OpenAI's own stream does).
+    for piece in pieces:
+        for choice in piece["choices"]:
+            choice["finish_reason"] = choice["finish_reason"] or "stop"
+    assert pieces and all(assert_conforms(Completion, p) for p in pieces)
+    embedded = c.embeddings.with_raw_response.create(
+        model=backend_alias, input=["a", "b"], encoding_format="float"
+    )
+    assert_conforms(CreateEmbeddingResponse, embedded.http_response.json())
+    listed = c.models.with_raw_response.list().http_response.json()
+    assert set(listed) == {"object", "data"} and listed["object"] == "list"
+    assert [assert_conforms(Model, m).id for m in listed["data"]]
+    assert_conforms(Model, c.models.with_raw_response.retrieve(backend_alias).http_response.json())
+    for attempt in (
+        lambda: c.models.retrieve("no-such-model"),
+        lambda: c.chat.completions.create(model=backend_alias, messages=[]),
+        lambda: oai(gateway, "tg-wrong").models.list(),
+        lambda: c.responses.retrieve("resp_missing"),
+    ):
+        with pytest.raises(openai.APIStatusError) as err:
+            attempt()
+        body = err.value.response.json()
+        assert set(body) == {"error"}
+        assert_conforms(ErrorObject, body["error"])
+
+
+def _sse_data(lines: Any) -> list[Any]:
+    return [
+        json.loads(line[6:])
+        for line in lines
+        if line.startswith("data: ") and line != "data: [DONE]"
+    ]
+
+
+# -- upstream failures -------------------------------------------------------------------
+
+
+def test_upstream_failures_in_each_apis_shape(
+    gateway: GatewayProcess,
+    new_key: NewKey,
+    chat_model: str,
+    standin: StandinProcess,
+    migrated_dsn: str,
+) -> None:
+    from .test_admin_usage import wait_for_rows
+
+    key = new_key()
+    faults = standin.url + "/_standin/faults"
+    c = claude(gateway, key["key"])
+    hi: Any = [{"role": "user", "content": "hi"}]
+    httpx.post(
+        faults, json={"kind": "fail", "path": "/v1/messages", "status": 503}
+    ).raise_for_status()
+    with pytest.raises(anthropic.APIStatusError) as busy:
+        c.messages.create(model=chat_model, max_tokens=5, messages=hi)
+    assert busy.value.status_code == 529 and busy.value.response.headers["retry-after"] == "1"
+    assert busy.value.body["error"]["type"] == "overloaded_error"  # type: ignore[index]
+
+    broken = {"kind": "stream_error", "after_chunks": 3, "message": "oom"}
+    httpx.post(faults, json={**broken, "path": "/v1/messages"}).raise_for_status()
+    received: list[str] = []
+    with (
+        pytest.raises(anthropic.APIError) as cut,
+        c.messages.stream(model=chat_model, max_tokens=50, messages=hi) as stream,
+    ):
+        received.extend(stream.text_stream)  # the stream breaks midway
+    assert "mid-stream" in str(cut.value) and len(received) == 3
+
+    httpx.post(faults, json={**broken, "path": "/v1/responses"}).raise_for_status()
+    events = list(
+        oai(gateway, key["key"]).responses.create(model=chat_model, input="hi", stream=True)
+    )
+    assert events[-1].type == "error" and "mid-stream" in events[-1].message
+    assert [e.type for e in events].count("response.output_text.delta") == 3
+
+    rows = wait_for_rows(
+        migrated_dsn,
+        "SELECT endpoint, status, completion_tokens, error_class FROM usage_events "
+        "WHERE key_id = %s ORDER BY ts",
+        (key["id"],),
+        3,
+    )
+    assert rows == [
+        ("messages", 503, 0, "upstream_overloaded"),
+        ("messages", 502, 3, "upstream_stream_error"),  # the tokens it got, counted
+        ("responses", 502, 3, "upstream_stream_error"),
+    ]
