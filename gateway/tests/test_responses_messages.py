@@ -612,3 +612,17 @@ def test_upstream_failures_in_each_apis_shape(
         ("messages", 502, 3, "upstream_stream_error"),  # the tokens it got, counted
         ("responses", 502, 3, "upstream_stream_error"),
     ]
+
+
+def test_models_for_both_client_families(
+    gateway: GatewayProcess, new_key: NewKey, chat_model: str
+) -> None:
+    key = new_key(allowed_models="gpt-*")["key"]
+    listed = claude(gateway, key).models.list()
+    assert [m.id for m in listed.data] == [chat_model] and listed.data[0].type == "model"
+    assert claude(gateway, key, bearer=True).models.retrieve(chat_model).id == chat_model
+    with pytest.raises(anthropic.NotFoundError):
+        claude(gateway, key).models.retrieve("test-embedding-small")
+    with pytest.raises(anthropic.AuthenticationError):
+        claude(gateway, "tg-wrong").models.list()
+    assert [m.id for m in oai(gateway, key).models.list()] == [chat_model]
