@@ -27,6 +27,7 @@ from openai.types.shared import ErrorObject
 from tollgate_dev.gatewayproc import GatewayProcess, StandinProcess
 from tollgate_dev.pytest_services import Admin
 from tollgate_dev.realollama import TINY_MODEL, RealOllama
+from tollgate_dev.standin import StandinConfig, standin_in_thread
 
 from .conformance import assert_conforms
 
@@ -626,3 +627,60 @@ def test_models_for_both_client_families(
     with pytest.raises(anthropic.AuthenticationError):
         claude(gateway, "tg-wrong").models.list()
     assert [m.id for m in oai(gateway, key).models.list()] == [chat_model]
+
+
+def test_disconnect_mid_stream_records_tokens_so_far(
+    gateway: GatewayProcess, admin: Admin, new_key: NewKey, migrated_dsn: str
+) -> None:
+    """A client that leaves mid-stream: the upstream request is closed (the stand-in
+    counts it cancelled) and the usage row has status 499 and the tokens received."""
+    from .test_admin_usage import wait_for_rows
+
+    config = StandinConfig(port=0, tokens_per_second=20, completion_tokens=400)
+    with standin_in_thread(config) as slow:
+        admin.ensure_model("slow-" + slow.url[-5:], "llama3:8b", backend_url=slow.url)
+        alias = "slow-" + slow.url[-5:]
+        key = new_key()
+        requests = [
+            (
+                "/v1/messages",
+                {"x-api-key": key["key"]},
+                {"max_tokens": 400, "messages": [{"role": "user", "content": "hi"}]},
+                "content_block_delta",
+            ),
+            (
+                "/v1/responses",
+                {"Authorization": f"Bearer {key['key']}"},
+                {"input": "hi"},
+                "response.output_text.delta",
+            ),
+        ]
+        for path, headers, body, delta in requests:
+            seen = 0
+            with httpx.stream(
+                "POST",
+                gateway.url + path,
+                headers=headers,
+                json={**body, "model": alias, "stream": True},
+                timeout=60,
+            ) as r:
+                for line in r.iter_lines():
+                    if line == f"event: {delta}":
+                        seen += 1
+                    if seen == 3:
+                        break
+        rows = wait_for_rows(
+            migrated_dsn,
+            "SELECT endpoint, status, completion_tokens, error_class FROM usage_events "
+            "WHERE key_id = %s ORDER BY ts",
+            (key["id"],),
+            2,
+        )
+        assert [r[0] for r in rows] == ["messages", "responses"]
+        for row in rows:
+            assert row[1] == 499 and row[3] == "client_disconnected", row
+            assert 3 <= row[2] < 100, row  # what it got, not the 400 it asked for
+        deadline = time.monotonic() + 10
+        while slow.state.stats.cancelled < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert slow.state.stats.cancelled == 2
