@@ -641,7 +641,7 @@ def test_disconnect_mid_stream_records_tokens_so_far(
         admin.ensure_model("slow-" + slow.url[-5:], "llama3:8b", backend_url=slow.url)
         alias = "slow-" + slow.url[-5:]
         key = new_key()
-        requests = [
+        requests: list[tuple[str, dict[str, str], dict[str, Any], str]] = [
             (
                 "/v1/messages",
                 {"x-api-key": key["key"]},
