@@ -420,6 +420,9 @@ def test_bad_input_on_both_paths(
     huge = b'{"model":"gpt-4","padding":"' + b"x" * (9 * 1024 * 1024) + b'"}'
     _is_anthropic_error(post(anth, content=huge, headers=key), 413, "request_too_large")
     _is_openai_error(post("/v1/responses", content=huge, headers=bearer), 413)
+    chunks = [huge[i : i + 65536] for i in range(0, len(huge), 65536)]  # no content-length
+    _is_anthropic_error(post(anth, content=iter(chunks), headers=key), 413, "request_too_large")
+    _is_openai_error(post("/v1/responses", content=iter(chunks), headers=bearer), 413)
     _is_openai_error(
         post("/v1/responses", json={**response, "previous_response_id": "resp_x"}, headers=bearer),
         404,
