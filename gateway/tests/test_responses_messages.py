@@ -612,7 +612,7 @@ def test_upstream_failures_in_each_apis_shape(
         3,
     )
     assert rows == [
-        ("messages", 503, 0, "upstream_overloaded"),
+        ("messages", 529, 0, "upstream_overloaded"),
         ("messages", 502, 3, "upstream_stream_error"),  # the tokens it got, counted
         ("responses", 502, 3, "upstream_stream_error"),
     ]

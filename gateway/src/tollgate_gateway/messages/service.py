@@ -57,10 +57,10 @@ class MessagesService:
         try:
             reply = await self._forward(call)
         except ApiError as exc:
-            call.status, call.error_class = exc.status, exc.code or exc.type
-            self.proxy.finish(call)
             if exc.code == "upstream_overloaded":
                 exc.status = 529  # Anthropic's "overloaded"; its clients retry it
+            call.status, call.error_class = exc.status, exc.code or exc.type
+            self.proxy.finish(call)
             exc.headers = {**admission.headers, **exc.headers}
             raise
         except BaseException:
