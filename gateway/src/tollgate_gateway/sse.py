@@ -114,7 +114,8 @@ async def relay(
         metrics.UPSTREAM_ERRORS.labels("stream").inc()
         yield translator.broken("The model server connection broke mid-stream.")
     except BaseException:
-        call.status, call.error_class = 499, "client_disconnected"
+        if not translator.complete:  # else the client had it all and left at the very end
+            call.status, call.error_class = 499, "client_disconnected"
         raise
     finally:
         translator.settle()
