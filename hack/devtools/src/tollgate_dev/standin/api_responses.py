@@ -165,6 +165,13 @@ def _usage(plan: Plan) -> dict[str, Any]:
     }
 
 
+def _go_float(value: Any) -> Any:
+    """A float64 field defaulting to 1, as Go writes it (``1``, not ``1.0``)."""
+    if value is None:
+        return 1
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 def response_object(
     body: dict[str, Any],
     response_id: str,
@@ -194,11 +201,11 @@ def response_object(
         "truncation": body.get("truncation") or "disabled",
         "parallel_tool_calls": True,
         "text": {"format": _text_format(body)},
-        "top_p": body.get("top_p", 1.0) if body.get("top_p") is not None else 1.0,
+        "top_p": _go_float(body.get("top_p")),
         "presence_penalty": 0,
         "frequency_penalty": 0,
         "top_logprobs": 0,
-        "temperature": body["temperature"] if body.get("temperature") is not None else 1.0,
+        "temperature": _go_float(body.get("temperature")),
         "reasoning": _reasoning(body),
         "usage": usage,
         "max_output_tokens": body.get("max_output_tokens"),
