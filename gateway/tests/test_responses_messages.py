@@ -26,7 +26,7 @@ from openai.types.shared import ErrorObject
 
 from tollgate_dev.gatewayproc import GatewayProcess, StandinProcess
 from tollgate_dev.pytest_services import Admin
-from tollgate_dev.realollama import TINY_MODEL, RealOllama
+from tollgate_dev.realollama import TINY_MODEL, TINY_TEMPLATE, RealOllama
 from tollgate_dev.standin import StandinConfig, standin_in_thread
 
 from .conformance import assert_conforms
@@ -34,6 +34,7 @@ from .conformance import assert_conforms
 NewKey = Callable[..., dict[str, Any]]
 
 REAL_ALIAS = "tiny-real"
+REAL_TOOLS_ALIAS = "tiny-real-tools"
 GREEDY: dict[str, Any] = {"temperature": 0}
 WEATHER: dict[str, Any] = {
     "type": "function",
@@ -56,6 +57,36 @@ ANTHROPIC_WEATHER: dict[str, Any] = {
 def real_alias(admin: Admin, real_ollama: RealOllama) -> str:
     admin.ensure_model(REAL_ALIAS, f"{TINY_MODEL}:latest", backend_url=real_ollama.url)
     return REAL_ALIAS
+
+
+@pytest.fixture(scope="module")
+def real_tools_alias(admin: Admin, real_ollama: RealOllama) -> str:
+    """The tiny model again, with a template that takes tools (Ollama refuses tools to a
+    model whose template has none)."""
+    template = (
+        "{{- if .Tools }}<|tools|>{{ range .Tools }}{{ .Function.Name }} {{ end }}\n{{ end }}"
+    )
+    created = httpx.post(
+        real_ollama.url + "/api/create",
+        json={
+            "model": "tiny-tools",
+            "from": TINY_MODEL,
+            "template": template + TINY_TEMPLATE,
+            "stream": False,
+        },
+        timeout=120,
+    )
+    assert created.status_code == 200, created.text
+    admin.ensure_model(REAL_TOOLS_ALIAS, "tiny-tools:latest", backend_url=real_ollama.url)
+    return REAL_TOOLS_ALIAS
+
+
+@pytest.fixture(scope="module", params=["standin", "real"])
+def tools_alias(request: pytest.FixtureRequest, chat_model: str) -> str:
+    if request.param == "real":
+        alias: str = request.getfixturevalue("real_tools_alias")
+        return alias
+    return chat_model
 
 
 @pytest.fixture(scope="module", params=["standin", "real"])
@@ -121,8 +152,9 @@ def test_responses_plain_and_streamed(
 
 
 def test_responses_function_tool(
-    gateway: GatewayProcess, new_key: NewKey, backend_alias: str, chat_model: str
+    gateway: GatewayProcess, new_key: NewKey, tools_alias: str, chat_model: str
 ) -> None:
+    backend_alias = tools_alias
     c = oai(gateway, new_key()["key"])
     tools: Any = [WEATHER]
     result = c.responses.create(
@@ -268,8 +300,9 @@ def test_messages_stream(gateway: GatewayProcess, new_key: NewKey, backend_alias
 
 
 def test_messages_tools(
-    gateway: GatewayProcess, new_key: NewKey, backend_alias: str, chat_model: str
+    gateway: GatewayProcess, new_key: NewKey, tools_alias: str, chat_model: str
 ) -> None:
+    backend_alias = tools_alias
     c = claude(gateway, new_key()["key"])
     tools: Any = [ANTHROPIC_WEATHER]
     used = c.messages.create(
