@@ -268,9 +268,13 @@ def test_messages_plain_and_bearer(
         model=backend_alias, max_tokens=3, messages=[{"role": "user", "content": "hi"}]
     )
     assert bearer.model == backend_alias and bearer.id != message.id
-    versioned = httpx.post(
-        gateway.url + "/v1/messages",
-        headers={"x-api-key": key, "anthropic-version": "2099-01-01"},
+    versioned = httpx.post(  # as Claude Code sends it
+        gateway.url + "/v1/messages?beta=true",
+        headers={
+            "x-api-key": key,
+            "anthropic-version": "2099-01-01",
+            "anthropic-beta": "claude-code-20250219",
+        },
         json={
             "model": backend_alias,
             "max_tokens": 2,
