@@ -154,6 +154,7 @@ def _events(base: str, path: str, body: dict[str, Any]) -> list[tuple[str, Any]]
     with httpx.stream("POST", base + path, json=body, timeout=60) as r:
         assert r.status_code == 200, r.read()
         assert r.headers["content-type"] == "text/event-stream"
+        assert r.headers["cache-control"] == "no-cache"
         raw = r.read().decode()
     out = []
     for block in raw.split("\n\n"):

@@ -169,6 +169,7 @@ class MessagesSse:
     """``anthropic.StreamConverter``: Anthropic's stream events for one generation."""
 
     content_type = SSE_CT
+    stream_headers = {"Cache-Control": "no-cache"}  # the middleware sets it (and keep-alive)
 
     def __init__(self, model: str, estimated_input: int) -> None:
         self.model = model

@@ -238,6 +238,7 @@ class ResponsesSse:
     """``ResponsesStreamConverter``: the event sequence of one streamed response."""
 
     content_type = SSE_CT
+    stream_headers = {"Cache-Control": "no-cache"}  # the middleware sets it (and keep-alive)
 
     def __init__(self, model: str, body: dict[str, Any]) -> None:
         self.model = model
