@@ -181,6 +181,8 @@ def test_key_secret_is_ready_for_env_from() -> None:
         "api-key": "tg-secret",
         "OPENAI_API_KEY": "tg-secret",
         "OPENAI_BASE_URL": "http://gw/v1",
+        "ANTHROPIC_API_KEY": "tg-secret",
+        "ANTHROPIC_BASE_URL": "http://gw",
     }
     assert secret["metadata"]["annotations"] == {
         "tollgate.dev/key-id": "0000",

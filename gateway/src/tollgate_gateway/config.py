@@ -72,6 +72,10 @@ class Settings(BaseSettings):
 
     metrics_per_key: bool = False
 
+    # Stored responses (/v1/responses with store): kept this long, then swept.
+    responses_retention_seconds: float = 30 * 86400
+    responses_sweep_interval_seconds: float = 3600.0
+
     @property
     def sqlalchemy_dsn(self) -> str:
         return to_sqlalchemy_dsn(self.postgres_dsn)

@@ -19,9 +19,11 @@ from tollgate_gateway.chat.router import PROXY_ROUTES as OPENAI_PROXY_ROUTES
 from tollgate_gateway.chat.router import routes as openai_routes
 from tollgate_gateway.config import RedisFailurePolicy, Settings, get_settings
 from tollgate_gateway.errors import install_handlers
+from tollgate_gateway.messages.router import routes as messages_routes
 from tollgate_gateway.middleware import RequestContextMiddleware, serve_proxy
 from tollgate_gateway.native.router import PROXY_ROUTES as NATIVE_PROXY_ROUTES
 from tollgate_gateway.native.router import routes as native_routes
+from tollgate_gateway.responses.router import routes as responses_routes
 from tollgate_gateway.services import Services
 from tollgate_gateway.storage.db import SchemaState, current_revision, schema_state
 
@@ -71,6 +73,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_handlers(app)
     app.router.routes.extend(openai_routes)
     app.router.routes.extend(native_routes)
+    app.router.routes.extend(responses_routes)
+    app.router.routes.extend(messages_routes)
     app.include_router(admin_router)
     app.add_api_route("/healthz", healthz, methods=["GET"], include_in_schema=False)
     app.add_api_route("/readyz", readyz, methods=["GET"], include_in_schema=False)

@@ -13,8 +13,11 @@ from tollgate_gateway.chat.service import ProxyService
 from tollgate_gateway.config import Settings
 from tollgate_gateway.keys.service import KeyService
 from tollgate_gateway.limits.service import Limiter
+from tollgate_gateway.messages.service import MessagesService
+from tollgate_gateway.responses.service import ResponsesService
 from tollgate_gateway.storage.changes import ChangeFeed
 from tollgate_gateway.storage.db import check_schema, create_engine
+from tollgate_gateway.storage.responses import ResponseStore
 from tollgate_gateway.storage.upstream import Upstream
 from tollgate_gateway.usage.service import UsageService
 from tollgate_gateway.usage.writer import UsageWriter
@@ -36,6 +39,8 @@ class Services:
     writer: UsageWriter
     upstream: Upstream
     proxy: ProxyService
+    messages: MessagesService
+    responses: ResponsesService
 
     @classmethod
     async def build(cls, settings: Settings) -> Services:
@@ -80,6 +85,11 @@ class Services:
             settings.default_max_tokens,
             settings.metrics_per_key,
         )
+        stored = ResponseStore(
+            engine,
+            settings.responses_retention_seconds,
+            settings.responses_sweep_interval_seconds,
+        )
         return cls(
             settings,
             engine,
@@ -93,6 +103,8 @@ class Services:
             writer,
             upstream,
             proxy,
+            MessagesService(proxy),
+            ResponsesService(proxy, stored),
         )
 
     async def start(self) -> None:
@@ -100,9 +112,11 @@ class Services:
         self.limiter.start()
         await self.writer.start()
         await self.catalog.reload()
+        self.responses.store.start()
 
     async def stop(self) -> None:
         """Graceful stop: finish settlements, flush usage, close clients."""
+        await self.responses.store.stop()
         await self.proxy.drain()
         await self.writer.stop()
         await self.limiter.stop()

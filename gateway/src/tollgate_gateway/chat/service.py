@@ -106,6 +106,16 @@ def new_id() -> str:
     return f"{n:032x}"
 
 
+def _conform_choices(data: dict[str, Any], endpoint: Endpoint) -> None:
+    """What OpenAI's schema requires and Ollama leaves out: every choice has `logprobs`
+    and every chat message `refusal` (both null here)."""
+    for choice in data.get("choices") or ():
+        choice.setdefault("logprobs", None)
+        message = choice.get("message")
+        if endpoint is Endpoint.CHAT and isinstance(message, dict):
+            message.setdefault("refusal", None)
+
+
 def bearer_key(authorization: str | None) -> str | None:
     if not authorization:
         return None
@@ -156,7 +166,10 @@ class ProxyService:
 
     # -- shared steps ------------------------------------------------------------------
     async def authenticate(self, authorization: str | None) -> KeyRecord:
-        key = bearer_key(authorization)
+        return await self.authenticate_key(bearer_key(authorization))
+
+    async def authenticate_key(self, key: str | None) -> KeyRecord:
+        """The key's record; 401 ApiErrors when it is missing or not valid."""
         if key is None:
             metrics.AUTH_FAILURES.inc()
             raise missing_key()
@@ -178,19 +191,25 @@ class ProxyService:
         prompt_estimate = size // 3 + 16  # generous: fewer than 3 bytes per token is rare
         return alias.cost(prompt_estimate, parsed.max_tokens or self._default_max_tokens)
 
+    async def admit(
+        self, key: KeyRecord, alias: Alias, parsed: Parsed, size: int, request_id: str
+    ) -> Admission:
+        """Admit one request under the key's limits (429 ApiErrors are counted)."""
+        reservation = self._reservation(key, alias, parsed, size)
+        try:
+            return await self.limiter.admit(key, request_id, reservation)
+        except ApiError as exc:
+            if exc.status == 429:
+                metrics.LIMIT_REFUSALS.labels(exc.code or exc.type).inc()
+            raise
+
     async def handle(
         self, endpoint: Endpoint, raw: bytes, authorization: str | None, request_id: str
     ) -> Reply:
         key = await self.authenticate(authorization)
         parsed = parse(endpoint, parse_json(raw))
         alias = await self.resolve(key, parsed.model)
-        reservation = self._reservation(key, alias, parsed, len(raw))
-        try:
-            admission = await self.limiter.admit(key, request_id, reservation)
-        except ApiError as exc:
-            if exc.status == 429:
-                metrics.LIMIT_REFUSALS.labels(exc.code or exc.type).inc()
-            raise
+        admission = await self.admit(key, alias, parsed, len(raw), request_id)
         call = Call(request_id, endpoint, key, alias, parsed, admission)
         try:
             response = await self._forward(call)
@@ -260,6 +279,7 @@ class ProxyService:
             call.completion_tokens = int(usage.get("completion_tokens") or 0)
             if call.endpoint in ID_PREFIX:
                 data["id"] = ID_PREFIX[call.endpoint] + new_id()
+                _conform_choices(data, call.endpoint)
                 data["usage"] = {
                     "prompt_tokens": call.prompt_tokens,
                     "completion_tokens": call.completion_tokens,
@@ -326,6 +346,8 @@ class ProxyService:
                             continue
                     else:
                         chunks += 1
+                        for choice in event.get("choices") or ():
+                            choice.setdefault("logprobs", None)
                         if call.ttft is None:
                             call.ttft = time.perf_counter() - call.started
                         if include_usage:
