@@ -16,7 +16,9 @@ import collections
 import contextlib
 import functools
 import hashlib
+import itertools
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -290,13 +292,17 @@ class Script:
 
 @dataclass(slots=True)
 class Admission:
-    """An admitted request; settle() it exactly once when it ends."""
+    """An admitted request; settle() it exactly once when it ends. `member` is the
+    limiter's own identity of the request (its Redis set member and `_inflight` key):
+    generated here, never taken from the client, so repeating a request id sidesteps
+    nothing. `request_id` is only for logs."""
 
     key: KeyRecord
     request_id: str
     tracked: bool
     headers: dict[str, str] = field(default_factory=dict)
     settled: bool = False
+    member: str = ""
 
 
 _LOAD, _RETRIED = 1, 2  # settlement attempts: sent as EVAL; sent again after a broken connection
@@ -324,6 +330,9 @@ class Limiter:
             self._admit = redis.register_script(self._admit_script.source)
             self._settle = redis.register_script(self._settle_script.source)
         self._inflight: dict[str, Admission] = {}
+        # Members: a random per-process prefix and a counter, unique across replicas.
+        self._member_prefix = os.urandom(6).hex() + ":"
+        self._member_seq = itertools.count(1)
         self._settling: set[asyncio.Future[Any]] = set()
         self._names: dict[Any, tuple[str, list[str]]] = {}
         self._latency_children: dict[str, Any] = {}
@@ -357,13 +366,14 @@ class Limiter:
     async def admit(self, key: KeyRecord, request_id: str, reservation: Decimal) -> Admission:
         if not key.has_limits:
             return Admission(key, request_id, tracked=False)
+        member = f"{self._member_prefix}{next(self._member_seq)}"
         started = time.perf_counter()
         try:
-            result = await self._run_admit(key, request_id, reservation, seed=-1)
+            result = await self._run_admit(key, member, reservation, seed=-1)
             if result[0] == -1:
                 now = datetime.now(UTC)
                 seed = await self._spend.month_spend(key.id, month_start(now))
-                result = await self._run_admit(key, request_id, reservation, int(seed * NANOS))
+                result = await self._run_admit(key, member, reservation, int(seed * NANOS))
         except (TimeoutError, RedisError, OSError) as exc:
             return self._redis_down(key, request_id, exc)
         self._latency("admit").observe(time.perf_counter() - started)
@@ -375,13 +385,13 @@ class Limiter:
         if code != 0:
             raise self._refusal(key, code, result)
         tracked = key.concurrency_limit is not None or key.monthly_budget is not None
-        admission = Admission(key, request_id, tracked, self._headers(key, result))
+        admission = Admission(key, request_id, tracked, self._headers(key, result), member=member)
         if tracked:
-            self._inflight[request_id] = admission
+            self._inflight[member] = admission
         return admission
 
     async def _run_admit(
-        self, key: KeyRecord, request_id: str, reservation: Decimal, seed: int
+        self, key: KeyRecord, member: str, reservation: Decimal, seed: int
     ) -> list[Any]:
         budget = -1 if key.monthly_budget is None else int(key.monthly_budget * NANOS)
         keys = self._keys(key)
@@ -391,7 +401,7 @@ class Limiter:
             key.tpm_limit or 0,
             key.concurrency_limit or 0,
             self._lease_ms,
-            request_id,
+            member,
             budget,
             int(reservation * NANOS),
             seed,
@@ -516,7 +526,7 @@ class Limiter:
         if admission.settled:
             return
         admission.settled = True
-        self._inflight.pop(admission.request_id, None)
+        self._inflight.pop(admission.member, None)
         key = admission.key
         charge_tpm = key.tpm_limit is not None and tokens > 0
         charge_spend = key.monthly_budget is not None and cost > 0
@@ -526,7 +536,7 @@ class Limiter:
         keys = [names[1], names[2], names[3], names[4]]
         args: list[int | str] = [
             int(time.time() * 1000),
-            admission.request_id,
+            admission.member,
             tokens,
             int(cost * NANOS),
             MONTH_TTL,
@@ -607,7 +617,7 @@ class Limiter:
                     pipe.ping()
                     for adm in list(self._inflight.values()):
                         base = f"tg:{{{adm.key.id}}}"
-                        pipe.zadd(f"{base}:inflight", {adm.request_id: expiry}, xx=True)
+                        pipe.zadd(f"{base}:inflight", {adm.member: expiry}, xx=True)
                     await pipe.execute()
                 metrics.REDIS_UP.set(1)
             except (RedisError, OSError) as exc:
