@@ -79,6 +79,7 @@ class Services:
             writer,
             settings.default_max_tokens,
             settings.metrics_per_key,
+            settings.prompt_bytes_per_token,
         )
         return cls(
             settings,

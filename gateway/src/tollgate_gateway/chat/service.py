@@ -6,6 +6,7 @@ through `ProxyService.handle`, so keys, limits and usage are the same on both.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import os
@@ -13,7 +14,6 @@ import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any
 
 import aiohttp
@@ -30,7 +30,14 @@ from tollgate_gateway.errors import (
     model_not_found,
 )
 from tollgate_gateway.keys.service import KeyRecord, KeyService
-from tollgate_gateway.limits.service import Admission, Limiter
+from tollgate_gateway.limits.service import (
+    NOTHING,
+    Admission,
+    Ask,
+    Limiter,
+    nanos_per_token,
+    prompt_estimate,
+)
 from tollgate_gateway.storage.upstream import Upstream, read_body, upstream_error
 from tollgate_gateway.usage.writer import UsageRow, UsageWriter
 
@@ -125,6 +132,7 @@ class Call:
     alias: Alias
     parsed: Parsed
     admission: Admission
+    prompt_estimate: int = 0
     started: float = field(default_factory=time.perf_counter)
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -144,6 +152,7 @@ class ProxyService:
         usage: UsageWriter,
         default_max_tokens: int,
         metrics_per_key: bool,
+        prompt_bytes_per_token: float = 2.0,
     ) -> None:
         self.keys = keys
         self.catalog = catalog
@@ -152,6 +161,7 @@ class ProxyService:
         self.usage = usage
         self._default_max_tokens = default_max_tokens
         self._per_key = metrics_per_key
+        self._estimate = functools.partial(prompt_estimate, bytes_per_token=prompt_bytes_per_token)
         self._metric_children: dict[tuple[Any, tuple[str, ...]], Any] = {}
 
     # -- shared steps ------------------------------------------------------------------
@@ -172,11 +182,25 @@ class ProxyService:
             raise model_not_found(name)
         return alias
 
-    def _reservation(self, key: KeyRecord, alias: Alias, parsed: Parsed, size: int) -> Decimal:
+    def _ask(
+        self, endpoint: Endpoint, key: KeyRecord, alias: Alias, parsed: Parsed, prompt: int
+    ) -> Ask:
+        """What admission reserves for this request (keys with a TPM limit or a budget)."""
+        if key.tpm_limit is None and key.monthly_budget is None:
+            return NOTHING
+        if endpoint in WHOLE:  # embeddings: a prompt and no answer
+            output, least = 0, 0
+        else:
+            output, least = parsed.max_tokens or self._default_max_tokens, 1
         if key.monthly_budget is None or not alias.priced:
-            return Decimal(0)
-        prompt_estimate = size // 3 + 16  # generous: fewer than 3 bytes per token is rare
-        return alias.cost(prompt_estimate, parsed.max_tokens or self._default_max_tokens)
+            return Ask(prompt, output, least)
+        return Ask(
+            prompt,
+            output,
+            least,
+            nanos_per_token(alias.input_price_per_mtok),
+            nanos_per_token(alias.output_price_per_mtok),
+        )
 
     async def handle(
         self, endpoint: Endpoint, raw: bytes, authorization: str | None, request_id: str
@@ -184,20 +208,27 @@ class ProxyService:
         key = await self.authenticate(authorization)
         parsed = parse(endpoint, parse_json(raw))
         alias = await self.resolve(key, parsed.model)
-        reservation = self._reservation(key, alias, parsed, len(raw))
+        # Billed as the prompt when the client leaves before the model server counted it.
+        estimate = 0 if endpoint is Endpoint.OLLAMA_SHOW else self._estimate(len(raw))
+        ask = self._ask(endpoint, key, alias, parsed, estimate) if key.limited else NOTHING
         try:
-            admission = await self.limiter.admit(key, request_id, reservation)
+            admission = await self.limiter.admit(key, request_id, ask)
         except ApiError as exc:
             if exc.status == 429:
                 metrics.LIMIT_REFUSALS.labels(exc.code or exc.type).inc()
             raise
-        call = Call(request_id, endpoint, key, alias, parsed, admission)
+        call = Call(request_id, endpoint, key, alias, parsed, admission, estimate)
         try:
             response = await self._forward(call)
         except ApiError as exc:
             call.status, call.error_class = exc.status, exc.code or exc.type
             self.finish(call)
             exc.headers = {**admission.headers, **exc.headers}
+            raise
+        except asyncio.CancelledError:  # the client left while we waited for the model
+            call.status, call.error_class = 499, "client_disconnected"
+            call.prompt_tokens = call.prompt_tokens or call.prompt_estimate
+            self.finish(call)
             raise
         except BaseException:
             call.status, call.error_class = 499, "cancelled"
@@ -210,7 +241,16 @@ class ProxyService:
     async def _forward(self, call: Call) -> Reply:
         body = call.parsed.body
         body["model"] = call.alias.backend_tag
-        if call.endpoint is Endpoint.CHAT and call.parsed.max_tokens is not None:
+        cap = call.admission.cap
+        if cap is not None and call.endpoint not in WHOLE:
+            # Reserved for exactly this many output tokens: the model may not produce more.
+            if call.endpoint in NATIVE:
+                options = body.get("options")
+                body["options"] = {**(options or {}), "num_predict": cap}
+            else:
+                body["max_tokens"] = cap
+                body.pop("max_completion_tokens", None)
+        elif call.endpoint is Endpoint.CHAT and call.parsed.max_tokens is not None:
             # Ollama reads only max_tokens; newer OpenAI clients send max_completion_tokens.
             body["max_tokens"] = call.parsed.max_tokens
             body.pop("max_completion_tokens", None)
@@ -220,21 +260,34 @@ class ProxyService:
             body["stream"] = call.parsed.stream
         url = call.alias.backend_url + UPSTREAM_PATHS[call.endpoint]
         resp = await self.upstream.request("POST", url, orjson.dumps(body))
-        if resp.status != 200:
-            payload = await read_body(resp)
+        if resp.status != 200 or not call.parsed.stream or call.endpoint in WHOLE:
+            try:
+                payload = await read_body(resp)
+            except BaseException:
+                resp.close()  # cancelled (the client left): the model server stops too
+                raise
             resp.release()
-            raise upstream_error(resp.status, payload, call.alias.alias)
-        if not call.parsed.stream or call.endpoint in WHOLE:
-            payload = await read_body(resp)
-            resp.release()
+            if resp.status != 200:
+                raise upstream_error(resp.status, payload, call.alias.alias)
             reply = json_reply(self._rewrite_whole(call, payload))
             # Accounted once sent: metrics, the usage row and the settlement are not what
             # the client waits for (and the duration then includes the response, as named).
             reply.after = functools.partial(self.finish, call)
             return reply
         if call.endpoint in NATIVE:
-            return Reply(200, list(NDJSON_HEADERS), stream=self._ndjson(call, resp))
-        return Reply(200, list(SSE_HEADERS), stream=self._sse(call, resp))
+            reply = Reply(200, list(NDJSON_HEADERS), stream=self._ndjson(call, resp))
+        else:
+            reply = Reply(200, list(SSE_HEADERS), stream=self._sse(call, resp))
+        # A stream that never started (the response could not even begin) ends here.
+        reply.after = functools.partial(self._abandon, call, resp)
+        return reply
+
+    def _abandon(self, call: Call, resp: aiohttp.ClientResponse) -> None:
+        if not call.finished:
+            resp.close()
+            call.status, call.error_class = 499, "client_disconnected"
+            call.prompt_tokens = call.prompt_estimate
+            self.finish(call)
 
     # -- whole responses ---------------------------------------------------------------
     def _rewrite_whole(self, call: Call, payload: bytes) -> bytes:
@@ -356,8 +409,10 @@ class ProxyService:
             call.status, call.error_class = 499, "client_disconnected"
             raise
         finally:
+            if not done:  # disconnected before the usage chunk: the prompt and the answer so far
+                call.prompt_tokens = call.prompt_tokens or call.prompt_estimate
             if call.completion_tokens == 0:
-                call.completion_tokens = chunks  # disconnected before the usage chunk: count so far
+                call.completion_tokens = chunks
             self._close_upstream(resp, done)
             self.finish(call)
 
@@ -416,7 +471,8 @@ class ProxyService:
             call.status, call.error_class = 499, "client_disconnected"
             raise
         finally:
-            if not done:
+            if not done:  # disconnected before the last chunk: the prompt and the answer so far
+                call.prompt_tokens = call.prompt_tokens or call.prompt_estimate
                 call.completion_tokens = chunks
             self._close_upstream(resp, done)
             self.finish(call)

@@ -54,11 +54,15 @@ class KeyRecord:
     disabled: bool
     revoked: bool
     limited: bool = field(init=False, compare=False, repr=False)
+    tracked: bool = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         # Asked on every request: worked out once per record.
         limits = (self.rate_limit_rpm, self.tpm_limit, self.concurrency_limit, self.monthly_budget)
         object.__setattr__(self, "limited", any(v is not None for v in limits))
+        # Held in flight (a lease, with reservations) from admission to settlement.
+        held = (self.tpm_limit, self.concurrency_limit, self.monthly_budget)
+        object.__setattr__(self, "tracked", any(v is not None for v in held))
 
     @property
     def has_limits(self) -> bool:

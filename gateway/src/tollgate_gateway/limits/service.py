@@ -18,6 +18,7 @@ import functools
 import hashlib
 import itertools
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from tollgate_gateway import metrics
 from tollgate_gateway.config import RedisFailurePolicy
 from tollgate_gateway.errors import ApiError
 from tollgate_gateway.keys.service import KeyRecord
+from tollgate_gateway.limits.breaker import Breaker
 
 log = logging.getLogger(__name__)
 NANOS = Decimal(1_000_000_000)
@@ -57,6 +59,35 @@ def format_duration(ms: float) -> str:
         return f"{seconds:.3g}s"
     minutes, rest = divmod(int(seconds), 60)
     return f"{minutes}m{rest}s"
+
+
+def prompt_estimate(body_bytes: int, bytes_per_token: float) -> int:
+    """The prompt tokens reserved for a request of this size: one per `bytes_per_token`
+    bytes of the whole request body, rounded up. With 1 byte per token this is an upper
+    bound for byte-level tokenizers (every token covers at least one byte of text, and the
+    JSON around each message is longer than its chat-template tokens)."""
+    return math.ceil(body_bytes / bytes_per_token)
+
+
+def nanos_per_token(price_per_mtok: Decimal) -> float:
+    """A price per million tokens as nano-units per token (what the scripts count in)."""
+    return float(price_per_mtok * 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class Ask:
+    """What an admission reserves: the prompt estimate plus the output it may produce
+    (`output`, clamped by the script to what the key has left, but never below `least`),
+    priced per token in nano-units for the budget."""
+
+    prompt: int = 0
+    output: int = 0
+    least: int = 1
+    input_nanos: float = 0.0
+    output_nanos: float = 0.0
+
+
+NOTHING = Ask(least=0)
 
 
 def month_start(now: datetime) -> datetime:
@@ -195,25 +226,26 @@ class ScriptClient:
         return redis.connection_pool.connection_class in (Connection, UnixDomainSocketConnection)
 
     async def _connect(self) -> _Pipe:
-        if self._connecting is not None:  # another caller is connecting: share its outcome
-            return await asyncio.shield(self._connecting)
+        """The new connection, opened by a task of its own that every caller shares: a
+        caller cancelled meanwhile leaves the others waiting for a real outcome."""
+        connecting = self._connecting
+        if connecting is None:
+            connecting = self._connecting = asyncio.ensure_future(self._open_pipe())
+            connecting.add_done_callback(self._connect_done)
+        return await asyncio.shield(connecting)
+
+    def _connect_done(self, connecting: asyncio.Future[_Pipe]) -> None:
+        self._connecting = None
+        if not connecting.cancelled():
+            connecting.exception()  # marked as seen: every waiter may have gone
+
+    async def _open_pipe(self) -> _Pipe:
         loop = asyncio.get_running_loop()
-        connecting = self._connecting = loop.create_future()
         try:
             pipe = await asyncio.wait_for(self._open(loop), self._connect_timeout)
-        except (OSError, TimeoutError, RedisError) as exc:
-            error = (
-                exc
-                if isinstance(exc, RedisError)
-                else RedisConnectionError(f"Error connecting to Redis: {exc!r}")
-            )
-            connecting.set_exception(error)
-            connecting.exception()  # marked as seen: nobody else may be waiting
-            raise error from exc
-        finally:
-            self._connecting = None
+        except (OSError, TimeoutError) as exc:
+            raise RedisConnectionError(f"Error connecting to Redis: {exc!r}") from exc
         self._pipe = pipe
-        connecting.set_result(pipe)
         return pipe
 
     async def _open(self, loop: asyncio.AbstractEventLoop) -> _Pipe:
@@ -303,6 +335,7 @@ class Admission:
     headers: dict[str, str] = field(default_factory=dict)
     settled: bool = False
     member: str = ""
+    cap: int | None = None  # the output cap to send upstream; None: the client's own
 
 
 _LOAD, _RETRIED = 1, 2  # settlement attempts: sent as EVAL; sent again after a broken connection
@@ -315,13 +348,16 @@ class Limiter:
         spend: SpendSource,
         policy: RedisFailurePolicy,
         lease_seconds: float,
+        breaker: Breaker | None = None,
     ) -> None:
         self._redis = redis
+        self.breaker = breaker or Breaker()
         self._spend = spend
         self._policy = policy
         self._lease_ms = int(lease_seconds * 1000)
         self._admit_script = Script.load("admit.lua")
         self._settle_script = Script.load("settle.lua")
+        self._renew = redis.register_script(Script.load("renew.lua").source)
         self._client: ScriptClient | None = None
         if ScriptClient.supports(redis):
             timeout = redis.connection_pool.connection_kwargs.get("socket_timeout")
@@ -363,20 +399,28 @@ class Limiter:
         return len(self._inflight)
 
     # -- admission -------------------------------------------------------------------
-    async def admit(self, key: KeyRecord, request_id: str, reservation: Decimal) -> Admission:
+    async def admit(self, key: KeyRecord, request_id: str, ask: Ask = NOTHING) -> Admission:
         if not key.has_limits:
             return Admission(key, request_id, tracked=False)
+        if not self.breaker.allow():
+            metrics.LIMITS_UNCHECKED.inc()
+            return self._unchecked(key, request_id)
         member = f"{self._member_prefix}{next(self._member_seq)}"
         started = time.perf_counter()
         try:
-            result = await self._run_admit(key, member, reservation, seed=-1)
+            result = await self._run_admit(key, member, ask, seed=-1)
             if result[0] == -1:
                 now = datetime.now(UTC)
                 seed = await self._spend.month_spend(key.id, month_start(now))
-                result = await self._run_admit(key, member, reservation, int(seed * NANOS))
+                result = await self._run_admit(key, member, ask, int(seed * NANOS))
         except (TimeoutError, RedisError, OSError) as exc:
+            if not isinstance(exc, ResponseError):
+                self._failed()
             return self._redis_down(key, request_id, exc)
         self._latency("admit").observe(time.perf_counter() - started)
+        if self.breaker.success():
+            log.warning("redis answers again: circuit breaker closed")
+            metrics.REDIS_BREAKER_OPEN.set(0)
         if not self.redis_up:
             log.warning("redis is back; limits are enforced again")
             self.redis_up = True
@@ -384,18 +428,18 @@ class Limiter:
         code = int(result[0])
         if code != 0:
             raise self._refusal(key, code, result)
-        tracked = key.concurrency_limit is not None or key.monthly_budget is not None
+        tracked = key.tracked
         admission = Admission(key, request_id, tracked, self._headers(key, result), member=member)
+        if key.tpm_limit is not None or key.monthly_budget is not None:
+            admission.cap = int(result[5])
         if tracked:
             self._inflight[member] = admission
         return admission
 
-    async def _run_admit(
-        self, key: KeyRecord, member: str, reservation: Decimal, seed: int
-    ) -> list[Any]:
+    async def _run_admit(self, key: KeyRecord, member: str, ask: Ask, seed: int) -> list[Any]:
         budget = -1 if key.monthly_budget is None else int(key.monthly_budget * NANOS)
         keys = self._keys(key)
-        args: list[int | str] = [
+        args: list[int | float | str] = [
             int(time.time() * 1000),
             key.rate_limit_rpm or 0,
             key.tpm_limit or 0,
@@ -403,9 +447,13 @@ class Limiter:
             self._lease_ms,
             member,
             budget,
-            int(reservation * NANOS),
             seed,
             MONTH_TTL,
+            ask.prompt,
+            ask.output,
+            ask.least,
+            ask.input_nanos,
+            ask.output_nanos,
         ]
         if self._client is not None:
             result: list[Any] = await self._client.run(self._admit_script, keys, args)
@@ -435,17 +483,32 @@ class Limiter:
             f"{base}:inflight",
             f"{base}:resv",
             f"{base}:spend:{month}",
+            f"{base}:tresv",
         ]
         if len(self._names) >= 100_000:
             self._names.clear()
         self._names[key.id] = (month, names)
         return names
 
+    def _failed(self) -> None:
+        """A Redis call failed: count it against the circuit breaker."""
+        if self.breaker.failure():
+            log.error(
+                "redis keeps failing: circuit breaker open, limits are %s without waiting on "
+                "redis until a probe succeeds",
+                "not enforced" if self._policy is RedisFailurePolicy.OPEN else "refused (503)",
+            )
+            metrics.REDIS_BREAKER_OPEN.set(1)
+
     def _redis_down(self, key: KeyRecord, request_id: str, exc: BaseException) -> Admission:
         if self.redis_up:
             log.error("redis unavailable (%s); limits policy is %r", exc, self._policy.value)
         self.redis_up = False
         metrics.REDIS_UP.set(0)
+        return self._unchecked(key, request_id)
+
+    def _unchecked(self, key: KeyRecord, request_id: str) -> Admission:
+        """What the failure policy does with a request Redis cannot check."""
         if self._policy is RedisFailurePolicy.CLOSED:
             raise ApiError(
                 503,
@@ -490,8 +553,10 @@ class Limiter:
         if code == 2:
             return ApiError(
                 429,
-                f"Rate limit reached for tokens: limit {key.tpm_limit} per minute, used "
-                f"{int(result[2])}. Please try again in {format_duration(retry_ms)}.",
+                f"Rate limit reached for tokens: limit {key.tpm_limit} per minute, used or "
+                f"reserved {int(result[2])}, this request needs {int(result[3])} for its prompt "
+                f"and at least one more for its answer. "
+                f"Please try again in {format_duration(retry_ms)}.",
                 type="tokens",
                 code="rate_limit_exceeded",
                 headers={
@@ -532,8 +597,10 @@ class Limiter:
         charge_spend = key.monthly_budget is not None and cost > 0
         if not (admission.tracked or charge_tpm or charge_spend):
             return
+        if self.breaker.open:  # its lease expires by itself; the spend is re-seeded later
+            return
         names = self._keys(key)
-        keys = [names[1], names[2], names[3], names[4]]
+        keys = [names[1], names[2], names[3], names[4], names[5]]
         args: list[int | str] = [
             int(time.time() * 1000),
             admission.member,
@@ -589,6 +656,8 @@ class Limiter:
             return
         if isinstance(exc, TimeoutError | RedisError | OSError):
             # The lease expires by itself; the month's spend is re-seeded from Postgres.
+            if not isinstance(exc, ResponseError):
+                self._failed()
             log.warning("could not settle %s in redis: %s", request_id, exc)
         else:
             log.error("settling %s failed: %r", request_id, exc)
@@ -608,20 +677,33 @@ class Limiter:
         return child
 
     async def _renew_loop(self) -> None:
-        """Renew the leases of this process's in-flight requests; keep `tollgate_redis_up` true."""
+        """Renew the leases of this process's in-flight requests (one script per key, which
+        also extends the expiry of the key's lease set and reservations); keep
+        `tollgate_redis_up` true."""
         interval = self._lease_ms / 3000
         while True:
-            expiry = int(time.time() * 1000) + self._lease_ms
             try:
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    pipe.ping()
-                    for adm in list(self._inflight.values()):
-                        base = f"tg:{{{adm.key.id}}}"
-                        pipe.zadd(f"{base}:inflight", {adm.member: expiry}, xx=True)
-                    await pipe.execute()
+                await self.renew()
                 metrics.REDIS_UP.set(1)
             except (RedisError, OSError) as exc:
                 metrics.REDIS_UP.set(0)
                 if self._inflight:
                     log.warning("lease renewal failed: %s", exc)
             await asyncio.sleep(interval)
+
+    async def renew(self) -> None:
+        """One renewal round for every request this process holds."""
+        now = int(time.time() * 1000)
+        by_key: dict[Any, list[Admission]] = {}
+        for adm in list(self._inflight.values()):
+            by_key.setdefault(adm.key.id, []).append(adm)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.ping()
+            for held in by_key.values():
+                names = self._keys(held[0].key)
+                await self._renew(
+                    keys=[names[2], names[3], names[5]],
+                    args=[now + self._lease_ms, self._lease_ms * 4, *(a.member for a in held)],
+                    client=pipe,
+                )
+            await pipe.execute()
