@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import pytest
 from redis.asyncio import Redis
+from sqlalchemy import text
 
 from tollgate_dev.services import LocalValkey
 from tollgate_gateway.chat.service import Reply
+from tollgate_gateway.config import to_sqlalchemy_dsn
 from tollgate_gateway.limits.breaker import Breaker
 from tollgate_gateway.limits.service import Script, ScriptClient
 from tollgate_gateway.middleware import _send_stream
+from tollgate_gateway.storage.db import create_engine
+from tollgate_gateway.usage.stream import GROUP, UsageStream, to_lines
+from tollgate_gateway.usage.writer import UsageRow, copy_line, insert_lines
 
 
 def script(source: str) -> Script:
@@ -104,3 +112,59 @@ def test_breaker_backoff_is_capped_and_stale_failures_do_not_extend_it() -> None
     assert not breaker.allow()  # a probe that never reported holds the window...
     clock.now += 1.0
     assert breaker.allow()  # ...until it expires
+
+
+async def test_unacknowledged_usage_is_reclaimed_once(
+    valkey: LocalValkey, migrated_dsn: str
+) -> None:
+    """Entries a dead writer read (and perhaps committed) are written exactly once."""
+    stream = f"test-usage-{uuid.uuid4().hex}"
+    redis = Redis.from_url(valkey.url)
+    engine = create_engine(to_sqlalchemy_dsn(migrated_dsn))
+    drainer = UsageStream(redis, engine, 100, 0.05, reclaim_seconds=0.05, stream=stream)
+    request_ids = [f"reclaim-{uuid.uuid4().hex[:8]}" for _ in range(3)]
+    try:
+        await redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
+        for rid in request_ids:
+            await redis.xadd(stream, {"r": copy_line(row(rid))})
+        # A writer reads all three, commits the first and dies before acknowledging.
+        reply: Any = await redis.xreadgroup(GROUP, "dead-writer", {stream: ">"}, count=10)
+        entries = reply[0][1]
+        _, first = to_lines(entries[:1])
+        await insert_lines(engine, first)
+        await asyncio.sleep(0.1)  # idle longer than reclaim_seconds
+        assert await drainer.reclaim() == 3
+        assert await drainer.reclaim() == 0  # acknowledged and deleted
+        assert await redis.xlen(stream) == 0
+        async with engine.connect() as conn:
+            found = (
+                await conn.execute(
+                    text("SELECT request_id FROM usage_events WHERE request_id = ANY(:ids)"),
+                    {"ids": request_ids},
+                )
+            ).all()
+        assert sorted(r[0] for r in found) == sorted(request_ids)
+    finally:
+        await redis.delete(stream)
+        await redis.aclose()
+        await engine.dispose()
+
+
+def row(request_id: str) -> UsageRow:
+    return UsageRow(
+        ts=datetime.now(UTC),
+        request_id=request_id,
+        key_id=None,
+        app=None,
+        alias="a",
+        backend_tag="b",
+        endpoint="chat.completions",
+        status=200,
+        prompt_tokens=1,
+        completion_tokens=2,
+        cost=Decimal("0.1"),
+        latency_ms=1.0,
+        ttft_ms=None,
+        streamed=False,
+        error_class=None,
+    )

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
+import httpx
 import openai
 import psycopg
 
@@ -13,6 +15,7 @@ from tollgate_dev.pytest_services import Admin, Gateways, gateway_env
 from tollgate_dev.services import LocalPostgres, LocalValkey
 
 SLOW_FLUSH = {
+    "TOLLGATE_USAGE_VIA_REDIS": "false",  # rows wait in the buffer, as this file tests
     "TOLLGATE_USAGE_FLUSH_INTERVAL_SECONDS": "3600",
     "TOLLGATE_USAGE_BATCH_SIZE": "100000",
 }
@@ -85,3 +88,49 @@ def test_usage_survives_a_database_outage_at_shutdown(
     finally:
         first.stop()
         pg.stop()
+
+
+def test_sigkill_under_load_loses_no_usage(
+    gateways: Gateways, admin: Admin, chat_model: str, migrated_dsn: str
+) -> None:
+    """Rows go to Redis with the settlement: a gateway killed mid-load loses none, and the
+    entries it had read but not written are written by another gateway."""
+    fast_reclaim = {"TOLLGATE_USAGE_RECLAIM_SECONDS": "2"}
+    victim = gateways.start(**fast_reclaim)
+    gateways.start(**fast_reclaim)  # drains what the victim leaves behind
+    keys = [admin.create_key(rate_limit_rpm=1_000_000), admin.create_key()]  # both paths
+    answered = {k["id"]: 0 for k in keys}
+    body = {"model": chat_model, "messages": [{"role": "user", "content": "x"}]}
+
+    async def load(i: int, http: httpx.AsyncClient) -> None:
+        key = keys[i % 2]
+        while True:
+            try:
+                r = await http.post(
+                    victim.url + "/v1/chat/completions",
+                    json=body,
+                    headers={"Authorization": f"Bearer {key['key']}"},
+                )
+            except httpx.HTTPError:
+                if victim.proc is None or victim.proc.poll() is not None:
+                    return  # killed
+                continue
+            assert r.status_code == 200, r.text
+            answered[key["id"]] += 1
+
+    async def run() -> None:
+        async with httpx.AsyncClient(timeout=30) as http:
+            clients = [asyncio.create_task(load(i, http)) for i in range(16)]
+            await asyncio.sleep(6)
+            await asyncio.get_running_loop().run_in_executor(None, victim.kill)
+            await asyncio.gather(*clients)
+
+    asyncio.run(run())
+    assert all(n > 100 for n in answered.values()), answered
+    deadline = time.monotonic() + 30
+    while True:
+        rows = {key_id: count(migrated_dsn, key_id) for key_id in answered}
+        if rows == answered or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert rows == answered

@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     usage_flush_interval_seconds: float = 0.5
     usage_max_buffer: int = 200_000
     usage_spool_dir: Path = Path(tempfile.gettempdir()) / "tollgate-usage-spool"
+    # Usage rows go to a Redis stream with the settlement (durable from then on) and the
+    # writers drain it; off, they wait in the process's buffer until written.
+    usage_via_redis: bool = True
+    usage_reclaim_seconds: float = Field(30.0, gt=0)
 
     metrics_per_key: bool = False
 

@@ -170,22 +170,33 @@ class _Disconnect:
     """Watches for the client going away once its request is read, and cancels the task
     serving it at once, whatever it waits for (the model's first byte, the next chunk,
     a send); the proxy then closes the upstream request, which stops the generation, and
-    settles. `left()` tells such a cancellation from any other (and takes it back)."""
+    settles. `left()` tells such a cancellation from any other (and takes it back).
 
-    __slots__ = ("_gone", "_task", "_watcher")
+    The watching task starts only once the request has taken `DELAY` seconds: most
+    non-streamed requests are answered sooner and never pay for one, and a client that left
+    meanwhile is seen as soon as it starts."""
+
+    DELAY = 0.05
+    __slots__ = ("_gone", "_receive", "_task", "_timer", "_watcher")
 
     def __init__(self, receive: Receive) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._task = task
+        self._receive = receive
         self._gone = False
-        self._watcher: asyncio.Task[None] | None = asyncio.get_running_loop().create_task(
-            self._watch(receive)
+        self._watcher: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
+            self.DELAY, self._start
         )
 
-    async def _watch(self, receive: Receive) -> None:
+    def _start(self) -> None:
+        self._timer = None
+        self._watcher = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _watch(self) -> None:
         while True:
-            message = await receive()
+            message = await self._receive()
             if message["type"] == "http.disconnect":
                 break
         if self._watcher is not None:  # not stopped meanwhile: the request is still served
@@ -200,6 +211,9 @@ class _Disconnect:
         return False
 
     def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         watcher, self._watcher = self._watcher, None
         if watcher is not None:
             watcher.cancel()

@@ -39,7 +39,7 @@ from tollgate_gateway.limits.service import (
     prompt_estimate,
 )
 from tollgate_gateway.storage.upstream import Upstream, read_body, upstream_error
-from tollgate_gateway.usage.writer import UsageRow, UsageWriter
+from tollgate_gateway.usage.writer import UsageRow, UsageWriter, copy_line
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +153,7 @@ class ProxyService:
         default_max_tokens: int,
         metrics_per_key: bool,
         prompt_bytes_per_token: float = 2.0,
+        durable_usage: bool = False,
     ) -> None:
         self.keys = keys
         self.catalog = catalog
@@ -161,6 +162,7 @@ class ProxyService:
         self.usage = usage
         self._default_max_tokens = default_max_tokens
         self._per_key = metrics_per_key
+        self._durable = durable_usage
         self._estimate = functools.partial(prompt_estimate, bytes_per_token=prompt_bytes_per_token)
         self._metric_children: dict[tuple[Any, tuple[str, ...]], Any] = {}
 
@@ -508,27 +510,31 @@ class ProxyService:
             child(metrics.COST, name).inc(float(cost))
         if self._per_key:
             metrics.KEY_REQUESTS.labels(str(call.key.id), alias.alias).inc()
-        self.usage.record(
-            UsageRow(
-                ts=datetime.now(UTC),
-                request_id=call.request_id,
-                key_id=call.key.id,
-                app=call.key.app,
-                alias=alias.alias,
-                backend_tag=alias.backend_tag,
-                endpoint=endpoint,
-                status=call.status,
-                prompt_tokens=call.prompt_tokens,
-                completion_tokens=call.completion_tokens,
-                cost=cost,
-                latency_ms=elapsed * 1000,
-                ttft_ms=call.ttft * 1000 if call.ttft is not None else None,
-                streamed=call.parsed.stream,
-                error_class=call.error_class,
-            )
+        row = UsageRow(
+            ts=datetime.now(UTC),
+            request_id=call.request_id,
+            key_id=call.key.id,
+            app=call.key.app,
+            alias=alias.alias,
+            backend_tag=alias.backend_tag,
+            endpoint=endpoint,
+            status=call.status,
+            prompt_tokens=call.prompt_tokens,
+            completion_tokens=call.completion_tokens,
+            cost=cost,
+            latency_ms=elapsed * 1000,
+            ttft_ms=call.ttft * 1000 if call.ttft is not None else None,
+            streamed=call.parsed.stream,
+            error_class=call.error_class,
         )
+        tokens = call.prompt_tokens + call.completion_tokens
+        if self._durable:  # the row goes to Redis with the settlement, else to the buffer
+            lost = functools.partial(self.usage.record, row)
+            self.limiter.settle(call.admission, tokens, cost, copy_line(row), lost)
+            return
+        self.usage.record(row)
         if call.admission.tracked or call.key.tpm_limit or call.key.monthly_budget is not None:
-            self.limiter.settle(call.admission, call.prompt_tokens + call.completion_tokens, cost)
+            self.limiter.settle(call.admission, tokens, cost)
 
     def _child(self, metric: Any, *labels: str) -> Any:
         """`metric.labels(*labels)`, remembered: labels() takes a lock and several lookups,

@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -39,6 +40,7 @@ from tollgate_gateway.config import RedisFailurePolicy
 from tollgate_gateway.errors import ApiError
 from tollgate_gateway.keys.service import KeyRecord
 from tollgate_gateway.limits.breaker import Breaker
+from tollgate_gateway.usage.stream import STREAM as USAGE_STREAM
 
 log = logging.getLogger(__name__)
 NANOS = Decimal(1_000_000_000)
@@ -150,15 +152,18 @@ class _Pipe(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail(RedisConnectionError("Connection closed by server."))
 
-    def send(self, command: bytes) -> asyncio.Future[Any]:
-        """Queue a command, written with the others of this event-loop turn in one write."""
+    def send(self, command: bytes, urgent: bool = False) -> asyncio.Future[Any]:
+        """Queue a command, written with the others of this event-loop turn in one write
+        (`urgent`: written now, with whatever is queued)."""
         future: asyncio.Future[Any] = self._loop.create_future()
         if self.closed:
             future.set_exception(RedisConnectionError("Connection closed."))
             return future
-        if not self._outgoing:
+        if not self._outgoing and not urgent:
             self._loop.call_soon(self._flush)
         self._outgoing.append(command)
+        if urgent:
+            self._flush()
         deadline = self._loop.time() + self._timeout
         self._pending.append((future, deadline))
         if self._watch is None:
@@ -270,14 +275,19 @@ class ScriptClient:
         return _pack(("EVALSHA", script.sha, len(keys), *keys, *args))
 
     def send(
-        self, script: Script, keys: list[str], args: list[Any], load: bool = False
+        self,
+        script: Script,
+        keys: list[str],
+        args: list[Any],
+        load: bool = False,
+        urgent: bool = False,
     ) -> asyncio.Future[Any]:
         """Run the script without waiting: its raw reply (a `ResponseError` instance when
         the script failed) or a connection/timeout error, as a future."""
         pipe = self._pipe
         if pipe is None or pipe.closed:
             return asyncio.ensure_future(self._send_connecting(script, keys, args, load))
-        return pipe.send(self._command(script, keys, args, load))
+        return pipe.send(self._command(script, keys, args, load), urgent)
 
     async def _send_connecting(
         self, script: Script, keys: list[str], args: list[Any], load: bool
@@ -341,6 +351,26 @@ class Admission:
 _LOAD, _RETRIED = 1, 2  # settlement attempts: sent as EVAL; sent again after a broken connection
 
 
+@dataclass(slots=True)
+class _Settlement:
+    """One settlement on its way to Redis (retried once after a broken connection)."""
+
+    request_id: str
+    script: Script
+    keys: list[str]
+    args: list[Any]
+    lost: Callable[[], None] | None
+    urgent: bool
+    started: float = field(default_factory=time.perf_counter)
+
+    def give_up(self) -> None:
+        """The row may not be in Redis: hand it to the fallback (duplicates, rarely, over
+        losses: a timed-out script may still have run)."""
+        lost, self.lost = self.lost, None
+        if lost is not None:
+            lost()
+
+
 class Limiter:
     def __init__(
         self,
@@ -357,6 +387,7 @@ class Limiter:
         self._lease_ms = int(lease_seconds * 1000)
         self._admit_script = Script.load("admit.lua")
         self._settle_script = Script.load("settle.lua")
+        self._usage_script = Script.load("usage.lua")
         self._renew = redis.register_script(Script.load("renew.lua").source)
         self._client: ScriptClient | None = None
         if ScriptClient.supports(redis):
@@ -365,6 +396,7 @@ class Limiter:
         else:
             self._admit = redis.register_script(self._admit_script.source)
             self._settle = redis.register_script(self._settle_script.source)
+            self._usage = redis.register_script(self._usage_script.source)
         self._inflight: dict[str, Admission] = {}
         # Members: a random per-process prefix and a counter, unique across replicas.
         self._member_prefix = os.urandom(6).hex() + ":"
@@ -585,9 +617,18 @@ class Limiter:
         )
 
     # -- completion ------------------------------------------------------------------
-    def settle(self, admission: Admission, tokens: int, cost: Decimal) -> None:
-        """Free the admission's lease and reservation, charge its tokens and cost. Sent at
-        once, not awaited: the request does not wait for it (`drain` does, at shutdown)."""
+    def settle(
+        self,
+        admission: Admission,
+        tokens: int,
+        cost: Decimal,
+        usage: str | None = None,
+        lost: Callable[[], None] | None = None,
+    ) -> None:
+        """Free the admission's lease and reservation, charge its tokens and cost, and append
+        its `usage` row (a COPY line) to the usage stream, in one script. Sent at once, not
+        awaited: the request does not wait for it (`drain` does, at shutdown). `lost` is
+        called when the row may not have reached Redis (it then goes elsewhere)."""
         if admission.settled:
             return
         admission.settled = True
@@ -595,80 +636,82 @@ class Limiter:
         key = admission.key
         charge_tpm = key.tpm_limit is not None and tokens > 0
         charge_spend = key.monthly_budget is not None and cost > 0
-        if not (admission.tracked or charge_tpm or charge_spend):
+        limits = admission.tracked or charge_tpm or charge_spend
+        if not limits and usage is None:
             return
         if self.breaker.open:  # its lease expires by itself; the spend is re-seeded later
+            if lost is not None:
+                lost()
             return
-        names = self._keys(key)
-        keys = [names[1], names[2], names[3], names[4], names[5]]
-        args: list[int | str] = [
-            int(time.time() * 1000),
-            admission.member,
-            tokens,
-            int(cost * NANOS),
-            MONTH_TTL,
-            int(charge_tpm),
-            int(charge_spend),
-        ]
+        if limits:
+            names = self._keys(key)
+            script = self._settle_script
+            keys = [names[1], names[2], names[3], names[4], names[5], USAGE_STREAM]
+            args: list[Any] = [
+                int(time.time() * 1000),
+                admission.member,
+                tokens,
+                int(cost * NANOS),
+                MONTH_TTL,
+                int(charge_tpm),
+                int(charge_spend),
+                usage or "",
+            ]
+        else:
+            script, keys, args = self._usage_script, [USAGE_STREAM], [usage]
+        job = _Settlement(admission.request_id, script, keys, args, lost, usage is not None)
         if self._client is None:
-            task = asyncio.ensure_future(self._settle_redis_py(admission.request_id, keys, args))
+            task = asyncio.ensure_future(self._settle_redis_py(job))
             self._settling.add(task)
             task.add_done_callback(self._settling.discard)
             return
-        self._send_settle(admission.request_id, keys, args, time.perf_counter(), 0)
+        self._send_settle(job, 0)
 
-    def _send_settle(
-        self, request_id: str, keys: list[str], args: list[Any], started: float, attempt: int
-    ) -> None:
+    def _send_settle(self, job: _Settlement, attempt: int) -> None:
         assert self._client is not None
         load = attempt & _LOAD != 0
-        pending = self._client.send(self._settle_script, keys, args, load)
+        # A usage row is written to the socket now, not with the others of this loop turn:
+        # the response has been answered, and a SIGKILL from here on must not lose it.
+        pending = self._client.send(job.script, job.keys, job.args, load, urgent=job.urgent)
         self._settling.add(pending)
-        pending.add_done_callback(
-            functools.partial(self._settled, request_id, keys, args, started, attempt)
-        )
+        pending.add_done_callback(functools.partial(self._settled, job, attempt))
 
-    def _settled(
-        self,
-        request_id: str,
-        keys: list[str],
-        args: list[Any],
-        started: float,
-        attempt: int,
-        future: asyncio.Future[Any],
-    ) -> None:
+    def _settled(self, job: _Settlement, attempt: int, future: asyncio.Future[Any]) -> None:
         self._settling.discard(future)
         if future.cancelled():
+            job.give_up()
             return
         exc = future.exception()
         if exc is None:
             reply = future.result()
             if not isinstance(reply, ResponseError):
-                self._latency("settle").observe(time.perf_counter() - started)
+                self._latency("settle").observe(time.perf_counter() - job.started)
                 return
             if not attempt & _LOAD and str(reply).startswith("NOSCRIPT"):
-                self._send_settle(request_id, keys, args, started, attempt | _LOAD)
+                self._send_settle(job, attempt | _LOAD)
                 return
             exc = reply
         elif isinstance(exc, RedisConnectionError) and not attempt & _RETRIED:
             # The connection broke under us: once more on a new one, as redis-py would.
-            self._send_settle(request_id, keys, args, started, attempt | _RETRIED)
+            self._send_settle(job, attempt | _RETRIED)
             return
+        job.give_up()
         if isinstance(exc, TimeoutError | RedisError | OSError):
             # The lease expires by itself; the month's spend is re-seeded from Postgres.
             if not isinstance(exc, ResponseError):
                 self._failed()
-            log.warning("could not settle %s in redis: %s", request_id, exc)
+            log.warning("could not settle %s in redis: %s", job.request_id, exc)
         else:
-            log.error("settling %s failed: %r", request_id, exc)
+            log.error("settling %s failed: %r", job.request_id, exc)
 
-    async def _settle_redis_py(self, request_id: str, keys: list[str], args: list[Any]) -> None:
-        started = time.perf_counter()
+    async def _settle_redis_py(self, job: _Settlement) -> None:
         try:
-            await self._settle(keys=keys, args=args)
-            self._latency("settle").observe(time.perf_counter() - started)
+            script = self._settle if job.script is self._settle_script else self._usage
+            await script(keys=job.keys, args=job.args)
+            self._latency("settle").observe(time.perf_counter() - job.started)
         except (TimeoutError, RedisError, OSError) as exc:
-            log.warning("could not settle %s in redis: %s", request_id, exc)
+            job.give_up()
+            log.warning("could not settle %s in redis: %s", job.request_id, exc)
 
     def _latency(self, op: str) -> Any:
         child = self._latency_children.get(op)
