@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import time
@@ -411,3 +412,51 @@ def test_frozen_redis_opens_the_breaker_and_requests_stop_waiting(
         assert time.monotonic() < deadline, f"limits not enforced after Redis thawed: {codes}"
         time.sleep(0.3)
     assert breaker_state(gw) == "closed"
+
+
+# -- revocation reaches streams in progress ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "how"), [("/v1/chat/completions", "revoke"), ("/api/chat", "disable")]
+)
+def test_revoked_key_ends_its_open_stream(
+    gateway: GatewayProcess,
+    admin: Admin,
+    slow_model: str,
+    migrated_dsn: str,
+    path: str,
+    how: str,
+) -> None:
+    key = admin.create_key()
+    body = chat_body(slow_model, stream=True, max_tokens=400)  # 20 s if nothing stops it
+    with httpx.stream(
+        "POST", gateway.url + path, json=body, headers=auth(key["key"]), timeout=30
+    ) as response:
+        assert response.status_code == 200
+        lines = response.iter_lines()
+        assert next(lines)
+        if how == "revoke":
+            assert admin.http.delete(f"/admin/keys/{key['id']}").status_code == 200
+        else:
+            disabled = admin.http.patch(f"/admin/keys/{key['id']}", json={"disabled": True})
+            assert disabled.status_code == 200
+        changed_at = time.monotonic()
+        rest = [line for line in lines if line.strip()]
+        ended_after = time.monotonic() - changed_at
+    assert ended_after < 5, ended_after  # about a second; the answer had 19 s to go
+    last = rest[-1]
+    if path == "/api/chat":
+        assert "revoked or disabled" in json.loads(last)["error"]
+    else:
+        assert json.loads(last.removeprefix("data:"))["error"]["code"] == "invalid_api_key"
+    deadline = time.monotonic() + 10
+    while True:
+        with psycopg.connect(migrated_dsn) as conn:
+            row = conn.execute(
+                "SELECT status, error_class FROM usage_events WHERE key_id = %s", (key["id"],)
+            ).fetchone()
+        if row is not None or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert row == (401, "key_revoked")

@@ -54,6 +54,11 @@ UPSTREAM_PATHS = {
     Endpoint.OLLAMA_SHOW: "/api/show",
 }
 ID_PREFIX = {Endpoint.CHAT: "chatcmpl-", Endpoint.COMPLETIONS: "cmpl-"}
+REVOKED = {
+    "message": "The API key was revoked or disabled while this response was streaming.",
+    "type": "invalid_request_error",
+    "code": "invalid_api_key",
+}
 DONE = b"data: [DONE]\n\n"
 WHOLE = {
     Endpoint.EMBEDDINGS,
@@ -122,7 +127,7 @@ def bearer_key(authorization: str | None) -> str | None:
     return token.strip()
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # hashed by identity: held in sets while streaming
 class Call:
     """One proxied request, from admission to its usage row."""
 
@@ -140,6 +145,8 @@ class Call:
     status: int = 200
     error_class: str | None = None
     finished: bool = False
+    revoked: bool = False  # the key was revoked or disabled while the response streamed
+    resp: aiohttp.ClientResponse | None = None
 
 
 class ProxyService:
@@ -165,6 +172,10 @@ class ProxyService:
         self._durable = durable_usage
         self._estimate = functools.partial(prompt_estimate, bytes_per_token=prompt_bytes_per_token)
         self._metric_children: dict[tuple[Any, tuple[str, ...]], Any] = {}
+        # Streams in progress by key digest, so a revocation can end them.
+        self._open: dict[str, set[Call]] = {}
+        self._rechecks: set[asyncio.Task[None]] = set()
+        keys.on_change = self._key_changed
 
     # -- shared steps ------------------------------------------------------------------
     async def authenticate(self, authorization: str | None) -> KeyRecord:
@@ -342,6 +353,7 @@ class ProxyService:
         chunks = 0
         done = False
         out: list[bytes] = []
+        self._hold(call, resp)
         try:
             pending = b""
             reads = resp.content.iter_any()
@@ -395,16 +407,20 @@ class ProxyService:
             if not done:
                 raise aiohttp.ClientPayloadError("stream ended without [DONE]")
         except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError):
-            call.status, call.error_class = 502, "upstream_stream_error"
-            metrics.UPSTREAM_ERRORS.labels("stream").inc()
-            error = {
-                "error": {
-                    "message": "The model server connection broke mid-stream.",
-                    "type": "server_error",
-                    "param": None,
-                    "code": "upstream_error",
+            if call.revoked:
+                call.status, call.error_class = 401, "key_revoked"
+                error = {"error": {**REVOKED, "param": None}}
+            else:
+                call.status, call.error_class = 502, "upstream_stream_error"
+                metrics.UPSTREAM_ERRORS.labels("stream").inc()
+                error = {
+                    "error": {
+                        "message": "The model server connection broke mid-stream.",
+                        "type": "server_error",
+                        "param": None,
+                        "code": "upstream_error",
+                    }
                 }
-            }
             out.append(b"data: " + orjson.dumps(error) + b"\n\n")  # after the good events
             yield b"".join(out)
         except BaseException:
@@ -415,6 +431,7 @@ class ProxyService:
                 call.prompt_tokens = call.prompt_tokens or call.prompt_estimate
             if call.completion_tokens == 0:
                 call.completion_tokens = chunks
+            self._release(call)
             self._close_upstream(resp, done)
             self.finish(call)
 
@@ -425,6 +442,7 @@ class ProxyService:
         chunks = 0
         done = False
         out: list[bytes] = []
+        self._hold(call, resp)
         try:
             pending = b""
             reads = resp.content.iter_any()
@@ -465,9 +483,13 @@ class ProxyService:
             if not done:
                 raise aiohttp.ClientPayloadError("stream ended before done")
         except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError):
-            call.status, call.error_class = 502, "upstream_stream_error"
-            metrics.UPSTREAM_ERRORS.labels("stream").inc()
-            out.append(b'{"error":"the model server connection broke mid-stream"}\n')
+            if call.revoked:
+                call.status, call.error_class = 401, "key_revoked"
+                out.append(orjson.dumps({"error": REVOKED["message"]}) + b"\n")
+            else:
+                call.status, call.error_class = 502, "upstream_stream_error"
+                metrics.UPSTREAM_ERRORS.labels("stream").inc()
+                out.append(b'{"error":"the model server connection broke mid-stream"}\n')
             yield b"".join(out)
         except BaseException:
             call.status, call.error_class = 499, "client_disconnected"
@@ -476,8 +498,44 @@ class ProxyService:
             if not done:  # disconnected before the last chunk: the prompt and the answer so far
                 call.prompt_tokens = call.prompt_tokens or call.prompt_estimate
                 call.completion_tokens = chunks
+            self._release(call)
             self._close_upstream(resp, done)
             self.finish(call)
+
+    # -- revocation of streams in progress ------------------------------------------------
+    def _hold(self, call: Call, resp: aiohttp.ClientResponse) -> None:
+        call.resp = resp
+        self._open.setdefault(call.key.key_hash, set()).add(call)
+
+    def _release(self, call: Call) -> None:
+        held = self._open.get(call.key.key_hash)
+        if held is not None:
+            held.discard(call)
+            if not held:
+                del self._open[call.key.key_hash]
+
+    def _key_changed(self, digest: str | None) -> None:
+        """A key changed (None: maybe any): look again at those with streams open."""
+        targets = list(self._open) if digest is None else [digest] if digest in self._open else []
+        for target in targets:
+            task = asyncio.get_running_loop().create_task(self._recheck(target))
+            self._rechecks.add(task)
+            task.add_done_callback(self._rechecks.discard)
+
+    async def _recheck(self, digest: str) -> None:
+        try:
+            record = await self.keys.fresh(digest)
+        except Exception as exc:  # the database is away: the streams go on
+            log.warning("could not recheck a key with open streams: %s", exc)
+            return
+        if record is not None and record.usable():
+            return
+        for call in list(self._open.get(digest, ())):
+            # Closing the upstream ends the stream's read at once; the stream then sends
+            # the revocation error event and settles.
+            call.revoked = True
+            if call.resp is not None:
+                call.resp.close()
 
     @staticmethod
     def _close_upstream(resp: aiohttp.ClientResponse, complete: bool) -> None:
