@@ -144,6 +144,10 @@ async def test_unacknowledged_usage_is_reclaimed_once(
                 )
             ).all()
         assert sorted(r[0] for r in found) == sorted(request_ids)
+        await asyncio.sleep(0.6)  # the dead writer, with nothing pending, is forgotten
+        assert await drainer.reclaim() == 0
+        names = [c["name"] for c in await redis.xinfo_consumers(stream, GROUP)]
+        assert b"dead-writer" not in names
     finally:
         await redis.delete(stream)
         await redis.aclose()

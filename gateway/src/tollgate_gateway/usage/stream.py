@@ -146,7 +146,17 @@ class UsageStream:
             if entries:
                 written += await self._commit(entries, redelivered=True)
             if start in (b"0-0", "0-0"):
-                return written
+                break
+        await self._forget_dead_consumers()
+        return written
+
+    async def _forget_dead_consumers(self) -> None:
+        """Drop consumers long silent with nothing pending (gateways that were killed and
+        whose entries were claimed), so the group does not collect them forever."""
+        silent_ms = 10 * self._reclaim_ms
+        for consumer in await self._redis.xinfo_consumers(self._stream, GROUP):
+            if consumer.get("pending") == 0 and consumer.get("idle", 0) > silent_ms:
+                await self._redis.xgroup_delconsumer(self._stream, GROUP, consumer["name"])
 
     async def _commit(self, entries: list[Any], redelivered: bool) -> int:
         ids, data = to_lines(entries)
