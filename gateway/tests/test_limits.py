@@ -291,6 +291,26 @@ def test_single_big_request_is_capped_to_what_the_key_has_left(
     assert tokens <= 100
 
 
+def test_native_api_gets_the_cap_as_num_predict(
+    gateway: GatewayProcess, admin: Admin, big_model: str, big_standin: StandinProcess
+) -> None:
+    key = admin.create_key(tpm_limit=100)
+    body = {
+        "model": big_model,
+        "stream": False,
+        "messages": [{"role": "user", "content": "hello"}],
+        "options": {"temperature": 0.5},
+    }
+    r = httpx.post(gateway.url + "/api/chat", json=body, headers=auth(key["key"]))
+    assert r.status_code == 200, r.text
+    data = r.json()
+    assert data["prompt_eval_count"] + data["eval_count"] <= 100
+    sent = httpx.get(big_standin.url + "/_standin/requests?path=/api/chat&limit=1").json()
+    options = sent["requests"][-1]["body"]["options"]
+    assert options["temperature"] == 0.5  # the client's options are kept
+    assert options["num_predict"] <= 100
+
+
 def test_budget_burst_stays_within_the_budget(
     gateway: GatewayProcess, admin: Admin, big_model: str, migrated_dsn: str
 ) -> None:
