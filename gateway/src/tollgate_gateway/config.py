@@ -61,6 +61,8 @@ class Settings(BaseSettings):
     upstream_max_connections: int = 1000
 
     default_max_tokens: int = 4096
+    # Prompt tokens reserved per byte of request body for keys with a TPM limit or budget.
+    prompt_bytes_per_token: float = Field(2.0, gt=0)
     concurrency_lease_seconds: float = 15.0
     redis_timeout_seconds: float = 0.5
     redis_failure_policy: RedisFailurePolicy = RedisFailurePolicy.OPEN
@@ -69,6 +71,10 @@ class Settings(BaseSettings):
     usage_flush_interval_seconds: float = 0.5
     usage_max_buffer: int = 200_000
     usage_spool_dir: Path = Path(tempfile.gettempdir()) / "tollgate-usage-spool"
+    # Usage rows go to a Redis stream with the settlement (durable from then on) and the
+    # writers drain it; off, they wait in the process's buffer until written.
+    usage_via_redis: bool = True
+    usage_reclaim_seconds: float = Field(30.0, gt=0)
 
     metrics_per_key: bool = False
 

@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tollgate_gateway.admin.security import read_token
+from tollgate_gateway.admin.security import read_token, token_current
 from tollgate_gateway.config import Settings
 from tollgate_gateway.errors import ApiError
 from tollgate_gateway.services import Services
@@ -53,6 +53,8 @@ async def current_user(request: Request, services: ServicesDep, session: Session
     user = await session.get(User, uuid.UUID(claims["sub"]))
     if user is None or user.disabled:
         raise _unauthorized("This account no longer exists or is disabled.")
+    if not token_current(claims, user.password_hash):
+        raise _unauthorized("The password changed since this token was issued; log in again.")
     return user
 
 

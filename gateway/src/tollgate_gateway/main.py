@@ -109,6 +109,7 @@ async def readyz(request: Request) -> Response:
         checks["redis"] = f"error: {type(exc).__name__}"
         metrics.REDIS_UP.set(0)
     checks["change_feed"] = "ok" if services.feed.connected.is_set() else "reconnecting"
+    checks["redis_breaker"] = "open" if services.limiter.breaker.open else "closed"
     required = ["postgres", "schema"]
     if services.settings.redis_failure_policy is RedisFailurePolicy.CLOSED:
         required.append("redis")  # under the open policy requests are served without Redis

@@ -20,6 +20,7 @@ from tollgate_gateway.storage.db import check_schema, create_engine
 from tollgate_gateway.storage.responses import ResponseStore
 from tollgate_gateway.storage.upstream import Upstream
 from tollgate_gateway.usage.service import UsageService
+from tollgate_gateway.usage.stream import UsageStream
 from tollgate_gateway.usage.writer import UsageWriter
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ class Services:
     proxy: ProxyService
     messages: MessagesService
     responses: ResponsesService
+    stream: UsageStream | None
 
     @classmethod
     async def build(cls, settings: Settings) -> Services:
@@ -71,6 +73,21 @@ class Services:
             settings.usage_max_buffer,
             settings.usage_spool_dir,
         )
+        stream: UsageStream | None = None
+        if settings.usage_via_redis:
+            block = min(settings.usage_flush_interval_seconds, 1.0)
+            drainer = Redis.from_url(  # blocking reads: a timeout longer than the block
+                settings.redis_url,
+                socket_timeout=block + max(2.0, settings.redis_timeout_seconds),
+                socket_connect_timeout=settings.redis_timeout_seconds,
+            )
+            stream = UsageStream(
+                drainer,
+                engine,
+                settings.usage_batch_size,
+                block,
+                settings.usage_reclaim_seconds,
+            )
         upstream = Upstream(
             settings.upstream_connect_timeout_seconds,
             settings.upstream_read_timeout_seconds,
@@ -84,6 +101,8 @@ class Services:
             writer,
             settings.default_max_tokens,
             settings.metrics_per_key,
+            settings.prompt_bytes_per_token,
+            durable_usage=stream is not None,
         )
         stored = ResponseStore(
             engine,
@@ -105,12 +124,15 @@ class Services:
             proxy,
             MessagesService(proxy),
             ResponsesService(proxy, stored),
+            stream,
         )
 
     async def start(self) -> None:
         self.feed.start()
         self.limiter.start()
         await self.writer.start()
+        if self.stream is not None:
+            await self.stream.start()
         await self.catalog.reload()
         self.responses.store.start()
 
@@ -118,6 +140,9 @@ class Services:
         """Graceful stop: finish settlements, flush usage, close clients."""
         await self.responses.store.stop()
         await self.proxy.drain()
+        if self.stream is not None:
+            await self.stream.stop()
+            await self.stream.close()
         await self.writer.stop()
         await self.limiter.stop()
         await self.feed.stop()

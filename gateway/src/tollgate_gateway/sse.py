@@ -86,6 +86,7 @@ async def relay(
     """The client's stream: each upstream read answered by one write of the events it
     completed, rewritten; a broken upstream ends it with the translator's error event."""
     splitter = EventSplitter()
+    proxy.hold_stream(call, resp)  # a revocation closes resp, ending the read below
     try:
         reads = resp.content.iter_any()
         ended = False
@@ -110,15 +111,22 @@ async def relay(
         if not translator.complete:
             raise aiohttp.ClientPayloadError("stream ended before its last event")
     except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError):
-        call.status, call.error_class = 502, "upstream_stream_error"
-        metrics.UPSTREAM_ERRORS.labels("stream").inc()
-        yield translator.broken("The model server connection broke mid-stream.")
+        if call.revoked:
+            call.status, call.error_class = 401, "key_revoked"
+            yield translator.broken("This API key was revoked or disabled.")
+        else:
+            call.status, call.error_class = 502, "upstream_stream_error"
+            metrics.UPSTREAM_ERRORS.labels("stream").inc()
+            yield translator.broken("The model server connection broke mid-stream.")
     except BaseException:
         if not translator.complete:  # else the client had it all and left at the very end
             call.status, call.error_class = 499, "client_disconnected"
         raise
     finally:
         translator.settle()
+        proxy.release_stream(call)
+        if not translator.complete:  # left early: the prompt is billed even if not counted
+            call.prompt_tokens = call.prompt_tokens or call.prompt_estimate
         if translator.complete:
             resp.release()
         else:

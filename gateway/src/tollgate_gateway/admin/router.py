@@ -28,7 +28,8 @@ async def login(
     if user is None:
         raise ApiError(401, "Wrong email or password.", code="invalid_credentials")
     ttl = services.settings.jwt_ttl_seconds
-    token = issue_token(services.settings.jwt_secret.get_secret_value(), user.id, user.role, ttl)
+    secret = services.settings.jwt_secret.get_secret_value()
+    token = issue_token(secret, user.id, user.role, ttl, user.password_hash)
     return schemas.TokenOut(access_token=token, expires_in=ttl)
 
 

@@ -52,8 +52,10 @@ class MessagesService:
         key = await self.authenticate(x_api_key, authorization)
         parsed = parse_request(raw)
         alias = await self.proxy.resolve(key, parsed.model)
-        admission = await self.proxy.admit(key, alias, parsed, len(raw), request_id)
-        call = Call(request_id, Endpoint.MESSAGES, key, alias, parsed, admission)
+        admission, estimate = await self.proxy.admit(
+            Endpoint.MESSAGES, key, alias, parsed, len(raw), request_id
+        )
+        call = Call(request_id, Endpoint.MESSAGES, key, alias, parsed, admission, estimate)
         try:
             reply = await self._forward(call)
         except ApiError as exc:
@@ -74,6 +76,8 @@ class MessagesService:
     async def _forward(self, call: Call) -> Reply:
         body = call.parsed.body
         body["model"] = call.alias.backend_tag
+        if call.admission.cap is not None:  # reserved for exactly this many output tokens
+            body["max_tokens"] = call.admission.cap
         url = call.alias.backend_url + UPSTREAM_PATH
         resp = await self.proxy.upstream.request("POST", url, orjson.dumps(body))
         if resp.status != 200:

@@ -73,8 +73,10 @@ class ResponsesService:
         parsed = request.parsed
         alias = await self.proxy.resolve(key, parsed.model)
         items = await self._conversation(key, request)
-        admission = await self.proxy.admit(key, alias, parsed, len(raw), request_id)
-        call = Call(request_id, Endpoint.RESPONSES, key, alias, parsed, admission)
+        admission, estimate = await self.proxy.admit(
+            Endpoint.RESPONSES, key, alias, parsed, len(raw), request_id
+        )
+        call = Call(request_id, Endpoint.RESPONSES, key, alias, parsed, admission, estimate)
         try:
             reply = await self._forward(call, request, items)
         except ApiError as exc:
@@ -104,6 +106,8 @@ class ResponsesService:
 
     async def _forward(self, call: Call, request: ResponsesRequest, items: list[Any]) -> Reply:
         body = upstream_body(call.parsed.body, call.alias.backend_tag, items)
+        if call.admission.cap is not None:  # reserved for exactly this many output tokens
+            body["max_output_tokens"] = call.admission.cap
         url = call.alias.backend_url + UPSTREAM_PATH
         resp = await self.proxy.upstream.request("POST", url, orjson.dumps(body))
         if resp.status != 200:

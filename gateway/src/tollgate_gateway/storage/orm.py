@@ -20,6 +20,7 @@ from sqlalchemy import (
     String,
     Text,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -114,6 +115,12 @@ class UsageEvent(Base):
         Index("ix_usage_events_key_id_ts", "key_id", "ts"),
         Index("ix_usage_events_alias_ts", "alias", "ts"),
         Index("ix_usage_events_ts_brin", "ts", postgresql_using="brin"),
+        Index(
+            "uq_usage_events_stream_id",
+            "stream_id",
+            unique=True,
+            postgresql_where=text("stream_id IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
@@ -132,6 +139,8 @@ class UsageEvent(Base):
     ttft_ms: Mapped[float | None] = mapped_column(REAL)
     streamed: Mapped[bool] = mapped_column(Boolean, default=False)
     error_class: Mapped[str | None] = mapped_column(String(64))
+    # The Redis stream entry the row was drained from (None: written from the local buffer).
+    stream_id: Mapped[str | None] = mapped_column(String(40))
 
 
 class StoredResponse(Base):
