@@ -1,7 +1,7 @@
 """stored responses of the Responses API
 
 Revision ID: 0015_stored_responses
-Revises: 0001
+Revises: 0011_usage_stream_id
 Create Date: 2026-12-01 10:00:00
 """
 
@@ -12,7 +12,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0015_stored_responses"
-down_revision: str | None = "0001"
+down_revision: str | None = "0011_usage_stream_id"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
