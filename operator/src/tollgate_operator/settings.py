@@ -49,6 +49,30 @@ class Settings(BaseSettings):
     ollama_read_timeout_seconds: float = 300.0
     # Pod security: Ollama runs as this non-root user with HOME on the models volume.
     ollama_uid: int = 1000
+    # Images an OllamaPool's spec.image may name: comma-separated repositories, "*" globs
+    # allowed ("registry.internal/*"); docker.io names are normalized ("ollama/ollama" is
+    # "docker.io/ollama/ollama"). The repository of ollama_image is always allowed.
+    allowed_images: str = "docker.io/ollama/ollama"
+    # Whether a pool's env may read the namespace's Secrets / ConfigMaps (valueFrom).
+    allow_env_from_secrets: bool = False
+    allow_env_from_config_maps: bool = False
+
+    # Every pool gets a NetworkPolicy admitting ingress on the Ollama port only from these
+    # Pods: label selectors ("key=value,key=value") and their namespaces ("*": any; default
+    # the operator's own). Turn it off only where the platform isolates pools otherwise.
+    pool_network_policy: bool = True
+    gateway_pod_selector: str = (
+        "app.kubernetes.io/part-of=tollgate,app.kubernetes.io/component=gateway"
+    )
+    gateway_namespace: str = Field(
+        default_factory=lambda: os.environ.get("POD_NAMESPACE", "default")
+    )
+    operator_pod_selector: str = (
+        "app.kubernetes.io/part-of=tollgate,app.kubernetes.io/component=operator"
+    )
+    operator_namespace: str = Field(
+        default_factory=lambda: os.environ.get("POD_NAMESPACE", "default")
+    )
 
     # Timers: how often each object is re-checked for drift even without changes.
     apikey_resync_seconds: float = 60.0
@@ -88,6 +112,12 @@ class Settings(BaseSettings):
             ) from exc
         return value
 
+    @field_validator("gateway_pod_selector", "operator_pod_selector")
+    @classmethod
+    def _selector(cls, value: str) -> str:
+        parse_selector(value)
+        return value
+
     @property
     def pepper(self) -> bytes:
         return self.key_pepper.get_secret_value().encode()
@@ -99,6 +129,21 @@ class Settings(BaseSettings):
     @property
     def insecure_registry_list(self) -> list[str]:
         return [p.strip() for p in self.insecure_registries.split(",") if p.strip()]
+
+    @property
+    def allowed_image_list(self) -> list[str]:
+        return [p.strip() for p in self.allowed_images.split(",") if p.strip()]
+
+
+def parse_selector(value: str) -> dict[str, str]:
+    """ "key=value,key=value" as a dict; at least one pair, no empty keys or values."""
+    labels: dict[str, str] = {}
+    for part in value.split(","):
+        key, sep, val = part.strip().partition("=")
+        if not sep or not key.strip() or not val.strip():
+            raise ValueError(f"a selector is key=value[,key=value...], not {value!r}")
+        labels[key.strip()] = val.strip()
+    return labels
 
 
 @lru_cache
