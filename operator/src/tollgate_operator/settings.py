@@ -1,7 +1,8 @@
 """Operator settings, read from the environment (one place, typed).
 
 POSTGRES_DSN keeps its plain name (as in the gateway); everything else is TOLLGATE_*.
-TOLLGATE_KEY_PEPPER must be the gateways' pepper, or keys the operator writes never match.
+TOLLGATE_KEY_PEPPER must be the gateways' pepper, or keys the operator writes never match;
+outside dev mode (TOLLGATE_DEV_MODE) the operator refuses to start without one.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from functools import lru_cache
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from tollgate_gateway.keys.hashing import MIN_PEPPER_LENGTH
 
 BACKEND_URL_FIELDS = ("name", "namespace", "port", "cluster_ip")
 
@@ -32,6 +35,8 @@ class Settings(BaseSettings):
     # How long to wait for Postgres at start before giving up (the Pod is restarted).
     startup_db_timeout_seconds: float = 60.0
     key_pepper: SecretStr = SecretStr("")
+    # Local development only: allows running without a pepper.
+    dev_mode: bool = False
 
     # What applications use: the Secret carries OPENAI_BASE_URL = <gateway_url>/v1.
     gateway_url: str = "http://tollgate-gateway.tollgate.svc.cluster.local:8000"
@@ -117,6 +122,15 @@ class Settings(BaseSettings):
     def _selector(cls, value: str) -> str:
         parse_selector(value)
         return value
+
+    def insecure_reasons(self) -> list[str]:
+        """Why these settings are unfit outside dev mode (empty when fine)."""
+        if len(self.key_pepper.get_secret_value()) < MIN_PEPPER_LENGTH:
+            return [
+                f"TOLLGATE_KEY_PEPPER is empty or shorter than {MIN_PEPPER_LENGTH} characters "
+                "(it must be the gateways' pepper)"
+            ]
+        return []
 
     @property
     def pepper(self) -> bytes:
