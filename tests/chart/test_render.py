@@ -415,18 +415,18 @@ def rules_of(role: Manifest) -> dict[tuple[str, str], set[str]]:
 
 CUSTOM = ("apikeys", "modelaliases", "ollamapools")
 # Exactly the verbs the operator uses, per resource: children are server-side applied (patch,
-# which also creates them) and garbage-collected through owner references; nothing is
-# deleted, listed or watched that it does not need to.
+# authorized as create too for a new object) and garbage-collected through owner references;
+# nothing is updated, deleted, listed or watched that it does not need to.
 OPERATOR_VERBS: dict[tuple[str, str], set[str]] = {
     **{("tollgate.dev", k): {"get", "list", "watch", "patch"} for k in CUSTOM},
     **{("tollgate.dev", f"{k}/status"): {"patch"} for k in CUSTOM},
     **{("tollgate.dev", f"{k}/finalizers"): {"update"} for k in CUSTOM},
-    ("", "secrets"): {"get", "patch"},
-    ("", "services"): {"get", "patch"},
-    ("", "serviceaccounts"): {"patch"},
-    ("apps", "statefulsets"): {"patch"},
-    ("policy", "poddisruptionbudgets"): {"patch"},
-    ("networking.k8s.io", "networkpolicies"): {"patch"},
+    ("", "secrets"): {"get", "create", "patch"},
+    ("", "services"): {"get", "create", "patch"},
+    ("", "serviceaccounts"): {"create", "patch"},
+    ("apps", "statefulsets"): {"create", "patch"},
+    ("policy", "poddisruptionbudgets"): {"create", "patch"},
+    ("networking.k8s.io", "networkpolicies"): {"create", "patch"},
     ("", "pods"): {"list", "watch"},
     ("", "events"): {"create"},
 }

@@ -185,9 +185,10 @@ pre-install,pre-upgrade
 {{/*
 The operator's permissions on what it reconciles and creates (a ClusterRole, or a Role per
 watched namespace): exactly the verbs it uses, per resource. Its children are written with
-server-side apply (patch only, which also creates them) and deleted by the garbage collector
-through owner references, so there is no create, update or delete on them, and no list or
-watch on Secrets. Nothing else: no exec, no nodes, no other workloads.
+server-side apply (a patch, which the API server authorizes as create too when the object
+is new) and deleted by the garbage collector through owner references, so there is no
+update or delete on them, and no list or watch on Secrets. Nothing else: no exec, no nodes,
+no other workloads.
 */}}
 {{- define "tollgate.operator.rules" -}}
 # Its resources: read, watch, and patch (kopf's finalizer and bookkeeping annotations).
@@ -205,21 +206,21 @@ watch on Secrets. Nothing else: no exec, no nodes, no other workloads.
 # ClusterIP Service (read for its address).
 - apiGroups: [""]
   resources: ["secrets", "services"]
-  verbs: ["get", "patch"]
+  verbs: ["get", "create", "patch"]
 # Each pool's ServiceAccount (no permissions, no token), StatefulSet, PodDisruptionBudget
 # and NetworkPolicy.
 - apiGroups: [""]
   resources: ["serviceaccounts"]
-  verbs: ["patch"]
+  verbs: ["create", "patch"]
 - apiGroups: ["apps"]
   resources: ["statefulsets"]
-  verbs: ["patch"]
+  verbs: ["create", "patch"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
-  verbs: ["patch"]
+  verbs: ["create", "patch"]
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
-  verbs: ["patch"]
+  verbs: ["create", "patch"]
 # Pool pods: listed and watched (their IPs and readiness, to pull models on each).
 - apiGroups: [""]
   resources: ["pods"]
