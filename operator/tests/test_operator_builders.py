@@ -151,7 +151,7 @@ def test_services_and_pdb() -> None:
     kinds = [(c["kind"], c["metadata"]["name"]) for c in children]
     assert kinds == [
         ("NetworkPolicy", "p"),
-        ("ServiceAccount", "p"),
+        ("ServiceAccount", "p-ollama"),
         ("Service", "p"),
         ("Service", "p-headless"),
         ("StatefulSet", "p"),
@@ -223,6 +223,10 @@ def test_pool_pods_have_their_own_account_and_no_token() -> None:
     assert pod["automountServiceAccountToken"] is False
     assert account["automountServiceAccountToken"] is False
     assert account["metadata"]["namespace"] == "ns"
+    # A pool named "default" leaves the namespace's default ServiceAccount alone.
+    default_pool = build_pool_children("default", "ns", OllamaPoolSpec(), ISOLATED)
+    names = {c["metadata"]["name"] for c in default_pool if c["kind"] == "ServiceAccount"}
+    assert names == {"default-ollama"}
     # Applied before the StatefulSet that names it, the policy before anything runs.
     kinds = [c["kind"] for c in children]
     assert kinds.index("NetworkPolicy") < kinds.index("ServiceAccount") < kinds.index("StatefulSet")

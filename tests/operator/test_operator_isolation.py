@@ -93,13 +93,13 @@ def test_pool_network_policy_and_pods_without_a_token(kube: Kube, namespace: str
     # The Pod as the API server stored it (after the ServiceAccount admission plugin): its
     # own account, and no token volume or mount.
     pod = by_pool["a"][0]
-    assert pod["spec"]["serviceAccountName"] == "a"
+    assert pod["spec"]["serviceAccountName"] == "a-ollama"
     assert pod["spec"]["automountServiceAccountToken"] is False
     assert not [v for v in pod["spec"].get("volumes", []) if "projected" in v]
     for container in pod["spec"]["containers"]:
         mounts = [m["mountPath"] for m in container.get("volumeMounts", [])]
         assert not [m for m in mounts if "serviceaccount" in m]
-    account = kube.core.read_namespaced_service_account("a", namespace)
+    account = kube.core.read_namespaced_service_account("a-ollama", namespace)
     assert account.automount_service_account_token is False
     bindings = client.RbacAuthorizationV1Api(kube.api).list_namespaced_role_binding(namespace)
     assert not bindings.items  # bound to nothing

@@ -231,7 +231,9 @@ def build_pdb(pool: str, namespace: str) -> dict[str, Any]:
 
 
 def service_account_name(pool: str) -> str:
-    return pool
+    """Not the pool's own name: a pool named "default" must not take over the namespace's
+    default ServiceAccount."""
+    return f"{pool}-ollama"
 
 
 def build_service_account(pool: str, namespace: str) -> dict[str, Any]:
