@@ -15,6 +15,8 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from tollgate_gateway.keys.hashing import MIN_PEPPER_LENGTH
+
 WEAK_SECRETS = frozenset({"", "changeme", "change-me", "secret", "admin", "password", "tollgate"})
 
 
@@ -100,6 +102,11 @@ class Settings(BaseSettings):
         jwt = self.jwt_secret.get_secret_value()
         if jwt.lower() in WEAK_SECRETS or len(jwt) < 32:
             reasons.append("JWT_SECRET is empty, a default, or shorter than 32 characters")
+        if len(self.key_pepper.get_secret_value()) < MIN_PEPPER_LENGTH:
+            reasons.append(
+                f"TOLLGATE_KEY_PEPPER is empty or shorter than {MIN_PEPPER_LENGTH} characters "
+                "(the operator must have the same one)"
+            )
         if self.admin_password is not None:
             pw = self.admin_password.get_secret_value()
             if pw.lower() in WEAK_SECRETS or len(pw) < 12:
