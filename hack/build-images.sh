@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds the gateway, operator and Ollama images from their Dockerfiles (what `make images`
-# runs), then writes next to them, in $IMAGE_OUT: each image's package list
-# (<image>.packages.txt), an SPDX 2.3 SBOM (<image>.spdx.json) and images.txt (reference,
-# image id, size).
+# runs), then writes next to them, in $IMAGE_OUT, each image's package list
+# (<image>.packages.txt, headed by its reference, id and size) and an SPDX 2.3 SBOM
+# (<image>.spdx.json).
 #
 # Usage: hack/build-images.sh [gateway] [operator] [ollama]          (default: all three)
 #
@@ -164,13 +164,8 @@ print(f"{image}\t{image_id}\t{size}")
 EOF
 }
 
-summary="$OUT/images.txt"
-: >"$summary.partial"
 for name in "${names[@]}"; do
   inventory "$name"
-  sbom "$name" >>"$summary.partial"
+  IFS=$'\t' read -r image id size < <(sbom "$name")
+  log "$(printf '%-56s %5d MB  %s' "$image" $((size / 1000000)) "${id:0:12}")"
 done
-mv "$summary.partial" "$summary"
-while IFS=$'\t' read -r image id size; do
-  log "$(printf '%-60s %5d MB  %s' "$image" $((size / 1000000)) "${id:0:12}")"
-done <"$summary"
