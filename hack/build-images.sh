@@ -77,8 +77,9 @@ build() {
   local -a args
   mapfile -t args < <(base_args "$@")
   if ! "${ENGINE[@]}" build "${ENGINE_BUILD_FLAGS[@]}" -f "$dockerfile" -t "$image" \
-    "${args[@]}" --build-arg "VERSION=$TAG" --build-arg "REVISION=$REVISION" \
-    --build-arg "CREATED=$CREATED" "$context" >"$logfile" 2>&1; then
+    "${args[@]}" --label "org.opencontainers.image.version=$TAG" \
+    --label "org.opencontainers.image.revision=$REVISION" \
+    --label "org.opencontainers.image.created=$CREATED" "$context" >"$logfile" 2>&1; then
     tail -n 40 "$logfile" >&2
     die "building $image failed (log: $logfile)"
   fi

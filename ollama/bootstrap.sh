@@ -48,7 +48,16 @@ url="http://$host:$port"
 log() { printf 'ollama-bootstrap: %s\n' "$*" >&2; }
 
 case "$on_failure" in exit | serve) ;; *) log "OLLAMA_PULL_FAILURE must be exit or serve"; exit 2 ;; esac
-case "$mode" in serve | pull) ;; *) log "usage: $0 [serve|pull]"; exit 2 ;; esac
+usage() {
+  echo "usage: tollgate-ollama-bootstrap [serve|pull]"
+  echo "  serve (default): serve Ollama, pull OLLAMA_PULL_MODELS, keep serving"
+  echo "  pull: only pull, into an Ollama that is already running at OLLAMA_HOST"
+}
+case "$mode" in
+  serve | pull) ;;
+  -h | --help) usage; exit 0 ;;
+  *) usage >&2; exit 2 ;;
+esac
 
 wait_for_ollama() {
   local deadline=$((SECONDS + startup))
