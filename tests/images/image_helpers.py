@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tollgate_dev.images import BuiltImages, pod_flags
+from tollgate_dev.images import TEST_OUT, BuiltImages, pod_flags
 from tollgate_dev.k8s_binaries import repo_root
 
 ROOT = repo_root()
 CHART = ROOT / "charts" / "tollgate"
-OUT = ROOT / ".state" / "images" / "test"
+OUT = ROOT / TEST_OUT
 """Where the tests' builds write their package lists, SBOMs and logs."""
 
 Manifest = dict[str, Any]

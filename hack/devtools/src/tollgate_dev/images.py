@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -34,6 +35,8 @@ NAMES = ("gateway", "operator", "ollama")
 BUILD_SCRIPT = Path("hack") / "build-images.sh"
 TEST_REGISTRY = "localhost/tollgate"
 TEST_TAG = "test"
+TEST_OUT = Path(".state") / "images" / "test"
+"""Where the tests' builds write package lists, SBOMs and logs (under the repository)."""
 CONTAINER_LABEL = "dev.tollgate.test"
 """Set on every container started here (``podman ps --filter label=dev.tollgate.test``)."""
 
@@ -99,13 +102,14 @@ class BuiltImages:
 
 
 def build_images(
-    out: Path,
+    out: Path | None = None,
     names: Sequence[str] = NAMES,
     registry: str = TEST_REGISTRY,
     tag: str = TEST_TAG,
     timeout: float = 1800,
 ) -> BuiltImages:
     """Run ``hack/build-images.sh`` (podman, local bases); quick when nothing changed."""
+    out = out or repo_root() / TEST_OUT
     env = {
         **os.environ,
         "CONTAINER_ENGINE": "podman",
@@ -277,3 +281,23 @@ class Container:
                 "rm", "--force", "--time", str(grace), self.name, timeout=grace + 60, check=False
             )
             self.started = False
+
+
+def main() -> int:
+    """``python -m tollgate_dev.images``: build the images as the tests do (hack/test.sh)."""
+    problem = podman_problem()
+    if problem:
+        print(f"images: podman cannot run containers here: {problem}", file=sys.stderr)
+        return 1
+    try:
+        built = build_images()
+    except ImageError as exc:
+        print(f"images: {exc}", file=sys.stderr)
+        return 1
+    for name in NAMES:
+        print(f"images: {built.ref(name)} {built.size(name) / 1e6:.0f} MB", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
