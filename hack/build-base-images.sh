@@ -40,6 +40,11 @@ SUITE=bookworm
 UV_VERSION="$(sed -n 's/^UV_VERSION=//p' hack/bootstrap.sh)"
 PREFIX=localhost/tollgate-base
 
+# Bump when what goes into the root filesystems changes: the tarballs are made again.
+ROOTFS_REVISION=2
+MINBASE_TAR="debian-$SUITE-minbase-r$ROOTFS_REVISION.tar"
+PYTHON_TAR="python-3.11-$SUITE-r$ROOTFS_REVISION.tar"
+
 PYTHON_IMAGE="$PREFIX/python:3.11-$SUITE"
 UV_IMAGE="$PREFIX/uv:$UV_VERSION"
 OLLAMA_IMAGE="$PREFIX/ollama:$OLLAMA_VERSION"
@@ -90,10 +95,19 @@ import_tarball() {
 
 # --- the Debian root filesystems ------------------------------------------------------------
 
-# What debian:bookworm-slim leaves out: documentation (but the copyright files), manual pages,
-# translations. Applied to the packages debootstrap installed and to any installed later.
+# What Debian's container images configure: documentation (but the copyright files), manual
+# pages and translations are left out, and apt keeps neither downloaded packages nor its
+# package caches (a later `apt-get install` in a Dockerfile leaves none behind).
 slim() {
   local root="$1"
+  cat >"$root/etc/apt/apt.conf.d/docker-clean" <<'EOF'
+DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+APT::Update::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+Dir::Cache::pkgcache "";
+Dir::Cache::srcpkgcache "";
+EOF
+  echo 'Acquire::Languages "none";' >"$root/etc/apt/apt.conf.d/docker-no-languages"
+  echo 'Apt::AutoRemove::SuggestsImportant "false";' >"$root/etc/apt/apt.conf.d/docker-autoremove-suggests"
   mkdir -p "$root/etc/dpkg/dpkg.cfg.d"
   cat >"$root/etc/dpkg/dpkg.cfg.d/tollgate-slim" <<'EOF'
 path-exclude /usr/share/doc/*
@@ -144,7 +158,7 @@ pack() {
 }
 
 build_rootfs() {
-  local minbase="$IMAGES_CACHE/debian-$SUITE-minbase.tar" python="$IMAGES_CACHE/python-3.11-$SUITE.tar"
+  local minbase="$IMAGES_CACHE/$MINBASE_TAR" python="$IMAGES_CACHE/$PYTHON_TAR"
   local work
   { [ -f "$minbase.sha256" ] && [ -f "$python.sha256" ]; } && return
   scratch rootfs
@@ -186,7 +200,7 @@ ENV_BASE=("ENV LANG=C.UTF-8" "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:
 
 python_base() {
   build_rootfs
-  import_tarball "$IMAGES_CACHE/python-3.11-$SUITE.tar" "$PYTHON_IMAGE" "${ENV_BASE[@]}" \
+  import_tarball "$IMAGES_CACHE/$PYTHON_TAR" "$PYTHON_IMAGE" "${ENV_BASE[@]}" \
     "ENV UV_SYSTEM_CERTS=true" 'CMD ["python3"]'
   echo "PYTHON_IMAGE=$PYTHON_IMAGE"
 }
@@ -215,7 +229,7 @@ ollama_base() {
   [ -x "$binary" ] || hack/build-ollama.sh
   [ -x "$binary" ] || die "hack/build-ollama.sh did not leave $binary"
   build_rootfs
-  import_tarball "$IMAGES_CACHE/debian-$SUITE-minbase.tar" "$minbase" "${ENV_BASE[@]}" 'CMD ["bash"]'
+  import_tarball "$IMAGES_CACHE/$MINBASE_TAR" "$minbase" "${ENV_BASE[@]}" 'CMD ["bash"]'
   local context
   scratch ollama
   context="$scratch_dir"

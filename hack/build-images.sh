@@ -121,7 +121,7 @@ from pathlib import Path
 out, name, image, image_id, size, created = sys.argv[1:]
 rows = [line.split("\t") for line in (Path(out) / f"{name}.inventory.tsv").read_text().splitlines() if line]
 (Path(out) / f"{name}.packages.txt").write_text(
-    f"# {image} ({image_id[:19]}, {int(size) / 1e6:.0f} MB)\n"
+    f"# {image} ({image_id[:19]}, {int(size) // 1_000_000} MB)\n"
     + "".join(f"{kind}\t{pkg}\t{version}\n" for kind, pkg, version, _ in rows)
 )
 def purl(kind, pkg, version, arch):

@@ -38,7 +38,7 @@ def leftovers(image: str, extra_tools: tuple[str, ...] = ()) -> list[str]:
         f"for t in {tools}; do command -v $t; done; "
         f"for p in {paths}; do [ -e $p ] && echo $p; done; "
         "ls -A /var/lib/apt/lists | grep -v -e '^lock$' -e '^partial$' | sed 's|^|list: |'; "
-        "ls /var/cache/apt/archives/*.deb 2>/dev/null; "
+        "ls /var/cache/apt/*.bin /var/cache/apt/archives/*.deb 2>/dev/null; "
         r"find / -xdev \( -name '*.whl' -o -path '*/site-packages/pytest' "
         r"-o -path '*/site-packages/tollgate_dev' -o -path '/app/[a-z]*/tests' \) -print "
         "2>/dev/null; true",

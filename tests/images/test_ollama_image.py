@@ -30,8 +30,8 @@ def test_ollama_image_pulls_from_the_local_registry_and_serves_the_model(
     containers: Callable[..., Container],
     tmp_path: Path,
 ) -> None:
-    spec = OllamaPoolSpec.model_validate(yaml.safe_load(SAMPLE.read_text())["spec"])
-    spec.image = ollama_image.ref("ollama")
+    sample = yaml.safe_load(SAMPLE.read_text())["spec"]
+    spec = OllamaPoolSpec.model_validate({**sample, "image": ollama_image.ref("ollama")})
     statefulset = build_statefulset("small", "images", spec, PoolDefaults(image="unused"))
     pod = statefulset["spec"]["template"]["spec"]
     (container,) = pod["containers"]
