@@ -166,7 +166,11 @@ EOF
 }
 
 for name in "${names[@]}"; do
-  inventory "$name"
+  # An image already listed (same id) is not read again.
+  id="$("${ENGINE[@]}" image inspect --format '{{.Id}}' "$(ref "$name")")"
+  if ! head -n 1 "$OUT/tollgate-$name.packages.txt" 2>/dev/null | grep -q "(${id:0:19},"; then
+    inventory "$name"
+  fi
   IFS=$'\t' read -r image id size < <(sbom "$name")
   log "$(printf '%-56s %5d MB  %s' "$image" $((size / 1000000)) "${id:0:12}")"
 done
