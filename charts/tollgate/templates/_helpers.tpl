@@ -54,15 +54,29 @@ app.kubernetes.io/instance: {{ $root.Release.Name }}
 app.kubernetes.io/component: {{ index . 1 }}
 {{- end }}
 
-{{/* An image reference from {repository, tag, digest}: include "tollgate.image" (list . .Values.gateway.image) */}}
+{{/*
+An image reference from {registry, repository, tag, digest}:
+include "tollgate.image" (list . .Values.gateway.image). A registry replaces the host that
+starts the repository (a first part with "." or ":", or "localhost") or, without one, goes
+before it.
+*/}}
 {{- define "tollgate.image" -}}
 {{- $root := index . 0 }}
 {{- $image := index . 1 }}
 {{- $tag := $image.tag | default $root.Chart.AppVersion | toString }}
+{{- $repository := $image.repository }}
+{{- with $image.registry }}
+{{- $parts := splitList "/" $repository }}
+{{- $first := first $parts }}
+{{- if and (gt (len $parts) 1) (or (contains "." $first) (contains ":" $first) (eq "localhost" $first)) }}
+{{- $repository = join "/" (rest $parts) }}
+{{- end }}
+{{- $repository = printf "%s/%s" (trimSuffix "/" .) $repository }}
+{{- end }}
 {{- if $image.digest }}
-{{- printf "%s:%s@%s" $image.repository $tag $image.digest }}
+{{- printf "%s:%s@%s" $repository $tag $image.digest }}
 {{- else }}
-{{- printf "%s:%s" $image.repository $tag }}
+{{- printf "%s:%s" $repository $tag }}
 {{- end }}
 {{- end }}
 
