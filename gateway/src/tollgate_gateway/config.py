@@ -72,7 +72,10 @@ class Settings(BaseSettings):
     usage_batch_size: int = 500
     usage_flush_interval_seconds: float = 0.5
     usage_max_buffer: int = 200_000
-    usage_spool_dir: Path = Path(tempfile.gettempdir()) / "tollgate-usage-spool"
+    # resolved when settings are read, not at import (a read-only root may lack /tmp)
+    usage_spool_dir: Path = Field(
+        default_factory=lambda: Path(tempfile.gettempdir()) / "tollgate-usage-spool"
+    )
     # Usage rows go to a Redis stream with the settlement (durable from then on) and the
     # writers drain it; off, they wait in the process's buffer until written.
     usage_via_redis: bool = True
