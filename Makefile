@@ -5,6 +5,10 @@ PY := .venv/bin/python
 export TOLLGATE_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/tollgate
 IMAGE_REGISTRY ?= ghcr.io/tollgate-dev
 IMAGE_TAG ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+# podman (rootful, runc) or docker; local bases are built here from Debian packages, official
+# ones are the Dockerfiles' defaults from their registries.
+CONTAINER_ENGINE ?= podman
+IMAGE_BASES ?= local
 
 .PHONY: help
 help: ## List every target with one line each
@@ -106,10 +110,19 @@ manifests: k8s-binaries ## Sync the chart's CRDs and render manifests/install/to
 	@hack/chart/render.sh
 
 .PHONY: images
-images: ## Build the gateway, operator and Ollama images with docker (IMAGE_REGISTRY, IMAGE_TAG)
-	docker build -f gateway/Dockerfile -t $(IMAGE_REGISTRY)/tollgate-gateway:$(IMAGE_TAG) .
-	docker build -f operator/Dockerfile -t $(IMAGE_REGISTRY)/tollgate-operator:$(IMAGE_TAG) .
-	docker build -t $(IMAGE_REGISTRY)/tollgate-ollama:$(IMAGE_TAG) ollama
+images: ## Build the gateway, operator and Ollama images (CONTAINER_ENGINE=podman|docker, IMAGE_BASES=local|official, IMAGE_REGISTRY, IMAGE_TAG)
+	@CONTAINER_ENGINE=$(CONTAINER_ENGINE) IMAGE_BASES=$(IMAGE_BASES) IMAGE_REGISTRY=$(IMAGE_REGISTRY) \
+	 IMAGE_TAG=$(IMAGE_TAG) hack/build-images.sh
+
+.PHONY: base-images
+base-images: ## Build only the local base images (Debian bookworm + Python, uv, Ollama) the images build on
+	@CONTAINER_ENGINE=$(CONTAINER_ENGINE) hack/build-base-images.sh
+
+.PHONY: images-push
+images-push: ## Push the images `make images` built to IMAGE_REGISTRY
+	@for name in gateway operator ollama; do \
+	  $(CONTAINER_ENGINE) push $(IMAGE_REGISTRY)/tollgate-$$name:$(IMAGE_TAG) || exit 1; \
+	done
 
 .PHONY: kind-up
 kind-up: ## Create the kind cluster of kind-config.yaml (host ports 80/443 for the ingress)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs Debian packages the test suite needs (e.g. prometheus, for promtool and a real
-# Prometheus server) when they are missing. Quiet when everything is present.
+# Prometheus server; podman, runc and debootstrap, for the images) when they are missing.
+# Quiet when everything is present.
 set -euo pipefail
 missing=()
 for pkg in "$@"; do
@@ -15,6 +16,8 @@ echo "installing Debian packages: ${missing[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-# The package's service is not wanted: tests start their own Prometheus.
-if [ -d /run/systemd/system ]; then systemctl disable --now prometheus 2>/dev/null || true; fi
-pkill -x prometheus 2>/dev/null || true
+# The prometheus package's service is not wanted: tests start their own Prometheus.
+if [[ " ${missing[*]} " == *" prometheus "* ]]; then
+  if [ -d /run/systemd/system ]; then systemctl disable --now prometheus 2>/dev/null || true; fi
+  pkill -x prometheus 2>/dev/null || true
+fi

@@ -10,6 +10,17 @@ echo "== Debian packages"; hack/ensure-debs.sh prometheus
 echo "== k8s binaries"; hack/build-k8s.sh
 echo "== Ollama (real, built from source)"; hack/build-ollama.sh
 echo "== Jaeger (trace backend, built from source)"; hack/build-jaeger.sh
+# The images need podman; where it cannot work the image tests fail and say why.
+echo "== images (podman)"
+if hack/ensure-debs.sh podman runc debootstrap; then
+  if .venv/bin/python -m tollgate_dev.images; then
+    export TOLLGATE_IMAGES_PREBUILT=1  # the image tests use them as built here
+  else
+    echo "images: not built; tests/images will fail" >&2
+  fi
+else
+  echo "images: podman, runc or debootstrap missing; tests/images will fail" >&2
+fi
 echo "== pytest"
 set +e
 .venv/bin/pytest "$@"

@@ -12,6 +12,9 @@
 #   OLLAMA_HOST                   where Ollama listens (Ollama's own setting; default 127.0.0.1:11434)
 #   OLLAMA_PULL_RETRIES           attempts per model (default 3), with a growing pause between
 #   OLLAMA_PULL_STALL_SECONDS     abort an attempt when nothing arrives for this long (default 300)
+#   OLLAMA_PULL_INSECURE_REGISTRIES  registries (host[:port], shell patterns such as "127.0.0.1:*",
+#                                 comma-separated) pulled from over plain HTTP, e.g. a local
+#                                 registry; models of other registries are pulled over HTTPS
 #   OLLAMA_PULL_FAILURE           exit (default): stop with status 1 when a model cannot be pulled;
 #                                 serve: log it and serve the models that are there
 #   OLLAMA_READY_FILE             created once every pull is done (default /tmp/ollama-models-ready),
@@ -31,6 +34,7 @@ on_failure="${OLLAMA_PULL_FAILURE:-exit}"
 ready_file="${OLLAMA_READY_FILE:-/tmp/ollama-models-ready}"
 ollama_bin="${OLLAMA_BIN:-ollama}"
 startup="${OLLAMA_STARTUP_SECONDS:-120}"
+insecure_registries="${OLLAMA_PULL_INSECURE_REGISTRIES:-}"
 
 # OLLAMA_HOST is "host:port", "scheme://host:port" or just "host"; talk to it on loopback when
 # it listens on every address.
@@ -44,7 +48,16 @@ url="http://$host:$port"
 log() { printf 'ollama-bootstrap: %s\n' "$*" >&2; }
 
 case "$on_failure" in exit | serve) ;; *) log "OLLAMA_PULL_FAILURE must be exit or serve"; exit 2 ;; esac
-case "$mode" in serve | pull) ;; *) log "usage: $0 [serve|pull]"; exit 2 ;; esac
+usage() {
+  echo "usage: tollgate-ollama-bootstrap [serve|pull]"
+  echo "  serve (default): serve Ollama, pull OLLAMA_PULL_MODELS, keep serving"
+  echo "  pull: only pull, into an Ollama that is already running at OLLAMA_HOST"
+}
+case "$mode" in
+  serve | pull) ;;
+  -h | --help) usage; exit 0 ;;
+  *) usage >&2; exit 2 ;;
+esac
 
 wait_for_ollama() {
   local deadline=$((SECONDS + startup))
@@ -68,12 +81,35 @@ present() {
   [ "$code" = 200 ]
 }
 
+# "true" when the model's registry (the part before the first "/", when it names a host) is
+# one of OLLAMA_PULL_INSECURE_REGISTRIES; "false" otherwise.
+insecure() {
+  local registry="${1%%/*}" pattern
+  local -a patterns
+  if [[ "$1" != */* ]] || [[ "$registry" != *[.:]* && "$registry" != localhost ]]; then
+    echo false
+    return
+  fi
+  IFS=',' read -r -a patterns <<<"$insecure_registries"
+  for pattern in "${patterns[@]}"; do
+    pattern="${pattern//[[:space:]]/}"
+    # shellcheck disable=SC2053  # a pattern, deliberately unquoted
+    if [ -n "$pattern" ] && [[ "$registry" == $pattern ]]; then
+      echo true
+      return
+    fi
+  done
+  echo false
+}
+
 # One attempt: stream the progress, log each new status, succeed only on "success".
 pull_once() {
   local model="$1" line status last="" error="" ok=0
+  # A JSON string's content, escaped quotes and backslashes included.
+  local error_re='"error"[[:space:]]*:[[:space:]]*"(([^"\\]|\\.)*)"'
   while IFS= read -r line; do
-    if [[ "$line" =~ \"error\"[[:space:]]*:[[:space:]]*\"([^\"]*)\" ]]; then
-      error="${BASH_REMATCH[1]}"
+    if [[ "$line" =~ $error_re ]]; then
+      error="${BASH_REMATCH[1]//\\\"/\"}"
     elif [[ "$line" =~ \"status\"[[:space:]]*:[[:space:]]*\"([^\"]*)\" ]]; then
       status="${BASH_REMATCH[1]}"
       if [ "$status" != "$last" ]; then
@@ -84,7 +120,7 @@ pull_once() {
     fi
   done < <(curl -sS -N -X POST "$url/api/pull" -H 'Content-Type: application/json' \
     --speed-limit 1 --speed-time "$stall" \
-    -d "{\"model\": \"$model\", \"stream\": true}" 2>&1 || echo "{\"error\": \"connection to ollama failed or stalled\"}")
+    -d "{\"model\": \"$model\", \"stream\": true, \"insecure\": $(insecure "$model")}" 2>&1 || echo "{\"error\": \"connection to ollama failed or stalled\"}")
   if [ "$ok" = 1 ]; then
     return 0
   fi

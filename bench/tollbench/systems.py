@@ -347,6 +347,7 @@ class TollgateSetup:
     admin_email: str = "bench@tollgate.test"
     admin_password: str = field(default_factory=lambda: "bench-" + secrets.token_hex(12))
     jwt_secret: str = field(default_factory=lambda: secrets.token_hex(32))
+    key_pepper: str = field(default_factory=lambda: secrets.token_hex(16))
 
 
 class Tollgate(System):
@@ -368,6 +369,7 @@ class Tollgate(System):
             "ADMIN_EMAIL": self.setup.admin_email,
             "ADMIN_PASSWORD": self.setup.admin_password,
             "JWT_SECRET": self.setup.jwt_secret,
+            "TOLLGATE_KEY_PEPPER": self.setup.key_pepper,
             "TOLLGATE_WORKERS": "1",
             "TOLLGATE_METRICS_PER_KEY": "true",
             "TOLLGATE_USAGE_SPOOL_DIR": str(self.ctx.work / "usage-spool"),
@@ -432,7 +434,14 @@ class Tollgate(System):
         env = {
             k: v
             for k, v in self.env("$UPSTREAM").items()
-            if k not in ("ADMIN_PASSWORD", "JWT_SECRET", "POSTGRES_DSN", "REDIS_URL")
+            if k
+            not in (
+                "ADMIN_PASSWORD",
+                "JWT_SECRET",
+                "TOLLGATE_KEY_PEPPER",
+                "POSTGRES_DSN",
+                "REDIS_URL",
+            )
         }
         return {
             **super().describe(),

@@ -178,6 +178,7 @@ def test_refuses_to_serve_old_schema(postgres: Any, service_dir: Any) -> None:
         **os.environ,
         "POSTGRES_DSN": postgres.dsn.rsplit("/", 1)[0] + "/unmigrated",
         "JWT_SECRET": "y" * 40,
+        "TOLLGATE_KEY_PEPPER": "z" * 32,
         "TOLLGATE_PORT": "1",
     }
     result = subprocess.run(
@@ -219,3 +220,23 @@ def test_serves_on_a_newer_schema_and_reports_it(
         assert ready.json()["checks"]["schema"] == "ok"
     finally:
         gateway.stop()
+
+
+def check_settings(**env: str) -> subprocess.CompletedProcess[str]:
+    strong = {"JWT_SECRET": "j" * 40, "TOLLGATE_KEY_PEPPER": "p" * 32, "TOLLGATE_DEV_MODE": "false"}
+    return subprocess.run(
+        [sys.executable, "-m", "tollgate_gateway.cli", "check"],
+        env={**os.environ, **strong, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize("pepper", ["", "short-pepper"])
+def test_refuses_to_start_without_a_pepper_outside_dev_mode(pepper: str) -> None:
+    result = check_settings(TOLLGATE_KEY_PEPPER=pepper)
+    assert result.returncode == 2
+    assert "TOLLGATE_KEY_PEPPER" in result.stderr
+    assert check_settings().returncode == 0
+    assert check_settings(TOLLGATE_KEY_PEPPER=pepper, TOLLGATE_DEV_MODE="true").returncode == 0

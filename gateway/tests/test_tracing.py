@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 from typing import Any
 
+import httpx
+
+from tollgate_dev.gatewayproc import StandinProcess
 from tollgate_dev.jaeger import JaegerServer
+from tollgate_dev.pytest_services import Admin, Gateways
 from tollgate_gateway.tracing import Tracing, now_ns
 
 
@@ -43,3 +48,73 @@ def test_tracing_is_off_without_an_endpoint() -> None:
     tracing = Tracing(None, 1.0)
     assert not tracing.enabled
     assert tracing.start("POST", "/v1/chat/completions", [], "req_2") is None
+
+
+def test_a_streamed_chat_through_the_gateway_is_one_trace(
+    jaeger: JaegerServer, gateways: Gateways, admin: Admin, chat_model: str, standin: StandinProcess
+) -> None:
+    gateway = gateways.start(TOLLGATE_OTLP_ENDPOINT=jaeger.otlp_endpoint)
+    key = admin.create_key(app="traced", rate_limit_rpm=100)
+    trace_id, parent = secrets.token_hex(16), secrets.token_hex(8)
+    prompt = "secret-prompt-" + secrets.token_hex(4)
+    with httpx.stream(
+        "POST",
+        gateway.url + "/v1/chat/completions",
+        headers={
+            "Authorization": f"Bearer {key['key']}",
+            "traceparent": f"00-{trace_id}-{parent}-01",
+        },
+        json={
+            "model": chat_model,
+            "stream": True,
+            "messages": [{"role": "user", "content": prompt}],
+        },
+        timeout=30,
+    ) as response:
+        assert response.status_code == 200
+        body = response.read().decode()
+    assert "[DONE]" in body
+
+    found = jaeger.trace(trace_id, min_spans=4)
+    by_name = {s["operationName"]: s for s in found["spans"]}
+    assert {"POST /v1/chat/completions", "authenticate", "admission", "chat llama3:8b"} <= set(
+        by_name
+    )
+    root = by_name["POST /v1/chat/completions"]
+    assert root["references"][0]["spanID"] == parent  # the client's traceparent
+    upstream = tags(by_name["chat llama3:8b"])
+    assert upstream["gen_ai.operation.name"] == "chat"
+    assert upstream["gen_ai.request.model"] == "llama3:8b"
+    assert upstream["gen_ai.usage.output_tokens"] > 0
+    assert upstream["gen_ai.usage.input_tokens"] > 0
+    assert upstream["tollgate.alias"] == chat_model and upstream["tollgate.app"] == "traced"
+    assert upstream["tollgate.key.id"] == key["id"]
+    events = [log["fields"][0]["value"] for log in by_name["chat llama3:8b"]["logs"]]
+    assert events == ["gen_ai.first_token"]
+    assert tags(root)["http.response.status_code"] == 200
+    dump = json.dumps(found)
+    assert key["key"] not in dump and prompt not in dump  # no key, no prompt, in any span
+
+    # Ollama got our trace context: the stand-in saw the same trace id
+    seen = httpx.get(standin.url + "/_standin/requests", params={"path": "/v1/chat"}).json()
+    parents = [r["headers"].get("traceparent", "") for r in seen["requests"]]
+    assert any(p.split("-")[1:2] == [trace_id] for p in parents)
+
+
+def test_a_refused_request_is_traced_too(
+    jaeger: JaegerServer, gateways: Gateways, chat_model: str
+) -> None:
+    gateway = gateways.start(TOLLGATE_OTLP_ENDPOINT=jaeger.otlp_endpoint)
+    trace_id = secrets.token_hex(16)
+    r = httpx.post(
+        gateway.url + "/v1/chat/completions",
+        headers={
+            "Authorization": "Bearer tg-wrong",
+            "traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01",
+        },
+        json={"model": chat_model, "messages": [{"role": "user", "content": "x"}]},
+    )
+    assert r.status_code == 401
+    (root,) = jaeger.trace(trace_id)["spans"]
+    assert tags(root)["http.response.status_code"] == 401
+    assert tags(root)["error.type"] == "invalid_api_key"

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
+import httpx
 import openai
 import psycopg
 
@@ -13,6 +15,7 @@ from tollgate_dev.pytest_services import Admin, Gateways, gateway_env
 from tollgate_dev.services import LocalPostgres, LocalValkey
 
 SLOW_FLUSH = {
+    "TOLLGATE_USAGE_VIA_REDIS": "false",  # rows wait in the buffer, as this file tests
     "TOLLGATE_USAGE_FLUSH_INTERVAL_SECONDS": "3600",
     "TOLLGATE_USAGE_BATCH_SIZE": "100000",
 }
@@ -85,3 +88,52 @@ def test_usage_survives_a_database_outage_at_shutdown(
     finally:
         first.stop()
         pg.stop()
+
+
+def test_sigkill_under_load_loses_no_usage(
+    gateways: Gateways, admin: Admin, chat_model: str, migrated_dsn: str
+) -> None:
+    """Rows go to Redis with the settlement: of two gateways under 30 s of load, one killed
+    halfway loses no row, and the entries it had read but not written are written by the
+    other."""
+    fast_reclaim = {"TOLLGATE_USAGE_RECLAIM_SECONDS": "2"}
+    victim = gateways.start(**fast_reclaim)
+    survivor = gateways.start(**fast_reclaim)
+    keys = [admin.create_key(rate_limit_rpm=1_000_000), admin.create_key()]  # both paths
+    answered = {k["id"]: 0 for k in keys}
+    body = {"model": chat_model, "messages": [{"role": "user", "content": "x"}]}
+    ends = time.monotonic() + 30
+
+    async def load(i: int, http: httpx.AsyncClient) -> None:
+        key = keys[i % 2]
+        gateway = victim if i % 4 < 2 else survivor
+        while time.monotonic() < ends:
+            try:
+                r = await http.post(
+                    gateway.url + "/v1/chat/completions",
+                    json=body,
+                    headers={"Authorization": f"Bearer {key['key']}"},
+                )
+            except httpx.HTTPError:
+                if gateway.proc is None or gateway.proc.poll() is not None:
+                    return  # killed
+                continue
+            assert r.status_code == 200, r.text
+            answered[key["id"]] += 1
+
+    async def run() -> None:
+        async with httpx.AsyncClient(timeout=30) as http:
+            clients = [asyncio.create_task(load(i, http)) for i in range(16)]
+            await asyncio.sleep(15)
+            await asyncio.get_running_loop().run_in_executor(None, victim.kill)
+            await asyncio.gather(*clients)
+
+    asyncio.run(run())
+    assert all(n > 100 for n in answered.values()), answered
+    deadline = time.monotonic() + 30
+    while True:
+        rows = {key_id: count(migrated_dsn, key_id) for key_id in answered}
+        if rows == answered or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert rows == answered

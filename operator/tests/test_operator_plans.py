@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -225,3 +228,49 @@ def test_backend_url_template() -> None:
     )
     with pytest.raises(ValueError, match="backend_url_template"):
         Settings(backend_url_template="http://{host}")
+
+
+def test_a_supplied_key_is_shown_as_a_fingerprint_of_its_hash() -> None:
+    user_key = "my-own-key-0123456789"  # 21 characters: 11 of them would be half of it
+    spec = ApiKeySpec.model_validate({"existingSecret": {"name": "mine", "key": "token"}})
+    key_id = "00000000-0000-0000-0000-000000000002"
+    row = desired_row(REF, spec, key_id, user_key, b"pepper-" + b"x" * 16)
+    shown = row["key_prefix"]
+    assert shown.startswith("fp-") and len(shown) == 13
+    # No run of the key's characters, not even its first three.
+    assert not any(user_key[i : i + 3] in shown for i in range(len(user_key) - 2))
+    # A function of the peppered hash: stable, and different under another pepper.
+    assert desired_row(REF, spec, key_id, user_key, b"pepper-" + b"x" * 16)["key_prefix"] == shown
+    assert desired_row(REF, spec, key_id, user_key, b"other-" + b"y" * 16)["key_prefix"] != shown
+    # A generated key keeps its short, non-secret prefix.
+    generated = mint_key()
+    assert desired_row(REF, ApiKeySpec(), key_id, generated, b"p")["key_prefix"] == generated[:11]
+
+
+def test_the_operator_refuses_to_start_without_a_pepper() -> None:
+    def run(**env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "tollgate_operator"],
+            env={
+                **{k: v for k, v in os.environ.items() if not k.startswith("TOLLGATE_")},
+                # Nothing listens here: a start that gets past the check fails on Postgres.
+                "POSTGRES_DSN": "postgresql://nobody@127.0.0.1:1/none",
+                "TOLLGATE_STARTUP_DB_TIMEOUT_SECONDS": "0",
+                "TOLLGATE_METRICS_PORT": "0",
+                **env,
+            },
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    for pepper in ("", "too-short"):
+        refused = run(TOLLGATE_KEY_PEPPER=pepper)
+        assert refused.returncode == 2, refused.stderr
+        assert "refusing to start: TOLLGATE_KEY_PEPPER" in refused.stderr
+    dev = run(TOLLGATE_DEV_MODE="true")
+    assert "TOLLGATE_KEY_PEPPER" not in dev.stderr
+    assert dev.returncode == 3  # past the check: stopped by the unreachable database
+    assert "Postgres is unreachable" in dev.stderr
+    peppered = run(TOLLGATE_KEY_PEPPER="p" * 32)
+    assert peppered.returncode == 3 and "TOLLGATE_KEY_PEPPER" not in peppered.stderr

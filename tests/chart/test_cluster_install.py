@@ -38,7 +38,7 @@ SECRET_DATA = {
     "POSTGRES_DSN": "postgresql://tollgate:password@db.example:5432/tollgate",
     "REDIS_URL": "redis://redis.example:6379/0",
     "JWT_SECRET": "x" * 40,
-    "TOLLGATE_KEY_PEPPER": "pepper",
+    "TOLLGATE_KEY_PEPPER": "pepper-" + "p" * 16,
 }
 
 
@@ -243,6 +243,7 @@ def test_evaluation_install_upgrade_uninstall_reinstall(
         assert when(job.metadata.creation_timestamp) >= when(gateway.metadata.creation_timestamp)
         generated = secret_data(api, namespace, "tollgate-secrets")
         assert len(generated["JWT_SECRET"]) == 48
+        assert len(generated["TOLLGATE_KEY_PEPPER"]) == 32  # required: always generated
 
         # Upgrade: the migration runs again, before the new pods; generated secrets stay.
         helm("upgrade", "tollgate", str(CHART), "-n", namespace, *values,
@@ -410,6 +411,14 @@ def test_missing_secret_is_reported_before_anything_is_created(
     result = helm("install", "tollgate", str(CHART), "-n", namespace, check=False)
     assert result.returncode != 0
     assert "has no key JWT_SECRET" in result.stderr
+
+    # The pepper is required too: gateway and operator would refuse to start without it.
+    client.CoreV1Api(api).patch_namespaced_secret(
+        "tollgate-secrets", namespace, {"stringData": {"JWT_SECRET": "x" * 40}}
+    )
+    result = helm("install", "tollgate", str(CHART), "-n", namespace, check=False)
+    assert result.returncode != 0
+    assert "has no key TOLLGATE_KEY_PEPPER" in result.stderr
 
 
 def test_install_bundle_applies_with_kubectl(

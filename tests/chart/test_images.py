@@ -1,25 +1,16 @@
-"""The gateway and operator Dockerfiles, checked without Docker: what they copy is in the build
-context (.dockerignore), they run as the user the chart expects, their base images are pinned,
-and their `uv sync` steps, run here on exactly the files the context holds, give a working
-gateway (migrations included) and operator."""
+"""What building the images does not show: the build context (.dockerignore) keeps tests, state
+and caches out, the Dockerfiles' default bases are pinned (the tests build on local ones), their
+`uv sync` steps install from the lock only, and the chart's `image.registry` rewrites image
+references. The images themselves are built and run in tests/images/."""
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import subprocess
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 import yaml
-from chart_helpers import CHART, ROOT
-
-from tollgate_dev.k8s_binaries import cache_root
-from tollgate_dev.services import LocalPostgres
+from chart_helpers import CHART, ROOT, Render, containers
 
 DOCKERFILES = {
     "gateway": ROOT / "gateway" / "Dockerfile",
@@ -118,82 +109,32 @@ def test_dockerfile_pins_its_bases_and_runs_as_the_charts_user(name: str) -> Non
     assert entrypoint and entrypoint.group(1) == f"tollgate-{name}"
 
 
-@pytest.fixture(scope="module")
-def uv() -> str:
-    assert UV_VERSION
-    binary = cache_root() / f"uv-{UV_VERSION.group(1)}" / "bin" / "uv"
-    if not binary.is_file():
-        pytest.fail(f"uv is not installed at {binary}: run `make venv`", pytrace=False)
-    return str(binary)
-
-
-def build(uv: str, name: str, workdir: Path) -> Path:
-    """The Dockerfile's `uv sync` steps on a copy of the build context; returns the venv."""
-    for relative in context_files():
-        target = workdir / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / relative, target)
-    venv = workdir / ".venv"
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "UV_"))},
-        "UV_PROJECT_ENVIRONMENT": str(venv),
-        "UV_PYTHON": "python3.11",
-        "UV_PYTHON_DOWNLOADS": "never",
-        "UV_LINK_MODE": "copy",
-    }
-    for command in uv_commands(DOCKERFILES[name]):
-        result = subprocess.run(
-            [uv, *command[1:]], cwd=workdir, env=env, capture_output=True, text=True, timeout=600
-        )
-        assert result.returncode == 0, f"{' '.join(command)}:\n{result.stderr}"
-    return venv
-
-
-@pytest.fixture
-def fresh_dsn(postgres: LocalPostgres) -> Iterator[str]:
-    name = f"image_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(postgres.dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield postgres.dsn.rsplit("/", 1)[0] + "/" + name
-    with psycopg.connect(postgres.dsn, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-
-
-def test_gateway_image_steps_give_a_gateway_that_migrates(
-    uv: str, tmp_path: Path, fresh_dsn: str
+@pytest.mark.parametrize(
+    ("registry", "gateway", "postgres"),
+    [
+        ("", "ghcr.io/tollgate-dev/tollgate-gateway", "postgres"),
+        ("127.0.0.1:5000", "127.0.0.1:5000/tollgate-dev/tollgate-gateway",
+         "127.0.0.1:5000/postgres"),
+        ("mirror.example/cache/", "mirror.example/cache/tollgate-dev/tollgate-gateway",
+         "mirror.example/cache/postgres"),
+    ],
+)  # fmt: skip
+def test_image_registry_replaces_the_registry_of_an_image(
+    render: Render, registry: str, gateway: str, postgres: str
 ) -> None:
-    venv = build(uv, "gateway", tmp_path)
-    located = subprocess.run(
-        [str(venv / "bin" / "python"), "-c",
-         "from tollgate_gateway.storage.db import ALEMBIC_INI; print(ALEMBIC_INI)"],
-        capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
-    assert Path(located) == tmp_path / "gateway" / "alembic.ini"
-    env = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "POSTGRES_DSN": fresh_dsn}
-    migrate = subprocess.run(
-        [str(venv / "bin" / "tollgate-gateway"), "migrate"],
-        env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert migrate.returncode == 0, migrate.stderr
-    with psycopg.connect(fresh_dsn) as conn:
-        assert conn.execute("SELECT version_num FROM alembic_version").fetchone()
-    # What the image does not carry: the dev tools and the test dependencies.
-    assert not list((venv / "lib").glob("python3.11/site-packages/pytest"))
-    assert not list((venv / "lib").glob("python3.11/site-packages/tollgate_dev*"))
-
-
-def test_operator_image_steps_give_an_operator(uv: str, tmp_path: Path) -> None:
-    venv = build(uv, "operator", tmp_path)
-    result = subprocess.run(
-        [str(venv / "bin" / "tollgate-operator"), "--help"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    assert "--namespace" in result.stdout
-    # The operator pod's init container runs the chart's wait-for-schema script with it.
-    check = subprocess.run(
-        [str(venv / "bin" / "python"), "-c",
-         "import tollgate_operator.handlers, tollgate_gateway.storage.db"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert check.returncode == 0, check.stderr
+    manifests = render(
+        sets={
+            "gateway.image.registry": registry,
+            "gateway.image.tag": "1.2.3",
+            "postgresql.enabled": "true",
+            "redis.enabled": "true",
+            "secrets.create": "true",
+            "postgresql.image.registry": registry,
+            # Without a registry of its own, the registry goes before the repository.
+            "postgresql.image.repository": "postgres",
+            "postgresql.image.tag": "17.6-bookworm",
+        }
+    )
+    refs = {c["image"] for m in manifests if m["kind"] in ("Deployment", "Job", "StatefulSet")
+            for c in containers(m)}  # fmt: skip
+    assert {f"{gateway}:1.2.3", f"{postgres}:17.6-bookworm"} <= refs

@@ -76,6 +76,32 @@ def test_a_model_that_cannot_be_pulled_fails_the_bootstrap(ollama: StandinProces
     assert "is not a model name" in bad.stderr
 
 
+def test_plain_http_registries_are_pulled_from_only_when_named(tmp_path: Path) -> None:
+    proc = StandinProcess(
+        models="llama3:8b", extra=["--registry", "*"], log_path=tmp_path / "standin.log"
+    )
+    proc.start()
+    try:
+        host = proc.url.removeprefix("http://")
+        local = "127.0.0.1:5999/library/tiny:latest"
+        refused = bootstrap("pull", host=host, OLLAMA_PULL_MODELS=local)
+        assert refused.returncode == 1
+        assert "server gave HTTP response to HTTPS client" in refused.stderr
+        pulled = bootstrap(
+            "pull",
+            host=host,
+            OLLAMA_PULL_MODELS=f"{local},gemma3:1b",
+            OLLAMA_PULL_INSECURE_REGISTRIES="registry.test, 127.0.0.1:*",
+        )
+        assert pulled.returncode == 0, pulled.stderr
+        assert {local, "gemma3:1b"} <= tags(proc.url)
+        bodies = httpx.get(proc.url + "/_standin/requests?path=/api/pull", timeout=5).json()
+        insecure = {r["body"]["model"]: r["body"]["insecure"] for r in bodies["requests"]}
+        assert insecure == {local: True, "gemma3:1b": False}
+    finally:
+        proc.stop()
+
+
 def test_no_ollama_is_an_error(tmp_path: Path) -> None:
     result = bootstrap(
         "pull",

@@ -246,7 +246,8 @@ def test_gateway_reads_its_secrets_from_one_secret(render: Render) -> None:
         ref = env[name]["secretKeyRef"]
         assert ref["name"] == "tollgate-secrets"
         assert ref["key"] == name
-        assert ref.get("optional", False) is (name in ("ADMIN_PASSWORD", "TOLLGATE_KEY_PEPPER"))
+        # The pepper is required: no Pod starts without it (nor would the gateway).
+        assert ref.get("optional", False) is (name == "ADMIN_PASSWORD")
 
 
 def test_gateway_waits_for_the_schema_before_it_starts(render: Render) -> None:
@@ -353,8 +354,13 @@ def test_bundled_databases_and_the_generated_secret(render: Render) -> None:
     )
     assert len(data["JWT_SECRET"]) >= 32
     assert len(data["ADMIN_PASSWORD"]) >= 12
-    settings = GatewaySettings(jwt_secret=data["JWT_SECRET"], admin_password=data["ADMIN_PASSWORD"])
+    settings = GatewaySettings(
+        jwt_secret=data["JWT_SECRET"],
+        admin_password=data["ADMIN_PASSWORD"],
+        key_pepper=data["TOLLGATE_KEY_PEPPER"],
+    )
     assert settings.insecure_reasons() == []  # the gateway accepts what the chart generates
+    assert OperatorSettings(key_pepper=data["TOLLGATE_KEY_PEPPER"]).insecure_reasons() == []
 
     postgres = one(manifests, "StatefulSet", "tollgate-postgresql")
     assert postgres["spec"]["persistentVolumeClaimRetentionPolicy"]["whenDeleted"] == "Retain"
@@ -377,7 +383,7 @@ def test_given_secret_values_are_used_verbatim(render: Render) -> None:
             "secrets.postgresDsn": "postgresql://u:p@db:5432/t",
             "secrets.redisUrl": "redis://r:6379/1",
             "secrets.jwtSecret": "j" * 40,
-            "secrets.keyPepper": "pepper",
+            "secrets.keyPepper": "pepper-" + "p" * 16,
             "secrets.adminPassword": "a" * 16,
             "secrets.keepOnUninstall": "false",
         }
@@ -388,7 +394,7 @@ def test_given_secret_values_are_used_verbatim(render: Render) -> None:
         "POSTGRES_DSN": "postgresql://u:p@db:5432/t",
         "REDIS_URL": "redis://r:6379/1",
         "JWT_SECRET": "j" * 40,
-        "TOLLGATE_KEY_PEPPER": "pepper",
+        "TOLLGATE_KEY_PEPPER": "pepper-" + "p" * 16,
         "ADMIN_PASSWORD": "a" * 16,
     }
     assert "annotations" not in secret["metadata"]
@@ -407,38 +413,56 @@ def rules_of(role: Manifest) -> dict[tuple[str, str], set[str]]:
     return out
 
 
-def test_operator_rbac_is_least_privilege(render: Render) -> None:
+CUSTOM = ("apikeys", "modelaliases", "ollamapools")
+# Exactly the verbs the operator uses, per resource: children are server-side applied (patch,
+# authorized as create too for a new object) and garbage-collected through owner references;
+# nothing is updated, deleted, listed or watched that it does not need to.
+OPERATOR_VERBS: dict[tuple[str, str], set[str]] = {
+    **{("tollgate.dev", k): {"get", "list", "watch", "patch"} for k in CUSTOM},
+    **{("tollgate.dev", f"{k}/status"): {"patch"} for k in CUSTOM},
+    **{("tollgate.dev", f"{k}/finalizers"): {"update"} for k in CUSTOM},
+    ("", "secrets"): {"get", "create", "patch"},
+    ("", "services"): {"get", "create", "patch"},
+    ("", "serviceaccounts"): {"create", "patch"},
+    ("apps", "statefulsets"): {"create", "patch"},
+    ("policy", "poddisruptionbudgets"): {"create", "patch"},
+    ("networking.k8s.io", "networkpolicies"): {"create", "patch"},
+    ("", "pods"): {"list", "watch"},
+    ("", "events"): {"create"},
+}
+
+
+def test_operator_rbac_is_exactly_the_verbs_it_uses(render: Render) -> None:
     manifests = render(CI["defaults"])
-    role = rules_of(one(manifests, "ClusterRole", f"{NAMESPACE}-{OPERATOR}"))
-    write = {"get", "list", "watch", "create", "update", "patch", "delete"}
-    for kind in ("apikeys", "modelaliases", "ollamapools"):
-        assert role[("tollgate.dev", kind)] == {"get", "list", "watch", "patch", "update"}
-        assert role[("tollgate.dev", f"{kind}/status")] == {"get", "patch", "update"}
-        assert role[("tollgate.dev", f"{kind}/finalizers")] == {"update"}
-    assert role[("", "secrets")] == write
-    assert role[("", "services")] == write
-    assert role[("apps", "statefulsets")] == write
-    assert role[("policy", "poddisruptionbudgets")] == write
-    assert role[("", "pods")] == {"get", "list", "watch"}
-    assert role[("", "events")] == {"create", "patch"}
-    assert not any("*" in verbs for verbs in role.values())
-    assert not any("*" in key for key in role)
-    # Nothing the operator does not create: no Deployments, no exec, no nodes.
-    assert ("apps", "deployments") not in role
-    assert ("", "pods/exec") not in role
+    cluster_roles = find(manifests, "ClusterRole")
+    assert [r["metadata"]["name"] for r in cluster_roles] == [f"{NAMESPACE}-{OPERATOR}"]
+    assert rules_of(cluster_roles[0]) == OPERATOR_VERBS
     leases = rules_of(one(manifests, "Role", f"{OPERATOR}-leader-election"))
-    assert set(leases) == {("coordination.k8s.io", "leases")}
+    assert leases == {("coordination.k8s.io", "leases"): {"get", "create", "update"}}
     binding = one(manifests, "ClusterRoleBinding", f"{NAMESPACE}-{OPERATOR}")
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": OPERATOR, "namespace": NAMESPACE}
     ]
+    assert binding["roleRef"]["name"] == f"{NAMESPACE}-{OPERATOR}"
 
 
 def test_operator_watching_namespaces_gets_roles_there(render: Render) -> None:
     manifests = render(sets={"operator.watchNamespaces": "{team-a,team-b}"})
-    assert not find(manifests, "ClusterRole", f"{NAMESPACE}-{OPERATOR}")
+    # Nothing cluster-wide at all: not even reading CRDs or namespaces.
+    assert not find(manifests, "ClusterRole")
+    assert not find(manifests, "ClusterRoleBinding")
     roles = find(manifests, "Role", OPERATOR)
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
+    for role in roles:
+        assert rules_of(role) == OPERATOR_VERBS
+    bindings = find(manifests, "RoleBinding", OPERATOR)
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
+    for binding in bindings:
+        assert binding["roleRef"] == {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Role",
+            "name": OPERATOR,
+        }
     env = env_of(pod_spec(one(manifests, "Deployment", OPERATOR))["containers"][0])
     assert env["TOLLGATE_NAMESPACES"] == "team-a,team-b"
 
@@ -456,8 +480,50 @@ def test_operator_settings(render: Render) -> None:
     assert env["TOLLGATE_METRICS_PORT"] == "9090"
     assert env["TOLLGATE_LIVENESS_ENDPOINT"] == "http://0.0.0.0:8080/healthz"
     assert env["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
-    assert env["TOLLGATE_KEY_PEPPER"]["secretKeyRef"]["name"] == "tollgate-secrets"
+    assert env["TOLLGATE_KEY_PEPPER"]["secretKeyRef"] == {
+        "name": "tollgate-secrets",
+        "key": "TOLLGATE_KEY_PEPPER",
+    }
+    # Pools admit this release's gateway and operator Pods, by their selector labels.
+    assert env["TOLLGATE_POOL_NETWORK_POLICY"] == "true"
+    gateway_labels = one(render(CI["defaults"]), "Deployment", GATEWAY)["spec"]["selector"]
+    assert (
+        dict(pair.split("=") for pair in env["TOLLGATE_GATEWAY_POD_SELECTOR"].split(","))
+        == gateway_labels["matchLabels"]
+    )
+    assert env["TOLLGATE_GATEWAY_NAMESPACE"] == NAMESPACE
+    operator_labels = one(render(CI["defaults"]), "Deployment", OPERATOR)["spec"]["selector"]
+    assert (
+        dict(pair.split("=") for pair in env["TOLLGATE_OPERATOR_POD_SELECTOR"].split(","))
+        == operator_labels["matchLabels"]
+    )
+    assert env["TOLLGATE_OPERATOR_NAMESPACE"] == NAMESPACE
+    assert "TOLLGATE_ALLOWED_IMAGES" not in env  # the operator's default: the official image
+    assert env["TOLLGATE_ALLOW_ENV_FROM_SECRETS"] == "false"
+    assert env["TOLLGATE_ALLOW_ENV_FROM_CONFIG_MAPS"] == "false"
     assert operator["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+
+
+def test_pool_rules_and_a_gateway_elsewhere(render: Render) -> None:
+    manifests = render(
+        sets={
+            "operator.pools.gatewayPodSelector.app": "edge-gateway",
+            "operator.pools.gatewayNamespace": "*",
+            "operator.pools.allowedImages": "{registry.internal/ml/*,ghcr.io/acme/ollama}",
+            "operator.pools.allowEnvFromSecrets": "true",
+            "operator.pools.networkPolicy": "false",
+        }
+    )
+    env = env_of(pod_spec(one(manifests, "Deployment", OPERATOR))["containers"][0])
+    assert env["TOLLGATE_GATEWAY_POD_SELECTOR"] == "app=edge-gateway"
+    assert env["TOLLGATE_GATEWAY_NAMESPACE"] == "*"
+    assert env["TOLLGATE_ALLOWED_IMAGES"] == "registry.internal/ml/*,ghcr.io/acme/ollama"
+    assert env["TOLLGATE_ALLOW_ENV_FROM_SECRETS"] == "true"
+    assert env["TOLLGATE_POOL_NETWORK_POLICY"] == "false"
+    settings = OperatorSettings.model_validate(
+        {k.removeprefix("TOLLGATE_").lower(): v for k, v in env.items() if isinstance(v, str)}
+    )
+    assert settings.allowed_image_list == ["registry.internal/ml/*", "ghcr.io/acme/ollama"]
 
 
 def test_operator_can_be_turned_off(render: Render) -> None:
@@ -608,7 +674,7 @@ ALL_ON: dict[str, str] = {
     "secrets.create": "true",
     "secrets.jwtSecret": "j" * 40,
     "secrets.adminPassword": "a" * 16,
-    "secrets.keyPepper": "pepper",
+    "secrets.keyPepper": "pepper-" + "p" * 16,
     "postgresql.enabled": "true",
     "postgresql.password": "pg-password",
     "redis.enabled": "true",
@@ -650,6 +716,10 @@ CHANGE: dict[str, Any] = {
     "postgresql.image.digest": "sha256:" + "c" * 64,
     "redis.image.tag": "9",
     "redis.image.digest": "sha256:" + "d" * 64,
+    "gateway.image.registry": "mirror.example:5000",
+    "operator.image.registry": "mirror.example:5000",
+    "postgresql.image.registry": "mirror.example:5000",
+    "redis.image.registry": "mirror.example:5000",
     "gateway.image.pullPolicy": "Always",
     "operator.image.pullPolicy": "Always",
     "postgresql.image.pullPolicy": "Always",
@@ -665,6 +735,8 @@ CHANGE: dict[str, Any] = {
     "operator.gatewayUrl": "https://llm.example.com",
     "operator.ollamaImage": "ollama/ollama:0.1.0",
     "operator.watchNamespaces": ["team-a"],
+    "operator.pools.allowedImages": ["registry.internal/*"],
+    "operator.pools.gatewayNamespace": "gateways",
     "postgresql.persistence.size": "20Gi",
     "postgresql.persistence.storageClass": "fast",
     "postgresql.persistence.accessModes": ["ReadWriteOncePod"],
@@ -701,7 +773,7 @@ CHANGE: dict[str, Any] = {
     "operator.priorityClassName": "high",
     "postgresql.password": "other-password",
     "redis.password": "other-password",
-    "secrets.keyPepper": "other-pepper",
+    "secrets.keyPepper": "other-pepper-" + "p" * 16,
 }
 
 

@@ -80,6 +80,8 @@ class OperatorProcess:
     env: dict[str, str]
     log_path: Path
     identity: str = "test-operator"
+    # What it watches: every namespace, or e.g. ["--namespace", "team-a"].
+    scope: tuple[str, ...] = ("--all-namespaces",)
     liveness_port: int = 0
     metrics_port: int = 0
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
@@ -103,7 +105,7 @@ class OperatorProcess:
             log.write(f"\n=== {self.identity} starting\n".encode())
             log.flush()
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "tollgate_operator", "--all-namespaces"],
+                [sys.executable, "-m", "tollgate_operator", *self.scope],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -179,7 +181,7 @@ class FakeCluster:
         # pool name -> a function starting it on a Pod IP.
         self.runtimes: dict[str, Callable[[str], _Runtime]] = {}
         self.starting: set[str] = set()
-        self.forwarders: dict[tuple[str, str], _Forwarder] = {}  # (namespace, service)
+        self.forwarders: dict[tuple[str, str, str], _Forwarder] = {}  # (namespace, service, ip)
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
@@ -316,11 +318,13 @@ class FakeCluster:
     def _proxy(self) -> None:
         services = self.core.list_service_for_all_namespaces(label_selector=POOL_LABEL).items
         pods = self.core.list_pod_for_all_namespaces(label_selector=POOL_LABEL).items
+        seen = set()
         for service in services:
             ip = service.spec.cluster_ip
             if not ip or ip == "None":
                 continue
-            key = (service.metadata.namespace, service.metadata.name)
+            # Keyed by address too: a Service deleted and made again gets a new ClusterIP.
+            key = (service.metadata.namespace, service.metadata.name, ip)
             pool = service.spec.selector.get(POOL_LABEL)
             targets = sorted(
                 p.status.pod_ip
@@ -335,6 +339,9 @@ class FakeCluster:
                     self._listen(ip), self._loop
                 ).result(10)
             self.forwarders[key].targets = targets
+            seen.add(key)
+        for key in set(self.forwarders) - seen:  # the Service is gone: so is its address
+            self._loop.call_soon_threadsafe(self.forwarders.pop(key).server.close)
 
     async def _listen(self, ip: str) -> _Forwarder:
         holder: list[_Forwarder] = []

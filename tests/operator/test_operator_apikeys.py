@@ -11,6 +11,7 @@ import re
 import uuid
 from typing import Any
 
+import anthropic
 import openai
 import psycopg
 import pytest
@@ -113,7 +114,17 @@ def test_apikey_becomes_a_secret_whose_key_works_at_the_gateway(
         "api-key": key,
         "OPENAI_API_KEY": key,
         "OPENAI_BASE_URL": gateway.url + "/v1",
+        "ANTHROPIC_API_KEY": key,
+        "ANTHROPIC_BASE_URL": gateway.url,
     }
+    # what the Anthropic SDK (and Claude Code) read from the environment is enough
+    claude = anthropic.Anthropic(
+        base_url=secret["ANTHROPIC_BASE_URL"], api_key=secret["ANTHROPIC_API_KEY"], max_retries=0
+    )
+    reply = claude.messages.create(
+        model=ALIAS, max_tokens=3, messages=[{"role": "user", "content": "hi"}]
+    )
+    assert reply.model == ALIAS and reply.usage.output_tokens > 0
     obj = kube.get("apikeys", namespace, "app")
     status = obj["status"]
     assert status["keyPrefix"] == key[:11]

@@ -124,6 +124,37 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         "OLLAMA_HOST, OLLAMA_MODELS and HOME are set by the operator",
     ),
     (
+        "env with both a value and valueFrom",
+        obj(
+            "OllamaPool",
+            {"env": [{"name": "X", "value": "1", "valueFrom": {"fieldRef": {"fieldPath": "a"}}}]},
+        ),
+        "an env entry has either value or valueFrom",
+    ),
+    (
+        "env valueFrom with two sources",
+        obj(
+            "OllamaPool",
+            {
+                "env": [
+                    {
+                        "name": "X",
+                        "valueFrom": {
+                            "fieldRef": {"fieldPath": "spec.nodeName"},
+                            "secretKeyRef": {"name": "s", "key": "k"},
+                        },
+                    }
+                ]
+            },
+        ),
+        "valueFrom has exactly one of fieldRef, resourceFieldRef, secretKeyRef, configMapKeyRef",
+    ),
+    (
+        "env valueFrom with no known source",
+        obj("OllamaPool", {"env": [{"name": "X", "valueFrom": {"fileRef": {"path": "/etc"}}}]}),
+        "valueFrom has exactly one of",
+    ),
+    (
         "storage size is not a quantity",
         obj("OllamaPool", {"storage": {"size": "lots"}}),
         "spec.storage.size in body should match",

@@ -54,15 +54,29 @@ app.kubernetes.io/instance: {{ $root.Release.Name }}
 app.kubernetes.io/component: {{ index . 1 }}
 {{- end }}
 
-{{/* An image reference from {repository, tag, digest}: include "tollgate.image" (list . .Values.gateway.image) */}}
+{{/*
+An image reference from {registry, repository, tag, digest}:
+include "tollgate.image" (list . .Values.gateway.image). A registry replaces the host that
+starts the repository (a first part with "." or ":", or "localhost") or, without one, goes
+before it.
+*/}}
 {{- define "tollgate.image" -}}
 {{- $root := index . 0 }}
 {{- $image := index . 1 }}
 {{- $tag := $image.tag | default $root.Chart.AppVersion | toString }}
+{{- $repository := $image.repository }}
+{{- with $image.registry }}
+{{- $parts := splitList "/" $repository }}
+{{- $first := first $parts }}
+{{- if and (gt (len $parts) 1) (or (contains "." $first) (contains ":" $first) (eq "localhost" $first)) }}
+{{- $repository = join "/" (rest $parts) }}
+{{- end }}
+{{- $repository = printf "%s/%s" (trimSuffix "/" .) $repository }}
+{{- end }}
 {{- if $image.digest }}
-{{- printf "%s:%s@%s" $image.repository $tag $image.digest }}
+{{- printf "%s:%s@%s" $repository $tag $image.digest }}
 {{- else }}
-{{- printf "%s:%s" $image.repository $tag }}
+{{- printf "%s:%s" $repository $tag }}
 {{- end }}
 {{- end }}
 
@@ -135,7 +149,6 @@ app.kubernetes.io/component: {{ index . 1 }}
     secretKeyRef:
       name: {{ $secret }}
       key: TOLLGATE_KEY_PEPPER
-      optional: true
 {{- end }}
 
 {{/* Settings maps ({NAME: value}) as EnvVar objects, values quoted. */}}
@@ -185,38 +198,51 @@ pre-install,pre-upgrade
 
 {{/*
 The operator's permissions on what it reconciles and creates (a ClusterRole, or a Role per
-watched namespace). Nothing else: no exec, no nodes, no other workloads.
+watched namespace): exactly the verbs it uses, per resource. Its children are written with
+server-side apply (a patch, which the API server authorizes as create too when the object
+is new) and deleted by the garbage collector through owner references, so there is no
+update or delete on them, and no list or watch on Secrets. Nothing else: no exec, no nodes,
+no other workloads.
 */}}
 {{- define "tollgate.operator.rules" -}}
-# Its resources: read, add and remove finalizers, write status.
+# Its resources: read, watch, and patch (kopf's finalizer and bookkeeping annotations).
 - apiGroups: ["tollgate.dev"]
   resources: ["apikeys", "modelaliases", "ollamapools"]
-  verbs: ["get", "list", "watch", "patch", "update"]
+  verbs: ["get", "list", "watch", "patch"]
 - apiGroups: ["tollgate.dev"]
   resources: ["apikeys/status", "modelaliases/status", "ollamapools/status"]
-  verbs: ["get", "patch", "update"]
+  verbs: ["patch"]
 # Owner references with blockOwnerDeletion need update on the owner's finalizers.
 - apiGroups: ["tollgate.dev"]
   resources: ["apikeys/finalizers", "modelaliases/finalizers", "ollamapools/finalizers"]
   verbs: ["update"]
-# What it creates: key Secrets; each pool's StatefulSet, Services and PodDisruptionBudget.
+# Key Secrets (and reading a user's Secret named by spec.existingSecret); a pool's
+# ClusterIP Service (read for its address).
 - apiGroups: [""]
   resources: ["secrets", "services"]
-  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
+  verbs: ["get", "create", "patch"]
+# Each pool's ServiceAccount (no permissions, no token), StatefulSet, PodDisruptionBudget
+# and NetworkPolicy.
+- apiGroups: [""]
+  resources: ["serviceaccounts"]
+  verbs: ["create", "patch"]
 - apiGroups: ["apps"]
   resources: ["statefulsets"]
-  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
+  verbs: ["create", "patch"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
-  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
-# Pool pods: read only (their IPs and readiness, to pull models on each).
+  verbs: ["create", "patch"]
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["create", "patch"]
+# Pool pods: listed and watched (their IPs and readiness, to pull models on each).
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list", "watch"]
 # Events about what it did.
-- apiGroups: ["", "events.k8s.io"]
+- apiGroups: [""]
   resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["create"]
 {{- end }}
 
 {{/* The default pool's Service: the operator names it after the pool. */}}
@@ -227,4 +253,21 @@ watched namespace). Nothing else: no exec, no nodes, no other workloads.
 {{/* A checksum of what the chart-made Secret is made from (not of random values). */}}
 {{- define "tollgate.secretsChecksum" -}}
 {{- list .Values.secrets .Values.postgresql.enabled .Values.postgresql.password .Values.postgresql.username .Values.postgresql.database .Values.redis.enabled .Values.redis.password | toJson | sha256sum }}
+{{- end }}
+
+{{/*
+A label selector string ("k=v,k=v") for the operator's settings: the given labels, else the
+component's selector labels in this release: include "tollgate.podSelector" (list . "gateway" $labels)
+*/}}
+{{- define "tollgate.podSelector" -}}
+{{- $root := index . 0 }}
+{{- $labels := index . 2 }}
+{{- if not $labels }}
+{{- $labels = include "tollgate.selectorLabels" (list $root (index . 1)) | fromYaml }}
+{{- end }}
+{{- $pairs := list }}
+{{- range $k := keys $labels | sortAlpha }}
+{{- $pairs = append $pairs (printf "%s=%s" $k (get $labels $k)) }}
+{{- end }}
+{{- join "," $pairs }}
 {{- end }}

@@ -15,6 +15,8 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from tollgate_gateway.keys.hashing import MIN_PEPPER_LENGTH
+
 WEAK_SECRETS = frozenset({"", "changeme", "change-me", "secret", "admin", "password", "tollgate"})
 
 
@@ -61,6 +63,8 @@ class Settings(BaseSettings):
     upstream_max_connections: int = 1000
 
     default_max_tokens: int = 4096
+    # Prompt tokens reserved per byte of request body for keys with a TPM limit or budget.
+    prompt_bytes_per_token: float = Field(2.0, gt=0)
     concurrency_lease_seconds: float = 15.0
     redis_timeout_seconds: float = 0.5
     redis_failure_policy: RedisFailurePolicy = RedisFailurePolicy.OPEN
@@ -68,12 +72,35 @@ class Settings(BaseSettings):
     usage_batch_size: int = 500
     usage_flush_interval_seconds: float = 0.5
     usage_max_buffer: int = 200_000
-    usage_spool_dir: Path = Path(tempfile.gettempdir()) / "tollgate-usage-spool"
+    # resolved when settings are read, not at import (a read-only root may lack /tmp)
+    usage_spool_dir: Path = Field(
+        default_factory=lambda: Path(tempfile.gettempdir()) / "tollgate-usage-spool"
+    )
+    # Usage rows go to a Redis stream with the settlement (durable from then on) and the
+    # writers drain it; off, they wait in the process's buffer until written.
+    usage_via_redis: bool = True
+    usage_reclaim_seconds: float = Field(30.0, gt=0)
 
     metrics_per_key: bool = False
 
+    # Stored responses (/v1/responses with store): kept this long, then swept.
+    responses_retention_seconds: float = 30 * 86400
+    responses_sweep_interval_seconds: float = 3600.0
     audit_retention_days: int = Field(365, ge=1)
     access_log: bool = True
+    otlp_endpoint: str | None = Field(
+        None,
+        validation_alias=AliasChoices(
+            "TOLLGATE_OTLP_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+        ),
+    )
+    trace_sample_ratio: float = Field(1.0, ge=0.0, le=1.0)
+    otel_service_name: str = Field(
+        "tollgate-gateway",
+        validation_alias=AliasChoices("OTEL_SERVICE_NAME", "TOLLGATE_OTEL_SERVICE_NAME"),
+    )
     access_log_sample: float = Field(1.0, ge=0.0, le=1.0)
 
     @property
@@ -94,6 +121,11 @@ class Settings(BaseSettings):
         jwt = self.jwt_secret.get_secret_value()
         if jwt.lower() in WEAK_SECRETS or len(jwt) < 32:
             reasons.append("JWT_SECRET is empty, a default, or shorter than 32 characters")
+        if len(self.key_pepper.get_secret_value()) < MIN_PEPPER_LENGTH:
+            reasons.append(
+                f"TOLLGATE_KEY_PEPPER is empty or shorter than {MIN_PEPPER_LENGTH} characters "
+                "(the operator must have the same one)"
+            )
         if self.admin_password is not None:
             pw = self.admin_password.get_secret_value()
             if pw.lower() in WEAK_SECRETS or len(pw) < 12:

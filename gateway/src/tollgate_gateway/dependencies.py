@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tollgate_gateway.admin.security import read_token
+from tollgate_gateway.admin.security import read_token, token_current
 from tollgate_gateway.audit.recorder import set_actor
 from tollgate_gateway.config import Settings
 from tollgate_gateway.errors import ApiError
@@ -54,6 +54,8 @@ async def current_user(request: Request, services: ServicesDep, session: Session
     user = await session.get(User, uuid.UUID(claims["sub"]))
     if user is None or user.disabled:
         raise _unauthorized("This account no longer exists or is disabled.")
+    if not token_current(claims, user.password_hash):
+        raise _unauthorized("The password changed since this token was issued; log in again.")
     set_actor(session, f"user:{user.email}", request.scope.get("state", {}).get("request_id"))
     return user
 

@@ -73,11 +73,35 @@ def is_native(path: str) -> bool:
     return path.startswith("/api/")
 
 
+def is_anthropic(path: str) -> bool:
+    return path.startswith("/v1/messages")
+
+
+ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    529: "overloaded_error",
+}
+
+
+def anthropic_body(status: int, message: str) -> bytes:
+    """Anthropic's error shape; the type follows from the status as Anthropic's does."""
+    kind = ANTHROPIC_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
+    return orjson.dumps({"type": "error", "error": {"type": kind, "message": message}})
+
+
 def error_body(
     path: str, status: int, message: str, type_: str, code: str | None, param: str | None
 ) -> bytes:
     if is_native(path):
         return orjson.dumps({"error": message})
+    if is_anthropic(path):
+        return anthropic_body(status, message)
     return orjson.dumps(
         {"error": {"message": message, "type": type_, "param": param, "code": code}}
     )

@@ -20,9 +20,11 @@ from tollgate_gateway.chat.router import PROXY_ROUTES as OPENAI_PROXY_ROUTES
 from tollgate_gateway.chat.router import routes as openai_routes
 from tollgate_gateway.config import RedisFailurePolicy, Settings, get_settings
 from tollgate_gateway.errors import install_handlers
+from tollgate_gateway.messages.router import routes as messages_routes
 from tollgate_gateway.middleware import RequestContextMiddleware, serve_proxy
 from tollgate_gateway.native.router import PROXY_ROUTES as NATIVE_PROXY_ROUTES
 from tollgate_gateway.native.router import routes as native_routes
+from tollgate_gateway.responses.router import routes as responses_routes
 from tollgate_gateway.services import Services
 from tollgate_gateway.storage.db import SchemaState, current_revision, schema_state
 
@@ -72,6 +74,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_handlers(app)
     app.router.routes.extend(openai_routes)
     app.router.routes.extend(native_routes)
+    app.router.routes.extend(responses_routes)
+    app.router.routes.extend(messages_routes)
     app.include_router(admin_router)
     app.include_router(audit_router)
     app.add_api_route("/healthz", healthz, methods=["GET"], include_in_schema=False)
@@ -107,6 +111,7 @@ async def readyz(request: Request) -> Response:
         checks["redis"] = f"error: {type(exc).__name__}"
         metrics.REDIS_UP.set(0)
     checks["change_feed"] = "ok" if services.feed.connected.is_set() else "reconnecting"
+    checks["redis_breaker"] = "open" if services.limiter.breaker.open else "closed"
     required = ["postgres", "schema"]
     if services.settings.redis_failure_policy is RedisFailurePolicy.CLOSED:
         required.append("redis")  # under the open policy requests are served without Redis

@@ -83,6 +83,15 @@ REDIS_LATENCY = Histogram(
     buckets=FAST_BUCKETS,
 )
 REDIS_UP = Gauge("tollgate_redis_up", "1 while Redis answers.", multiprocess_mode="min")
+REDIS_BREAKER_OPEN = Gauge(
+    "tollgate_redis_breaker_open",
+    "1 while the Redis circuit breaker is open (limits are not asked of Redis).",
+    multiprocess_mode="max",
+)
+LIMITS_UNCHECKED = Counter(
+    "tollgate_limits_unchecked_total",
+    "Requests of limited keys served (open policy) or refused (closed) without Redis.",
+)
 DB_LATENCY = Histogram(
     "tollgate_db_duration_seconds",
     "Latency of Postgres operations.",

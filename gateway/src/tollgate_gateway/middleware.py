@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tollgate_gateway import metrics
 from tollgate_gateway.chat.service import error_reply, new_id
 from tollgate_gateway.errors import ApiError, error_response
+from tollgate_gateway.tracing import RequestTrace
 
 if TYPE_CHECKING:
     from tollgate_gateway.chat.schemas import Endpoint
@@ -124,19 +125,30 @@ async def serve_proxy(
         await _send_whole(send, error_reply(path, _too_large_error(max_body)), rid)
         return
     metrics.IN_FLIGHT.inc()
+    watch: _Disconnect | None = None
+    trace: RequestTrace | None = None
     try:
         reply: Reply
         try:
             body = await _read_body(receive, max_body)
             if body is None:
                 return  # the client left before sending its request; nobody to answer
-            reply = await proxy.handle(endpoint, body, authorization, rid.decode())
+            watch = _Disconnect(receive)
+            if proxy.tracing.enabled:
+                trace = proxy.tracing.start("POST", path, scope["headers"], rid.decode())
+            reply = await proxy.handle(endpoint, body, authorization, rid.decode(), trace)
         except BodyTooLarge:
             reply = error_reply(path, _too_large_error(max_body))
         except ApiError as exc:
             reply = error_reply(path, exc)
+        except asyncio.CancelledError:
+            if watch is None or not watch.left():
+                raise
+            return  # the client left while we waited for the model: nobody to answer
         except Exception:
             log.exception("unhandled error on %s", path)
+            if trace is not None:
+                trace.finish(500, "internal_error", {})
             reply = error_reply(
                 path,
                 ApiError(
@@ -146,12 +158,71 @@ async def serve_proxy(
                     code="internal_error",
                 ),
             )
-        if reply.stream is None:
-            await _send_whole(send, reply, rid)
-        else:
-            await _send_stream(send, receive, reply, rid)
+        try:
+            if reply.stream is None:
+                await _send_whole(send, reply, rid)
+            else:
+                await _send_stream(send, reply, rid)
+        except asyncio.CancelledError:
+            if watch is None or not watch.left():
+                raise
     finally:
+        if watch is not None:
+            watch.stop()
         metrics.IN_FLIGHT.dec()
+
+
+class _Disconnect:
+    """Watches for the client going away once its request is read, and cancels the task
+    serving it at once, whatever it waits for (the model's first byte, the next chunk,
+    a send); the proxy then closes the upstream request, which stops the generation, and
+    settles. `left()` tells such a cancellation from any other (and takes it back).
+
+    The watching task starts only once the request has taken `DELAY` seconds: most
+    non-streamed requests are answered sooner and never pay for one, and a client that left
+    meanwhile is seen as soon as it starts."""
+
+    DELAY = 0.05
+    __slots__ = ("_gone", "_receive", "_task", "_timer", "_watcher")
+
+    def __init__(self, receive: Receive) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._task = task
+        self._receive = receive
+        self._gone = False
+        self._watcher: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
+            self.DELAY, self._start
+        )
+
+    def _start(self) -> None:
+        self._timer = None
+        self._watcher = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _watch(self) -> None:
+        while True:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                break
+        if self._watcher is not None:  # not stopped meanwhile: the request is still served
+            self._gone = True
+            self._task.cancel()
+
+    def left(self) -> bool:
+        if self._gone:
+            self._gone = False
+            self._task.uncancel()  # our own cancellation: the client left, the request is over
+            return True
+        return False
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.cancel()
 
 
 async def _read_body(receive: Receive, max_body: int) -> bytes | None:
@@ -193,43 +264,27 @@ async def _send_whole(send: Send, reply: Reply, rid: bytes) -> None:
             reply.after()
 
 
-async def _send_stream(send: Send, receive: Receive, reply: Reply, rid: bytes) -> None:
-    """Relay the chunks as they come. A client that goes away cancels the relay at once,
-    whatever it is waiting for (the proxy then closes the upstream request)."""
+async def _send_stream(send: Send, reply: Reply, rid: bytes) -> None:
+    """Relay the chunks as they come. The stream is closed, and `after` called, whatever
+    happens, even when the response cannot be started."""
     assert reply.stream is not None
-    task = asyncio.current_task()
-    assert task is not None
-    state = {"finished": False, "disconnected": False}
-
-    async def watch() -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                break
-        if not state["finished"]:
-            state["disconnected"] = True
-            task.cancel()
-
-    await send(
-        {
-            "type": "http.response.start",
-            "status": reply.status,
-            "headers": [*reply.headers, (b"x-request-id", rid)],
-        }
-    )
-    watcher = asyncio.get_running_loop().create_task(watch())
     stream = reply.stream
     try:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": reply.status,
+                "headers": [*reply.headers, (b"x-request-id", rid)],
+            }
+        )
         async for chunk in stream:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
-    except asyncio.CancelledError:
-        if not state["disconnected"]:
-            raise
-        task.uncancel()  # our own cancellation: the client left, the request is over
     finally:
-        state["finished"] = True
-        watcher.cancel()
         # Cancelled while sending, the proxy's generator waits at a yield: close it now, so
         # that the upstream request ends and usage is recorded at once.
-        await stream.aclose()
+        try:
+            await stream.aclose()
+        finally:
+            if reply.after is not None:
+                reply.after()

@@ -16,10 +16,15 @@ from tollgate_gateway.chat.service import ProxyService
 from tollgate_gateway.config import Settings
 from tollgate_gateway.keys.service import KeyService
 from tollgate_gateway.limits.service import Limiter
+from tollgate_gateway.messages.service import MessagesService
+from tollgate_gateway.responses.service import ResponsesService
 from tollgate_gateway.storage.changes import ChangeFeed
 from tollgate_gateway.storage.db import check_schema, create_engine
+from tollgate_gateway.storage.responses import ResponseStore
 from tollgate_gateway.storage.upstream import Upstream
+from tollgate_gateway.tracing import Tracing
 from tollgate_gateway.usage.service import UsageService
+from tollgate_gateway.usage.stream import UsageStream
 from tollgate_gateway.usage.writer import UsageWriter
 
 log = logging.getLogger(__name__)
@@ -39,6 +44,9 @@ class Services:
     writer: UsageWriter
     upstream: Upstream
     proxy: ProxyService
+    messages: MessagesService
+    responses: ResponsesService
+    stream: UsageStream | None
     logins: LoginRecorder
     audit_pruner: AuditPruner
 
@@ -71,6 +79,21 @@ class Services:
             settings.usage_max_buffer,
             settings.usage_spool_dir,
         )
+        stream: UsageStream | None = None
+        if settings.usage_via_redis:
+            block = min(settings.usage_flush_interval_seconds, 1.0)
+            drainer = Redis.from_url(  # blocking reads: a timeout longer than the block
+                settings.redis_url,
+                socket_timeout=block + max(2.0, settings.redis_timeout_seconds),
+                socket_connect_timeout=settings.redis_timeout_seconds,
+            )
+            stream = UsageStream(
+                drainer,
+                engine,
+                settings.usage_batch_size,
+                block,
+                settings.usage_reclaim_seconds,
+            )
         upstream = Upstream(
             settings.upstream_connect_timeout_seconds,
             settings.upstream_read_timeout_seconds,
@@ -84,7 +107,19 @@ class Services:
             writer,
             settings.default_max_tokens,
             settings.metrics_per_key,
-            AccessLog(settings.access_log, settings.access_log_sample, settings.log_json),
+            settings.prompt_bytes_per_token,
+            durable_usage=stream is not None,
+            access_log=AccessLog(
+                settings.access_log, settings.access_log_sample, settings.log_json
+            ),
+            tracing=Tracing(
+                settings.otlp_endpoint, settings.trace_sample_ratio, settings.otel_service_name
+            ),
+        )
+        stored = ResponseStore(
+            engine,
+            settings.responses_retention_seconds,
+            settings.responses_sweep_interval_seconds,
         )
         return cls(
             settings,
@@ -99,6 +134,9 @@ class Services:
             writer,
             upstream,
             proxy,
+            MessagesService(proxy),
+            ResponsesService(proxy, stored),
+            stream,
             LoginRecorder(engine),
             AuditPruner(engine, settings.audit_retention_days),
         )
@@ -107,16 +145,24 @@ class Services:
         self.feed.start()
         self.limiter.start()
         await self.writer.start()
+        if self.stream is not None:
+            await self.stream.start()
         await self.catalog.reload()
+        self.responses.store.start()
         self.audit_pruner.start()
 
     async def stop(self) -> None:
         """Graceful stop: finish settlements, flush usage, close clients."""
         await self.audit_pruner.stop()
+        await self.responses.store.stop()
         await self.proxy.drain()
+        if self.stream is not None:
+            await self.stream.stop()
+            await self.stream.close()
         await self.writer.stop()
         await self.limiter.stop()
         await self.feed.stop()
         await self.upstream.close()
+        self.proxy.tracing.shutdown()
         await self.redis.aclose()
         await self.engine.dispose()

@@ -33,13 +33,14 @@ PROPAGATOR = TraceContextTextMapPropagator()
 class RequestTrace:
     """The spans of one request; every method is cheap and never raises into the proxy."""
 
-    __slots__ = ("_tracer", "context", "root", "upstream")
+    __slots__ = ("_tracer", "context", "done", "root", "upstream")
 
     def __init__(self, tracer: trace.Tracer, root: Span) -> None:
         self._tracer = tracer
         self.root = root
         self.context: Context = trace.set_span_in_context(root)
         self.upstream: Span | None = None
+        self.done = False
 
     def step(self, name: str, start_ns: int, end_ns: int, **attributes: Any) -> None:
         """A finished child span (authentication, admission), from its measured times."""
@@ -68,6 +69,9 @@ class RequestTrace:
             self.upstream.add_event("gen_ai.first_token")
 
     def finish(self, status: int, error: str | None, attributes: Mapping[str, Any]) -> None:
+        if self.done:
+            return
+        self.done = True
         for span in (self.upstream, self.root):
             if span is None:
                 continue

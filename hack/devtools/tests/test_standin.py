@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -1065,3 +1066,42 @@ def test_residency_flags_parse() -> None:
     assert (config.max_loaded_models, config.prefill_ms_per_token) == (1, 2.5)
     with pytest.raises(ValueError, match="max_loaded_models"):
         StandinConfig(max_loaded_models=-1)
+
+
+def test_max_loaded_models_evicts_like_real_ollama(
+    ollama_binaries: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """With OLLAMA_MAX_LOADED_MODELS=1, loading a second model unloads the first, in real
+    Ollama v0.24 and in the stand-in alike (what /api/ps shows after each request)."""
+    real = RealOllama(
+        root=tmp_path / "real", binary=ollama_binaries[0], env={"OLLAMA_MAX_LOADED_MODELS": "1"}
+    )
+    config = StandinConfig(
+        port=0, models=("tiny-a", "tiny-b"), version="0.24.0", cpu=True, max_loaded_models=1
+    )
+    try:
+        real.start()
+        real.create_tiny("tiny-a", seed=1)
+        real.create_tiny("tiny-b", seed=2)
+        with standin_in_thread(config) as standin:
+            seen: dict[str, list[list[str]]] = {}
+            for base in (real.url, standin.url):
+                steps = []
+                for model in ("tiny-a", "tiny-b", "tiny-b", "tiny-a"):
+                    body = {
+                        "model": model,
+                        "prompt": "hi",
+                        "stream": False,
+                        "options": {"num_predict": 2},
+                    }
+                    assert httpx.post(base + "/api/generate", json=body, timeout=120).is_success
+                    ps = httpx.get(base + "/api/ps", timeout=10).json()["models"]
+                    steps.append([m["name"] for m in ps])
+                seen[base] = steps
+        assert (
+            seen[real.url]
+            == seen[standin.url]
+            == [["tiny-a:latest"], ["tiny-b:latest"], ["tiny-b:latest"], ["tiny-a:latest"]]
+        )
+    finally:
+        real.stop()

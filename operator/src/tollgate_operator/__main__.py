@@ -1,8 +1,9 @@
 """``tollgate-operator`` / ``python -m tollgate_operator``: run the operator.
 
-Refuses to start unless the database schema is at the gateway's Alembic head (run the
-gateway's migrations first). With leader election on (the default), waits for the Lease
-before handling anything, serving the liveness endpoint meanwhile.
+Refuses to start without a key pepper outside dev mode, and unless the database schema is
+at the gateway's Alembic head (run the gateway's migrations first). With leader election on
+(the default), waits for the Lease before handling anything, serving the liveness endpoint
+meanwhile.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from tollgate_operator.settings import Settings, get_settings
 
 logger = logging.getLogger("tollgate_operator")
 
+EXIT_SETTINGS = 2
 EXIT_SCHEMA = 3
 EXIT_LOST_LEADERSHIP = 4
 
@@ -191,6 +193,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     settings = get_settings()
     configure_logging(settings, args.verbose)
+    reasons = settings.insecure_reasons()
+    if reasons and not settings.dev_mode:
+        for reason in reasons:
+            logger.error("refusing to start: %s", reason)
+        logger.error("Set it, or TOLLGATE_DEV_MODE=true for local development only.")
+        return EXIT_SETTINGS
     namespaces = list(args.namespace)
     if not namespaces and not args.all_namespaces:
         namespaces = [n for n in os.environ.get("TOLLGATE_NAMESPACES", "").split(",") if n]

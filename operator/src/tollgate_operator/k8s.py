@@ -26,6 +26,10 @@ _COLLECTIONS = {
     ("v1", "Secret"): "/api/v1/namespaces/{namespace}/secrets",
     ("v1", "Service"): "/api/v1/namespaces/{namespace}/services",
     ("v1", "Pod"): "/api/v1/namespaces/{namespace}/pods",
+    ("v1", "ServiceAccount"): "/api/v1/namespaces/{namespace}/serviceaccounts",
+    ("networking.k8s.io/v1", "NetworkPolicy"): (
+        "/apis/networking.k8s.io/v1/namespaces/{namespace}/networkpolicies"
+    ),
     ("apps/v1", "StatefulSet"): "/apis/apps/v1/namespaces/{namespace}/statefulsets",
     ("policy/v1", "PodDisruptionBudget"): (
         "/apis/policy/v1/namespaces/{namespace}/poddisruptionbudgets"

@@ -1,7 +1,8 @@
 """Operator settings, read from the environment (one place, typed).
 
 POSTGRES_DSN keeps its plain name (as in the gateway); everything else is TOLLGATE_*.
-TOLLGATE_KEY_PEPPER must be the gateways' pepper, or keys the operator writes never match.
+TOLLGATE_KEY_PEPPER must be the gateways' pepper, or keys the operator writes never match;
+outside dev mode (TOLLGATE_DEV_MODE) the operator refuses to start without one.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from functools import lru_cache
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from tollgate_gateway.keys.hashing import MIN_PEPPER_LENGTH
 
 BACKEND_URL_FIELDS = ("name", "namespace", "port", "cluster_ip")
 
@@ -32,6 +35,8 @@ class Settings(BaseSettings):
     # How long to wait for Postgres at start before giving up (the Pod is restarted).
     startup_db_timeout_seconds: float = 60.0
     key_pepper: SecretStr = SecretStr("")
+    # Local development only: allows running without a pepper.
+    dev_mode: bool = False
 
     # What applications use: the Secret carries OPENAI_BASE_URL = <gateway_url>/v1.
     gateway_url: str = "http://tollgate-gateway.tollgate.svc.cluster.local:8000"
@@ -49,6 +54,30 @@ class Settings(BaseSettings):
     ollama_read_timeout_seconds: float = 300.0
     # Pod security: Ollama runs as this non-root user with HOME on the models volume.
     ollama_uid: int = 1000
+    # Images an OllamaPool's spec.image may name: comma-separated repositories, "*" globs
+    # allowed ("registry.internal/*"); docker.io names are normalized ("ollama/ollama" is
+    # "docker.io/ollama/ollama"). The repository of ollama_image is always allowed.
+    allowed_images: str = "docker.io/ollama/ollama"
+    # Whether a pool's env may read the namespace's Secrets / ConfigMaps (valueFrom).
+    allow_env_from_secrets: bool = False
+    allow_env_from_config_maps: bool = False
+
+    # Every pool gets a NetworkPolicy admitting ingress on the Ollama port only from these
+    # Pods: label selectors ("key=value,key=value") and their namespaces ("*": any; default
+    # the operator's own). Turn it off only where the platform isolates pools otherwise.
+    pool_network_policy: bool = True
+    gateway_pod_selector: str = (
+        "app.kubernetes.io/part-of=tollgate,app.kubernetes.io/component=gateway"
+    )
+    gateway_namespace: str = Field(
+        default_factory=lambda: os.environ.get("POD_NAMESPACE", "default")
+    )
+    operator_pod_selector: str = (
+        "app.kubernetes.io/part-of=tollgate,app.kubernetes.io/component=operator"
+    )
+    operator_namespace: str = Field(
+        default_factory=lambda: os.environ.get("POD_NAMESPACE", "default")
+    )
 
     # Timers: how often each object is re-checked for drift even without changes.
     apikey_resync_seconds: float = 60.0
@@ -88,6 +117,21 @@ class Settings(BaseSettings):
             ) from exc
         return value
 
+    @field_validator("gateway_pod_selector", "operator_pod_selector")
+    @classmethod
+    def _selector(cls, value: str) -> str:
+        parse_selector(value)
+        return value
+
+    def insecure_reasons(self) -> list[str]:
+        """Why these settings are unfit outside dev mode (empty when fine)."""
+        if len(self.key_pepper.get_secret_value()) < MIN_PEPPER_LENGTH:
+            return [
+                f"TOLLGATE_KEY_PEPPER is empty or shorter than {MIN_PEPPER_LENGTH} characters "
+                "(it must be the gateways' pepper)"
+            ]
+        return []
+
     @property
     def pepper(self) -> bytes:
         return self.key_pepper.get_secret_value().encode()
@@ -99,6 +143,21 @@ class Settings(BaseSettings):
     @property
     def insecure_registry_list(self) -> list[str]:
         return [p.strip() for p in self.insecure_registries.split(",") if p.strip()]
+
+    @property
+    def allowed_image_list(self) -> list[str]:
+        return [p.strip() for p in self.allowed_images.split(",") if p.strip()]
+
+
+def parse_selector(value: str) -> dict[str, str]:
+    """ "key=value,key=value" as a dict; at least one pair, no empty keys or values."""
+    labels: dict[str, str] = {}
+    for part in value.split(","):
+        key, sep, val = part.strip().partition("=")
+        if not sep or not key.strip() or not val.strip():
+            raise ValueError(f"a selector is key=value[,key=value...], not {value!r}")
+        labels[key.strip()] = val.strip()
+    return labels
 
 
 @lru_cache

@@ -31,7 +31,8 @@ async def login(
         raise ApiError(401, "Wrong email or password.", code="invalid_credentials")
     await services.logins.success(user.email, user.id, client)
     ttl = services.settings.jwt_ttl_seconds
-    token = issue_token(services.settings.jwt_secret.get_secret_value(), user.id, user.role, ttl)
+    secret = services.settings.jwt_secret.get_secret_value()
+    token = issue_token(secret, user.id, user.role, ttl, user.password_hash)
     return schemas.TokenOut(access_token=token, expires_in=ttl)
 
 

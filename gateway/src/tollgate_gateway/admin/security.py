@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import time
 import uuid
 from typing import Any
@@ -29,10 +31,29 @@ def verify_password(password_hash: str, password: str) -> bool:
 DUMMY_HASH = hash_password("tollgate-timing-equaliser")
 
 
-def issue_token(secret: str, user_id: uuid.UUID, role: str, ttl: int) -> str:
+def password_stamp(password_hash: str) -> str:
+    """A short fingerprint of the user's password hash, carried in their tokens: a new
+    password (a new salted hash) makes every token issued before it invalid."""
+    return hashlib.sha256(password_hash.encode()).hexdigest()[:16]
+
+
+def issue_token(secret: str, user_id: uuid.UUID, role: str, ttl: int, password_hash: str) -> str:
     now = int(time.time())
-    claims = {"sub": str(user_id), "role": role, "iat": now, "exp": now + ttl, "iss": "tollgate"}
+    claims = {
+        "sub": str(user_id),
+        "role": role,
+        "iat": now,
+        "exp": now + ttl,
+        "iss": "tollgate",
+        "pwd": password_stamp(password_hash),
+    }
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
+
+
+def token_current(claims: dict[str, Any], password_hash: str) -> bool:
+    """Was the token issued for the user's current password?"""
+    stamp = claims.get("pwd")
+    return isinstance(stamp, str) and hmac.compare_digest(stamp, password_stamp(password_hash))
 
 
 def read_token(secret: str, token: str) -> dict[str, Any] | None:

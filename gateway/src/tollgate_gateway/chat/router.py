@@ -14,6 +14,7 @@ from starlette.routing import BaseRoute, Route
 
 from tollgate_gateway.chat.schemas import Endpoint
 from tollgate_gateway.chat.service import ProxyService, Reply
+from tollgate_gateway.messages import models
 
 PROXY_ROUTES: dict[str, Endpoint] = {
     "/v1/chat/completions": Endpoint.CHAT,
@@ -52,20 +53,32 @@ def _endpoint(endpoint: Endpoint):  # type: ignore[no-untyped-def]
 
 async def list_models(request: Request) -> Response:
     proxy = _proxy(request)
-    key = await proxy.authenticate(request.headers.get("authorization"))
+    anthropic = models.wants_anthropic(request)
+    if anthropic:
+        key = await models.anthropic_key(proxy, request)
+    else:
+        key = await proxy.authenticate(request.headers.get("authorization"))
+    aliases = [a for a in await proxy.catalog.all() if a.enabled and key.may_use(a.alias)]
+    if anthropic:
+        return Response(orjson.dumps(models.model_list(aliases)), media_type="application/json")
     data = [
         {"id": a.alias, "object": "model", "created": a.created, "owned_by": "tollgate"}
-        for a in await proxy.catalog.all()
-        if a.enabled and key.may_use(a.alias)
+        for a in aliases
     ]
     return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
 
 
 async def get_model(request: Request) -> Response:
     proxy = _proxy(request)
-    key = await proxy.authenticate(request.headers.get("authorization"))
+    anthropic = models.wants_anthropic(request)
+    if anthropic:
+        key = await models.anthropic_key(proxy, request)
+    else:
+        key = await proxy.authenticate(request.headers.get("authorization"))
     name = request.path_params["model"]
     alias = await proxy.resolve(key, name)
+    if anthropic:
+        return Response(orjson.dumps(models.model_info(alias)), media_type="application/json")
     body = {"id": alias.alias, "object": "model", "created": alias.created, "owned_by": "tollgate"}
     return Response(orjson.dumps(body), media_type="application/json")
 

@@ -24,6 +24,8 @@ class Endpoint(StrEnum):
     OLLAMA_EMBED = "api.embed"
     OLLAMA_EMBEDDINGS = "api.embeddings"
     OLLAMA_SHOW = "api.show"
+    RESPONSES = "responses"  # served by the responses package
+    MESSAGES = "messages"  # served by the messages package
 
 
 NATIVE = {

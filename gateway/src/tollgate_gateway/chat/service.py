@@ -6,6 +6,7 @@ through `ProxyService.handle`, so keys, limits and usage are the same on both.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import os
@@ -13,7 +14,6 @@ import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any
 
 import aiohttp
@@ -31,9 +31,17 @@ from tollgate_gateway.errors import (
     model_not_found,
 )
 from tollgate_gateway.keys.service import KeyRecord, KeyService
-from tollgate_gateway.limits.service import Admission, Limiter
+from tollgate_gateway.limits.service import (
+    NOTHING,
+    Admission,
+    Ask,
+    Limiter,
+    nanos_per_token,
+    prompt_estimate,
+)
 from tollgate_gateway.storage.upstream import Upstream, read_body, upstream_error
-from tollgate_gateway.usage.writer import UsageRow, UsageWriter
+from tollgate_gateway.tracing import RequestTrace, Tracing, now_ns
+from tollgate_gateway.usage.writer import UsageRow, UsageWriter, copy_line
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +56,11 @@ UPSTREAM_PATHS = {
     Endpoint.OLLAMA_SHOW: "/api/show",
 }
 ID_PREFIX = {Endpoint.CHAT: "chatcmpl-", Endpoint.COMPLETIONS: "cmpl-"}
+REVOKED = {
+    "message": "The API key was revoked or disabled while this response was streaming.",
+    "type": "invalid_request_error",
+    "code": "invalid_api_key",
+}
 DONE = b"data: [DONE]\n\n"
 WHOLE = {
     Endpoint.EMBEDDINGS,
@@ -107,6 +120,16 @@ def new_id() -> str:
     return f"{n:032x}"
 
 
+def _conform_choices(data: dict[str, Any], endpoint: Endpoint) -> None:
+    """What OpenAI's schema requires and Ollama leaves out: every choice has `logprobs`
+    and every chat message `refusal` (both null here)."""
+    for choice in data.get("choices") or ():
+        choice.setdefault("logprobs", None)
+        message = choice.get("message")
+        if endpoint is Endpoint.CHAT and isinstance(message, dict):
+            message.setdefault("refusal", None)
+
+
 def bearer_key(authorization: str | None) -> str | None:
     if not authorization:
         return None
@@ -116,7 +139,7 @@ def bearer_key(authorization: str | None) -> str | None:
     return token.strip()
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # hashed by identity: held in sets while streaming
 class Call:
     """One proxied request, from admission to its usage row."""
 
@@ -126,6 +149,7 @@ class Call:
     alias: Alias
     parsed: Parsed
     admission: Admission
+    prompt_estimate: int = 0
     started: float = field(default_factory=time.perf_counter)
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -133,6 +157,9 @@ class Call:
     status: int = 200
     error_class: str | None = None
     finished: bool = False
+    revoked: bool = False  # the key was revoked or disabled while the response streamed
+    resp: aiohttp.ClientResponse | None = None
+    trace: RequestTrace | None = None  # only when tracing is on
 
 
 class ProxyService:
@@ -145,7 +172,10 @@ class ProxyService:
         usage: UsageWriter,
         default_max_tokens: int,
         metrics_per_key: bool,
+        prompt_bytes_per_token: float = 2.0,
+        durable_usage: bool = False,
         access_log: AccessLog | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.keys = keys
         self.catalog = catalog
@@ -154,12 +184,22 @@ class ProxyService:
         self.usage = usage
         self._default_max_tokens = default_max_tokens
         self._per_key = metrics_per_key
+        self._durable = durable_usage
+        self._estimate = functools.partial(prompt_estimate, bytes_per_token=prompt_bytes_per_token)
         self._metric_children: dict[tuple[Any, tuple[str, ...]], Any] = {}
         self.access_log = access_log or AccessLog(enabled=False, sample=0, json_lines=False)
+        self.tracing = tracing or Tracing(None, 1.0)
+        # Streams in progress by key digest, so a revocation can end them.
+        self._open: dict[str, set[Call]] = {}
+        self._rechecks: set[asyncio.Task[None]] = set()
+        keys.on_change = self._key_changed
 
     # -- shared steps ------------------------------------------------------------------
     async def authenticate(self, authorization: str | None) -> KeyRecord:
-        key = bearer_key(authorization)
+        return await self.authenticate_key(bearer_key(authorization))
+
+    async def authenticate_key(self, key: str | None) -> KeyRecord:
+        """The key's record; 401 ApiErrors when it is missing or not valid."""
         if key is None:
             metrics.AUTH_FAILURES.inc()
             raise missing_key()
@@ -175,40 +215,90 @@ class ProxyService:
             raise model_not_found(name)
         return alias
 
-    def _reservation(self, key: KeyRecord, alias: Alias, parsed: Parsed, size: int) -> Decimal:
+    def _ask(
+        self, endpoint: Endpoint, key: KeyRecord, alias: Alias, parsed: Parsed, prompt: int
+    ) -> Ask:
+        """What admission reserves for this request (keys with a TPM limit or a budget)."""
+        if key.tpm_limit is None and key.monthly_budget is None:
+            return NOTHING
+        if endpoint in WHOLE:  # embeddings: a prompt and no answer
+            output, least = 0, 0
+        else:
+            output, least = parsed.max_tokens or self._default_max_tokens, 1
         if key.monthly_budget is None or not alias.priced:
-            return Decimal(0)
-        prompt_estimate = size // 3 + 16  # generous: fewer than 3 bytes per token is rare
-        return alias.cost(prompt_estimate, parsed.max_tokens or self._default_max_tokens)
+            return Ask(prompt, output, least)
+        return Ask(
+            prompt,
+            output,
+            least,
+            nanos_per_token(alias.input_price_per_mtok),
+            nanos_per_token(alias.output_price_per_mtok),
+        )
+
+    async def admit(
+        self,
+        endpoint: Endpoint,
+        key: KeyRecord,
+        alias: Alias,
+        parsed: Parsed,
+        size: int,
+        request_id: str,
+    ) -> tuple[Admission, int]:
+        """Admit one request under the key's limits (429 ApiErrors are counted); returns the
+        admission and the prompt estimate (billed when the client leaves before the model
+        server counted the prompt)."""
+        estimate = 0 if endpoint is Endpoint.OLLAMA_SHOW else self._estimate(size)
+        ask = self._ask(endpoint, key, alias, parsed, estimate) if key.limited else NOTHING
+        try:
+            admission = await self.limiter.admit(key, request_id, ask)
+        except ApiError as exc:
+            if exc.status == 429:
+                metrics.LIMIT_REFUSALS.labels(exc.code or exc.type).inc()
+            raise
+        return admission, estimate
 
     async def handle(
-        self, endpoint: Endpoint, raw: bytes, authorization: str | None, request_id: str
+        self,
+        endpoint: Endpoint,
+        raw: bytes,
+        authorization: str | None,
+        request_id: str,
+        trace: RequestTrace | None = None,
     ) -> Reply:
         started = time.perf_counter()
         key: KeyRecord | None = None
         model: str | None = None
         try:
+            begun = now_ns() if trace is not None else 0
             key = await self.authenticate(authorization)
+            if trace is not None:
+                authenticated = now_ns()
+                trace.step("authenticate", begun, authenticated, **{"tollgate.key.id": str(key.id)})
             parsed = parse(endpoint, parse_json(raw))
             model = parsed.model
             alias = await self.resolve(key, parsed.model)
-            reservation = self._reservation(key, alias, parsed, len(raw))
-            try:
-                admission = await self.limiter.admit(key, request_id, reservation)
-            except ApiError as exc:
-                if exc.status == 429:
-                    metrics.LIMIT_REFUSALS.labels(exc.code or exc.type).inc()
-                raise
+            begun = now_ns() if trace is not None else 0
+            admission, estimate = await self.admit(
+                endpoint, key, alias, parsed, len(raw), request_id
+            )
+            if trace is not None:
+                trace.step("admission", begun, now_ns(), **{"tollgate.limited": key.limited})
         except ApiError as exc:
-            self._refused(endpoint, request_id, exc, key, model, started)
+            self._refused(endpoint, request_id, exc, key, model, started, trace)
             raise
-        call = Call(request_id, endpoint, key, alias, parsed, admission)
+        call = Call(request_id, endpoint, key, alias, parsed, admission, estimate)
+        call.trace = trace
         try:
             response = await self._forward(call)
         except ApiError as exc:
             call.status, call.error_class = exc.status, exc.code or exc.type
             self.finish(call)
             exc.headers = {**admission.headers, **exc.headers}
+            raise
+        except asyncio.CancelledError:  # the client left while we waited for the model
+            call.status, call.error_class = 499, "client_disconnected"
+            call.prompt_tokens = call.prompt_tokens or call.prompt_estimate
+            self.finish(call)
             raise
         except BaseException:
             call.status, call.error_class = 499, "cancelled"
@@ -221,7 +311,16 @@ class ProxyService:
     async def _forward(self, call: Call) -> Reply:
         body = call.parsed.body
         body["model"] = call.alias.backend_tag
-        if call.endpoint is Endpoint.CHAT and call.parsed.max_tokens is not None:
+        cap = call.admission.cap
+        if cap is not None and call.endpoint not in WHOLE:
+            # Reserved for exactly this many output tokens: the model may not produce more.
+            if call.endpoint in NATIVE:
+                options = body.get("options")
+                body["options"] = {**(options or {}), "num_predict": cap}
+            else:
+                body["max_tokens"] = cap
+                body.pop("max_completion_tokens", None)
+        elif call.endpoint is Endpoint.CHAT and call.parsed.max_tokens is not None:
             # Ollama reads only max_tokens; newer OpenAI clients send max_completion_tokens.
             body["max_tokens"] = call.parsed.max_tokens
             body.pop("max_completion_tokens", None)
@@ -230,22 +329,40 @@ class ProxyService:
         elif call.endpoint in (Endpoint.OLLAMA_CHAT, Endpoint.OLLAMA_GENERATE):
             body["stream"] = call.parsed.stream
         url = call.alias.backend_url + UPSTREAM_PATHS[call.endpoint]
-        resp = await self.upstream.request("POST", url, orjson.dumps(body))
-        if resp.status != 200:
-            payload = await read_body(resp)
+        carrier = None
+        if call.trace is not None:
+            carrier = call.trace.start_upstream(
+                operation(call.endpoint.value), call.alias.backend_tag, call.alias.backend_url
+            )
+        resp = await self.upstream.request("POST", url, orjson.dumps(body), carrier)
+        if resp.status != 200 or not call.parsed.stream or call.endpoint in WHOLE:
+            try:
+                payload = await read_body(resp)
+            except BaseException:
+                resp.close()  # cancelled (the client left): the model server stops too
+                raise
             resp.release()
-            raise upstream_error(resp.status, payload, call.alias.alias)
-        if not call.parsed.stream or call.endpoint in WHOLE:
-            payload = await read_body(resp)
-            resp.release()
+            if resp.status != 200:
+                raise upstream_error(resp.status, payload, call.alias.alias)
             reply = json_reply(self._rewrite_whole(call, payload))
             # Accounted once sent: metrics, the usage row and the settlement are not what
             # the client waits for (and the duration then includes the response, as named).
             reply.after = functools.partial(self.finish, call)
             return reply
         if call.endpoint in NATIVE:
-            return Reply(200, list(NDJSON_HEADERS), stream=self._ndjson(call, resp))
-        return Reply(200, list(SSE_HEADERS), stream=self._sse(call, resp))
+            reply = Reply(200, list(NDJSON_HEADERS), stream=self._ndjson(call, resp))
+        else:
+            reply = Reply(200, list(SSE_HEADERS), stream=self._sse(call, resp))
+        # A stream that never started (the response could not even begin) ends here.
+        reply.after = functools.partial(self._abandon, call, resp)
+        return reply
+
+    def _abandon(self, call: Call, resp: aiohttp.ClientResponse) -> None:
+        if not call.finished:
+            resp.close()
+            call.status, call.error_class = 499, "client_disconnected"
+            call.prompt_tokens = call.prompt_estimate
+            self.finish(call)
 
     # -- whole responses ---------------------------------------------------------------
     def _rewrite_whole(self, call: Call, payload: bytes) -> bytes:
@@ -271,6 +388,7 @@ class ProxyService:
             call.completion_tokens = int(usage.get("completion_tokens") or 0)
             if call.endpoint in ID_PREFIX:
                 data["id"] = ID_PREFIX[call.endpoint] + new_id()
+                _conform_choices(data, call.endpoint)
                 data["usage"] = {
                     "prompt_tokens": call.prompt_tokens,
                     "completion_tokens": call.completion_tokens,
@@ -298,6 +416,7 @@ class ProxyService:
         chunks = 0
         done = False
         out: list[bytes] = []
+        self.hold_stream(call, resp)
         try:
             pending = b""
             reads = resp.content.iter_any()
@@ -337,8 +456,12 @@ class ProxyService:
                             continue
                     else:
                         chunks += 1
+                        for choice in event.get("choices") or ():
+                            choice.setdefault("logprobs", None)
                         if call.ttft is None:
                             call.ttft = time.perf_counter() - call.started
+                            if call.trace is not None:
+                                call.trace.first_token()
                         if include_usage:
                             event["usage"] = None
                     out.append(b"data: " + orjson.dumps(event) + b"\n\n")
@@ -351,24 +474,31 @@ class ProxyService:
             if not done:
                 raise aiohttp.ClientPayloadError("stream ended without [DONE]")
         except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError):
-            call.status, call.error_class = 502, "upstream_stream_error"
-            metrics.UPSTREAM_ERRORS.labels("stream").inc()
-            error = {
-                "error": {
-                    "message": "The model server connection broke mid-stream.",
-                    "type": "server_error",
-                    "param": None,
-                    "code": "upstream_error",
+            if call.revoked:
+                call.status, call.error_class = 401, "key_revoked"
+                error = {"error": {**REVOKED, "param": None}}
+            else:
+                call.status, call.error_class = 502, "upstream_stream_error"
+                metrics.UPSTREAM_ERRORS.labels("stream").inc()
+                error = {
+                    "error": {
+                        "message": "The model server connection broke mid-stream.",
+                        "type": "server_error",
+                        "param": None,
+                        "code": "upstream_error",
+                    }
                 }
-            }
             out.append(b"data: " + orjson.dumps(error) + b"\n\n")  # after the good events
             yield b"".join(out)
         except BaseException:
             call.status, call.error_class = 499, "client_disconnected"
             raise
         finally:
+            if not done:  # disconnected before the usage chunk: the prompt and the answer so far
+                call.prompt_tokens = call.prompt_tokens or call.prompt_estimate
             if call.completion_tokens == 0:
-                call.completion_tokens = chunks  # disconnected before the usage chunk: count so far
+                call.completion_tokens = chunks
+            self.release_stream(call)
             self._close_upstream(resp, done)
             self.finish(call)
 
@@ -379,6 +509,7 @@ class ProxyService:
         chunks = 0
         done = False
         out: list[bytes] = []
+        self.hold_stream(call, resp)
         try:
             pending = b""
             reads = resp.content.iter_any()
@@ -405,6 +536,8 @@ class ProxyService:
                     event["model"] = alias
                     if call.ttft is None:
                         call.ttft = time.perf_counter() - call.started
+                        if call.trace is not None:
+                            call.trace.first_token()
                     if event.get("done"):
                         done = True
                         call.prompt_tokens = int(event.get("prompt_eval_count") or 0)
@@ -419,18 +552,59 @@ class ProxyService:
             if not done:
                 raise aiohttp.ClientPayloadError("stream ended before done")
         except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError):
-            call.status, call.error_class = 502, "upstream_stream_error"
-            metrics.UPSTREAM_ERRORS.labels("stream").inc()
-            out.append(b'{"error":"the model server connection broke mid-stream"}\n')
+            if call.revoked:
+                call.status, call.error_class = 401, "key_revoked"
+                out.append(orjson.dumps({"error": REVOKED["message"]}) + b"\n")
+            else:
+                call.status, call.error_class = 502, "upstream_stream_error"
+                metrics.UPSTREAM_ERRORS.labels("stream").inc()
+                out.append(b'{"error":"the model server connection broke mid-stream"}\n')
             yield b"".join(out)
         except BaseException:
             call.status, call.error_class = 499, "client_disconnected"
             raise
         finally:
-            if not done:
+            if not done:  # disconnected before the last chunk: the prompt and the answer so far
+                call.prompt_tokens = call.prompt_tokens or call.prompt_estimate
                 call.completion_tokens = chunks
+            self.release_stream(call)
             self._close_upstream(resp, done)
             self.finish(call)
+
+    # -- revocation of streams in progress ------------------------------------------------
+    def hold_stream(self, call: Call, resp: aiohttp.ClientResponse) -> None:
+        call.resp = resp
+        self._open.setdefault(call.key.key_hash, set()).add(call)
+
+    def release_stream(self, call: Call) -> None:
+        held = self._open.get(call.key.key_hash)
+        if held is not None:
+            held.discard(call)
+            if not held:
+                del self._open[call.key.key_hash]
+
+    def _key_changed(self, digest: str | None) -> None:
+        """A key changed (None: maybe any): look again at those with streams open."""
+        targets = list(self._open) if digest is None else [digest] if digest in self._open else []
+        for target in targets:
+            task = asyncio.get_running_loop().create_task(self._recheck(target))
+            self._rechecks.add(task)
+            task.add_done_callback(self._rechecks.discard)
+
+    async def _recheck(self, digest: str) -> None:
+        try:
+            record = await self.keys.fresh(digest)
+        except Exception as exc:  # the database is away: the streams go on
+            log.warning("could not recheck a key with open streams: %s", exc)
+            return
+        if record is not None and record.usable():
+            return
+        for call in list(self._open.get(digest, ())):
+            # Closing the upstream ends the stream's read at once; the stream then sends
+            # the revocation error event and settles.
+            call.revoked = True
+            if call.resp is not None:
+                call.resp.close()
 
     @staticmethod
     def _close_upstream(resp: aiohttp.ClientResponse, complete: bool) -> None:
@@ -464,6 +638,8 @@ class ProxyService:
         if self._per_key:
             metrics.KEY_REQUESTS.labels(str(call.key.id), alias.alias).inc()
         self._genai(call, elapsed)
+        if call.trace is not None:
+            call.trace.finish(call.status, call.error_class, self._span_attributes(call))
         if self.access_log.wanted(call.status):
             self.access_log.write(
                 {
@@ -484,27 +660,31 @@ class ProxyService:
                     "streamed": call.parsed.stream,
                 }
             )
-        self.usage.record(
-            UsageRow(
-                ts=datetime.now(UTC),
-                request_id=call.request_id,
-                key_id=call.key.id,
-                app=call.key.app,
-                alias=alias.alias,
-                backend_tag=alias.backend_tag,
-                endpoint=endpoint,
-                status=call.status,
-                prompt_tokens=call.prompt_tokens,
-                completion_tokens=call.completion_tokens,
-                cost=cost,
-                latency_ms=elapsed * 1000,
-                ttft_ms=call.ttft * 1000 if call.ttft is not None else None,
-                streamed=call.parsed.stream,
-                error_class=call.error_class,
-            )
+        row = UsageRow(
+            ts=datetime.now(UTC),
+            request_id=call.request_id,
+            key_id=call.key.id,
+            app=call.key.app,
+            alias=alias.alias,
+            backend_tag=alias.backend_tag,
+            endpoint=endpoint,
+            status=call.status,
+            prompt_tokens=call.prompt_tokens,
+            completion_tokens=call.completion_tokens,
+            cost=cost,
+            latency_ms=elapsed * 1000,
+            ttft_ms=call.ttft * 1000 if call.ttft is not None else None,
+            streamed=call.parsed.stream,
+            error_class=call.error_class,
         )
+        tokens = call.prompt_tokens + call.completion_tokens
+        if self._durable:  # the row goes to Redis with the settlement, else to the buffer
+            lost = functools.partial(self.usage.record, row)
+            self.limiter.settle(call.admission, tokens, cost, copy_line(row), lost)
+            return
+        self.usage.record(row)
         if call.admission.tracked or call.key.tpm_limit or call.key.monthly_budget is not None:
-            self.limiter.settle(call.admission, call.prompt_tokens + call.completion_tokens, cost)
+            self.limiter.settle(call.admission, tokens, cost)
 
     def _refused(
         self,
@@ -514,8 +694,14 @@ class ProxyService:
         key: KeyRecord | None,
         model: str | None,
         started: float,
+        trace: RequestTrace | None = None,
     ) -> None:
-        """The access line of a request refused before it reached a backend."""
+        """The access line (and the trace) of a request refused before it reached a backend."""
+        if trace is not None:
+            attributes = {"tollgate.request_id": request_id, "tollgate.alias": model}
+            if key is not None:
+                attributes["tollgate.key.id"] = str(key.id)
+            trace.finish(exc.status, exc.code or exc.type, attributes)
         if not self.access_log.wanted(exc.status):
             return
         self.access_log.write(
@@ -537,6 +723,27 @@ class ProxyService:
                 "streamed": False,
             }
         )
+
+    @staticmethod
+    def _span_attributes(call: Call) -> dict[str, Any]:
+        """GenAI and Tollgate attributes of a request's spans: ids, never a key or prompt."""
+        return {
+            "gen_ai.operation.name": operation(call.endpoint.value),
+            "gen_ai.provider.name": "ollama",
+            "gen_ai.request.model": call.alias.backend_tag,
+            "gen_ai.response.model": call.alias.backend_tag,
+            "gen_ai.usage.input_tokens": call.prompt_tokens,
+            "gen_ai.usage.output_tokens": call.completion_tokens,
+            "gen_ai.request.max_tokens": call.parsed.max_tokens,
+            "tollgate.request_id": call.request_id,
+            "tollgate.key.id": str(call.key.id),
+            "tollgate.app": call.key.app,
+            "tollgate.alias": call.alias.alias,
+            "tollgate.endpoint": call.endpoint.value,
+            "tollgate.replica": call.alias.backend_url,
+            "tollgate.streamed": call.parsed.stream,
+            "tollgate.ttft_ms": None if call.ttft is None else round(call.ttft * 1000, 3),
+        }
 
     def _genai(self, call: Call, elapsed: float) -> None:
         """The OpenTelemetry GenAI metrics of one request."""

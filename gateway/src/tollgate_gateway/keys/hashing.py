@@ -1,8 +1,14 @@
 """API key format and hashing. Shared by the gateway and the operator.
 
 A key is ``tg-`` followed by 43 URL-safe characters: 32 random bytes (256 bits).
-Only its hash is stored: SHA-256, or HMAC-SHA-256 with a server-side pepper when
-TOLLGATE_KEY_PEPPER is set (every gateway and the operator must then share it).
+Only its hash is stored: HMAC-SHA-256 with a server-side pepper (TOLLGATE_KEY_PEPPER, which
+every gateway and the operator share and which is required outside dev mode), so a leaked
+table cannot be checked against guesses, not even for short keys people chose themselves.
+Plain SHA-256 only when there is no pepper (dev mode).
+
+What is shown of a key (lists, status, Events): for a generated key its first characters
+(``tg-`` and 8 of its 43 random ones); for a key a person supplied, a fingerprint of its
+hash, never characters of the key.
 """
 
 from __future__ import annotations
@@ -26,9 +32,19 @@ def hash_key(key: str, pepper: bytes = b"") -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+FINGERPRINT_PREFIX = "fp-"
+MIN_PEPPER_LENGTH = 16
+
+
 def display_prefix(key: str) -> str:
-    """The non-secret start of a key, shown in lists so people can tell keys apart."""
+    """The non-secret start of a generated key, shown so people can tell keys apart."""
     return key[:DISPLAY_PREFIX_LEN]
+
+
+def key_fingerprint(key_hash: str) -> str:
+    """What is shown of a key a person supplied: derived from its (peppered) hash only."""
+    digest = hashlib.sha256(b"tollgate-key-fingerprint:" + key_hash.encode()).hexdigest()
+    return FINGERPRINT_PREFIX + digest[:10]
 
 
 def hashes_equal(a: str, b: str) -> bool:

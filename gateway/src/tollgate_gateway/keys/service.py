@@ -14,6 +14,7 @@ import re
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -55,11 +56,15 @@ class KeyRecord:
     revoked: bool
     prefix: str = field(default="", compare=False)  # the display prefix, for logs
     limited: bool = field(init=False, compare=False, repr=False)
+    tracked: bool = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         # Asked on every request: worked out once per record.
         limits = (self.rate_limit_rpm, self.tpm_limit, self.concurrency_limit, self.monthly_budget)
         object.__setattr__(self, "limited", any(v is not None for v in limits))
+        # Held in flight (a lease, with reservations) from admission to settlement.
+        held = (self.tpm_limit, self.concurrency_limit, self.monthly_budget)
+        object.__setattr__(self, "tracked", any(v is not None for v in held))
 
     @property
     def has_limits(self) -> bool:
@@ -104,6 +109,8 @@ class KeyService:
         self._cache: OrderedDict[str, tuple[KeyRecord | None, float]] = OrderedDict()
         self._generation = 0
         self.feed_healthy = False
+        # Told of every change the feed announces: a key's digest, or None for "any key".
+        self.on_change: Callable[[str | None], None] | None = None
 
     def hash(self, key: str) -> str:
         return hash_key(key, self._pepper)
@@ -140,10 +147,18 @@ class KeyService:
                 self._cache.popitem(last=False)
         return record
 
+    async def fresh(self, digest: str) -> KeyRecord | None:
+        """The key's record as the database has it now (and cached)."""
+        return await self._load(digest)
+
     def invalidate(self, digest: str) -> None:
         self._generation += 1
         self._cache.pop(digest, None)
+        if self.on_change is not None:
+            self.on_change(digest)
 
     def invalidate_all(self) -> None:
         self._generation += 1
         self._cache.clear()
+        if self.on_change is not None:
+            self.on_change(None)

@@ -1,18 +1,27 @@
 -- Atomic admission for one request of one key. Checks every limit first, then
 -- applies all of them, so a refused request consumes nothing.
--- KEYS: 1 rpm zset (request id -> arrival ms)   2 tpm hash (unix second -> tokens)
---       3 in-flight zset (request id -> lease expiry ms)   4 reservations hash (request id -> nanos)
---       5 month spend string (nanos)
+-- KEYS: 1 rpm zset (member -> arrival ms)   2 tpm hash (unix second -> tokens charged)
+--       3 in-flight zset (member -> lease expiry ms)   4 reservations hash (member -> nanos)
+--       5 month spend string (nanos)   6 token reservations hash (member -> tokens)
 -- ARGV: 1 now ms  2 rpm limit  3 tpm limit  4 concurrency limit (0 = none)  5 lease ms
---       6 request id  7 budget nanos (-1 = none)  8 reservation nanos  9 seed nanos (-1 = unknown)
---       10 month key ttl s
--- Returns {code, a, b, c, d, e}: code 0 admitted {rpm used, rpm reset ms, tpm used, tpm reset ms};
--- 1 rpm refused, 2 tpm refused, 3 concurrency refused, 4 budget refused {retry ms, ...};
--- -1 the month's spend must be seeded from Postgres first.
+--       6 member  7 budget nanos (-1 = none)  8 seed nanos (-1 = unknown)  9 month key ttl s
+--       10 prompt tokens (the estimate)  11 output tokens asked for  12 fewest output tokens
+--       worth admitting (0 for embeddings)  13 input nanos per token  14 output nanos per token
+-- Returns {code, a, b, c, d, e}: code 0 admitted {rpm used, rpm reset ms, tpm used, tpm reset
+-- ms, output cap}; 1 rpm refused, 2 tpm refused, 3 concurrency refused, 4 budget refused
+-- {retry ms, ...}; -1 the month's spend must be seeded from Postgres first.
+--
+-- Tokens and money are reserved for the request's whole possible size: the prompt estimate
+-- plus the output cap, which is clamped to what the key has left and which the gateway
+-- sends upstream. So (charged in the last 60 s + reserved in flight) never exceeds the TPM
+-- limit, and (spent + reserved) never exceeds the budget, as long as real prompts are no
+-- larger than their estimate; settlement replaces a reservation by the real, smaller charge.
 local now = tonumber(ARGV[1])
 local rpm, tpm, conc = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local lease, rid = tonumber(ARGV[5]), ARGV[6]
-local budget, reserve, seed = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+local lease, member = tonumber(ARGV[5]), ARGV[6]
+local budget, seed = tonumber(ARGV[7]), tonumber(ARGV[8])
+local prompt, cap, least = tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12])
+local in_price, out_price = tonumber(ARGV[13]), tonumber(ARGV[14])
 local window = 60000
 
 local rpm_used, rpm_reset = 0, 0
@@ -25,6 +34,23 @@ if rpm > 0 then
   end
   if rpm_used >= rpm then
     return {1, rpm_reset, rpm_used, 0, 0, 0}
+  end
+end
+
+local tracked = conc > 0 or budget >= 0 or tpm > 0
+if tracked then
+  local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)
+  for _, dead in ipairs(expired) do
+    redis.call('HDEL', KEYS[4], dead)
+    redis.call('HDEL', KEYS[6], dead)
+  end
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+  if conc > 0 then
+    local n = redis.call('ZCARD', KEYS[3])
+    if n >= conc then
+      local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+      return {3, math.min(1000, tonumber(first[2]) - now), n, 0, 0, 0}
+    end
   end
 end
 
@@ -43,55 +69,57 @@ if tpm > 0 then
     end
   end
   if oldest ~= nil then tpm_reset = (oldest + 61) * 1000 - now end
-  if tpm_used >= tpm then
-    return {2, tpm_reset, tpm_used, 0, 0, 0}
+  for _, v in ipairs(redis.call('HVALS', KEYS[6])) do tpm_used = tpm_used + tonumber(v) end
+  local left = tpm - tpm_used - prompt
+  if left < least then
+    -- What is in flight is released when it ends; what was charged, when it leaves the window.
+    local retry = tpm_reset
+    if retry <= 0 then retry = 1000 end
+    return {2, retry, tpm_used, prompt, 0, 0}
   end
+  if cap > left then cap = left end
 end
 
-local tracked = conc > 0 or budget >= 0
-local reserved = 0
-if tracked then
-  local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)
-  for _, dead in ipairs(expired) do redis.call('HDEL', KEYS[4], dead) end
-  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
-  if conc > 0 then
-    local n = redis.call('ZCARD', KEYS[3])
-    if n >= conc then
-      local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
-      return {3, math.min(1000, tonumber(first[2]) - now), n, 0, 0, 0}
-    end
-  end
-end
-
-local spent = 0
+local spent, reserved = 0, 0
 if budget >= 0 then
   local value = redis.call('GET', KEYS[5])
   if value == false then
     if seed < 0 then return {-1, 0, 0, 0, 0, 0} end
-    redis.call('SET', KEYS[5], seed, 'EX', tonumber(ARGV[10]))
+    redis.call('SET', KEYS[5], seed, 'EX', tonumber(ARGV[9]))
     spent = seed
   else
     spent = tonumber(value)
   end
   for _, v in ipairs(redis.call('HVALS', KEYS[4])) do reserved = reserved + tonumber(v) end
-  -- Admit while anything is left: a concurrent burst overshoots by at most one reservation.
-  if spent + reserved >= budget then
+  local left = budget - spent - reserved
+  if left <= 0 or left < prompt * in_price + least * out_price then
     return {4, 0, spent, reserved, 0, 0}
   end
+  if out_price > 0 then
+    local affordable = math.floor((left - prompt * in_price) / out_price)
+    if cap > affordable then cap = affordable end
+  end
 end
+if cap < 0 then cap = 0 end
 
 if rpm > 0 then
-  redis.call('ZADD', KEYS[1], now, rid)
+  redis.call('ZADD', KEYS[1], now, member)
   redis.call('PEXPIRE', KEYS[1], window)
   rpm_used = rpm_used + 1
   if rpm_reset == 0 then rpm_reset = window end
 end
 if tracked then
-  redis.call('ZADD', KEYS[3], now + lease, rid)
+  redis.call('ZADD', KEYS[3], now + lease, member)
   redis.call('PEXPIRE', KEYS[3], lease * 4)
   if budget >= 0 then
-    redis.call('HSET', KEYS[4], rid, reserve)
+    redis.call('HSET', KEYS[4], member, math.ceil(prompt * in_price + cap * out_price))
     redis.call('PEXPIRE', KEYS[4], lease * 4)
   end
+  if tpm > 0 then
+    redis.call('HSET', KEYS[6], member, prompt + cap)
+    redis.call('PEXPIRE', KEYS[6], lease * 4)
+    tpm_used = tpm_used + prompt + cap
+    if tpm_reset <= 0 then tpm_reset = window end
+  end
 end
-return {0, rpm_used, rpm_reset, tpm_used, tpm_reset, spent + reserved + reserve}
+return {0, rpm_used, rpm_reset, tpm_used, tpm_reset, cap}

@@ -16,8 +16,12 @@ import collections
 import contextlib
 import functools
 import hashlib
+import itertools
 import logging
+import math
+import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -35,6 +39,8 @@ from tollgate_gateway import metrics
 from tollgate_gateway.config import RedisFailurePolicy
 from tollgate_gateway.errors import ApiError
 from tollgate_gateway.keys.service import KeyRecord
+from tollgate_gateway.limits.breaker import Breaker
+from tollgate_gateway.usage.stream import STREAM as USAGE_STREAM
 
 log = logging.getLogger(__name__)
 NANOS = Decimal(1_000_000_000)
@@ -55,6 +61,35 @@ def format_duration(ms: float) -> str:
         return f"{seconds:.3g}s"
     minutes, rest = divmod(int(seconds), 60)
     return f"{minutes}m{rest}s"
+
+
+def prompt_estimate(body_bytes: int, bytes_per_token: float) -> int:
+    """The prompt tokens reserved for a request of this size: one per `bytes_per_token`
+    bytes of the whole request body, rounded up. With 1 byte per token this is an upper
+    bound for byte-level tokenizers (every token covers at least one byte of text, and the
+    JSON around each message is longer than its chat-template tokens)."""
+    return math.ceil(body_bytes / bytes_per_token)
+
+
+def nanos_per_token(price_per_mtok: Decimal) -> float:
+    """A price per million tokens as nano-units per token (what the scripts count in)."""
+    return float(price_per_mtok * 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class Ask:
+    """What an admission reserves: the prompt estimate plus the output it may produce
+    (`output`, clamped by the script to what the key has left, but never below `least`),
+    priced per token in nano-units for the budget."""
+
+    prompt: int = 0
+    output: int = 0
+    least: int = 1
+    input_nanos: float = 0.0
+    output_nanos: float = 0.0
+
+
+NOTHING = Ask(least=0)
 
 
 def month_start(now: datetime) -> datetime:
@@ -117,15 +152,18 @@ class _Pipe(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail(RedisConnectionError("Connection closed by server."))
 
-    def send(self, command: bytes) -> asyncio.Future[Any]:
-        """Queue a command, written with the others of this event-loop turn in one write."""
+    def send(self, command: bytes, urgent: bool = False) -> asyncio.Future[Any]:
+        """Queue a command, written with the others of this event-loop turn in one write
+        (`urgent`: written now, with whatever is queued)."""
         future: asyncio.Future[Any] = self._loop.create_future()
         if self.closed:
             future.set_exception(RedisConnectionError("Connection closed."))
             return future
-        if not self._outgoing:
+        if not self._outgoing and not urgent:
             self._loop.call_soon(self._flush)
         self._outgoing.append(command)
+        if urgent:
+            self._flush()
         deadline = self._loop.time() + self._timeout
         self._pending.append((future, deadline))
         if self._watch is None:
@@ -193,25 +231,26 @@ class ScriptClient:
         return redis.connection_pool.connection_class in (Connection, UnixDomainSocketConnection)
 
     async def _connect(self) -> _Pipe:
-        if self._connecting is not None:  # another caller is connecting: share its outcome
-            return await asyncio.shield(self._connecting)
+        """The new connection, opened by a task of its own that every caller shares: a
+        caller cancelled meanwhile leaves the others waiting for a real outcome."""
+        connecting = self._connecting
+        if connecting is None:
+            connecting = self._connecting = asyncio.ensure_future(self._open_pipe())
+            connecting.add_done_callback(self._connect_done)
+        return await asyncio.shield(connecting)
+
+    def _connect_done(self, connecting: asyncio.Future[_Pipe]) -> None:
+        self._connecting = None
+        if not connecting.cancelled():
+            connecting.exception()  # marked as seen: every waiter may have gone
+
+    async def _open_pipe(self) -> _Pipe:
         loop = asyncio.get_running_loop()
-        connecting = self._connecting = loop.create_future()
         try:
             pipe = await asyncio.wait_for(self._open(loop), self._connect_timeout)
-        except (OSError, TimeoutError, RedisError) as exc:
-            error = (
-                exc
-                if isinstance(exc, RedisError)
-                else RedisConnectionError(f"Error connecting to Redis: {exc!r}")
-            )
-            connecting.set_exception(error)
-            connecting.exception()  # marked as seen: nobody else may be waiting
-            raise error from exc
-        finally:
-            self._connecting = None
+        except (OSError, TimeoutError) as exc:
+            raise RedisConnectionError(f"Error connecting to Redis: {exc!r}") from exc
         self._pipe = pipe
-        connecting.set_result(pipe)
         return pipe
 
     async def _open(self, loop: asyncio.AbstractEventLoop) -> _Pipe:
@@ -236,14 +275,19 @@ class ScriptClient:
         return _pack(("EVALSHA", script.sha, len(keys), *keys, *args))
 
     def send(
-        self, script: Script, keys: list[str], args: list[Any], load: bool = False
+        self,
+        script: Script,
+        keys: list[str],
+        args: list[Any],
+        load: bool = False,
+        urgent: bool = False,
     ) -> asyncio.Future[Any]:
         """Run the script without waiting: its raw reply (a `ResponseError` instance when
         the script failed) or a connection/timeout error, as a future."""
         pipe = self._pipe
         if pipe is None or pipe.closed:
             return asyncio.ensure_future(self._send_connecting(script, keys, args, load))
-        return pipe.send(self._command(script, keys, args, load))
+        return pipe.send(self._command(script, keys, args, load), urgent)
 
     async def _send_connecting(
         self, script: Script, keys: list[str], args: list[Any], load: bool
@@ -290,16 +334,41 @@ class Script:
 
 @dataclass(slots=True)
 class Admission:
-    """An admitted request; settle() it exactly once when it ends."""
+    """An admitted request; settle() it exactly once when it ends. `member` is the
+    limiter's own identity of the request (its Redis set member and `_inflight` key):
+    generated here, never taken from the client, so repeating a request id sidesteps
+    nothing. `request_id` is only for logs."""
 
     key: KeyRecord
     request_id: str
     tracked: bool
     headers: dict[str, str] = field(default_factory=dict)
     settled: bool = False
+    member: str = ""
+    cap: int | None = None  # the output cap to send upstream; None: the client's own
 
 
 _LOAD, _RETRIED = 1, 2  # settlement attempts: sent as EVAL; sent again after a broken connection
+
+
+@dataclass(slots=True)
+class _Settlement:
+    """One settlement on its way to Redis (retried once after a broken connection)."""
+
+    request_id: str
+    script: Script
+    keys: list[str]
+    args: list[Any]
+    lost: Callable[[], None] | None
+    urgent: bool
+    started: float = field(default_factory=time.perf_counter)
+
+    def give_up(self) -> None:
+        """The row may not be in Redis: hand it to the fallback (duplicates, rarely, over
+        losses: a timed-out script may still have run)."""
+        lost, self.lost = self.lost, None
+        if lost is not None:
+            lost()
 
 
 class Limiter:
@@ -309,13 +378,17 @@ class Limiter:
         spend: SpendSource,
         policy: RedisFailurePolicy,
         lease_seconds: float,
+        breaker: Breaker | None = None,
     ) -> None:
         self._redis = redis
+        self.breaker = breaker or Breaker()
         self._spend = spend
         self._policy = policy
         self._lease_ms = int(lease_seconds * 1000)
         self._admit_script = Script.load("admit.lua")
         self._settle_script = Script.load("settle.lua")
+        self._usage_script = Script.load("usage.lua")
+        self._renew = redis.register_script(Script.load("renew.lua").source)
         self._client: ScriptClient | None = None
         if ScriptClient.supports(redis):
             timeout = redis.connection_pool.connection_kwargs.get("socket_timeout")
@@ -323,7 +396,11 @@ class Limiter:
         else:
             self._admit = redis.register_script(self._admit_script.source)
             self._settle = redis.register_script(self._settle_script.source)
+            self._usage = redis.register_script(self._usage_script.source)
         self._inflight: dict[str, Admission] = {}
+        # Members: a random per-process prefix and a counter, unique across replicas.
+        self._member_prefix = os.urandom(6).hex() + ":"
+        self._member_seq = itertools.count(1)
         self._settling: set[asyncio.Future[Any]] = set()
         self._names: dict[Any, tuple[str, list[str]]] = {}
         self._latency_children: dict[str, Any] = {}
@@ -354,19 +431,28 @@ class Limiter:
         return len(self._inflight)
 
     # -- admission -------------------------------------------------------------------
-    async def admit(self, key: KeyRecord, request_id: str, reservation: Decimal) -> Admission:
+    async def admit(self, key: KeyRecord, request_id: str, ask: Ask = NOTHING) -> Admission:
         if not key.has_limits:
             return Admission(key, request_id, tracked=False)
+        if not self.breaker.allow():
+            metrics.LIMITS_UNCHECKED.inc()
+            return self._unchecked(key, request_id)
+        member = f"{self._member_prefix}{next(self._member_seq)}"
         started = time.perf_counter()
         try:
-            result = await self._run_admit(key, request_id, reservation, seed=-1)
+            result = await self._run_admit(key, member, ask, seed=-1)
             if result[0] == -1:
                 now = datetime.now(UTC)
                 seed = await self._spend.month_spend(key.id, month_start(now))
-                result = await self._run_admit(key, request_id, reservation, int(seed * NANOS))
+                result = await self._run_admit(key, member, ask, int(seed * NANOS))
         except (TimeoutError, RedisError, OSError) as exc:
+            if not isinstance(exc, ResponseError):
+                self._failed()
             return self._redis_down(key, request_id, exc)
         self._latency("admit").observe(time.perf_counter() - started)
+        if self.breaker.success():
+            log.warning("redis answers again: circuit breaker closed")
+            metrics.REDIS_BREAKER_OPEN.set(0)
         if not self.redis_up:
             log.warning("redis is back; limits are enforced again")
             self.redis_up = True
@@ -374,28 +460,32 @@ class Limiter:
         code = int(result[0])
         if code != 0:
             raise self._refusal(key, code, result)
-        tracked = key.concurrency_limit is not None or key.monthly_budget is not None
-        admission = Admission(key, request_id, tracked, self._headers(key, result))
+        tracked = key.tracked
+        admission = Admission(key, request_id, tracked, self._headers(key, result), member=member)
+        if key.tpm_limit is not None or key.monthly_budget is not None:
+            admission.cap = int(result[5])
         if tracked:
-            self._inflight[request_id] = admission
+            self._inflight[member] = admission
         return admission
 
-    async def _run_admit(
-        self, key: KeyRecord, request_id: str, reservation: Decimal, seed: int
-    ) -> list[Any]:
+    async def _run_admit(self, key: KeyRecord, member: str, ask: Ask, seed: int) -> list[Any]:
         budget = -1 if key.monthly_budget is None else int(key.monthly_budget * NANOS)
         keys = self._keys(key)
-        args: list[int | str] = [
+        args: list[int | float | str] = [
             int(time.time() * 1000),
             key.rate_limit_rpm or 0,
             key.tpm_limit or 0,
             key.concurrency_limit or 0,
             self._lease_ms,
-            request_id,
+            member,
             budget,
-            int(reservation * NANOS),
             seed,
             MONTH_TTL,
+            ask.prompt,
+            ask.output,
+            ask.least,
+            ask.input_nanos,
+            ask.output_nanos,
         ]
         if self._client is not None:
             result: list[Any] = await self._client.run(self._admit_script, keys, args)
@@ -425,17 +515,32 @@ class Limiter:
             f"{base}:inflight",
             f"{base}:resv",
             f"{base}:spend:{month}",
+            f"{base}:tresv",
         ]
         if len(self._names) >= 100_000:
             self._names.clear()
         self._names[key.id] = (month, names)
         return names
 
+    def _failed(self) -> None:
+        """A Redis call failed: count it against the circuit breaker."""
+        if self.breaker.failure():
+            log.error(
+                "redis keeps failing: circuit breaker open, limits are %s without waiting on "
+                "redis until a probe succeeds",
+                "not enforced" if self._policy is RedisFailurePolicy.OPEN else "refused (503)",
+            )
+            metrics.REDIS_BREAKER_OPEN.set(1)
+
     def _redis_down(self, key: KeyRecord, request_id: str, exc: BaseException) -> Admission:
         if self.redis_up:
             log.error("redis unavailable (%s); limits policy is %r", exc, self._policy.value)
         self.redis_up = False
         metrics.REDIS_UP.set(0)
+        return self._unchecked(key, request_id)
+
+    def _unchecked(self, key: KeyRecord, request_id: str) -> Admission:
+        """What the failure policy does with a request Redis cannot check."""
         if self._policy is RedisFailurePolicy.CLOSED:
             raise ApiError(
                 503,
@@ -480,8 +585,10 @@ class Limiter:
         if code == 2:
             return ApiError(
                 429,
-                f"Rate limit reached for tokens: limit {key.tpm_limit} per minute, used "
-                f"{int(result[2])}. Please try again in {format_duration(retry_ms)}.",
+                f"Rate limit reached for tokens: limit {key.tpm_limit} per minute, used or "
+                f"reserved {int(result[2])}, this request needs {int(result[3])} for its prompt "
+                f"and at least one more for its answer. "
+                f"Please try again in {format_duration(retry_ms)}.",
                 type="tokens",
                 code="rate_limit_exceeded",
                 headers={
@@ -510,86 +617,101 @@ class Limiter:
         )
 
     # -- completion ------------------------------------------------------------------
-    def settle(self, admission: Admission, tokens: int, cost: Decimal) -> None:
-        """Free the admission's lease and reservation, charge its tokens and cost. Sent at
-        once, not awaited: the request does not wait for it (`drain` does, at shutdown)."""
+    def settle(
+        self,
+        admission: Admission,
+        tokens: int,
+        cost: Decimal,
+        usage: str | None = None,
+        lost: Callable[[], None] | None = None,
+    ) -> None:
+        """Free the admission's lease and reservation, charge its tokens and cost, and append
+        its `usage` row (a COPY line) to the usage stream, in one script. Sent at once, not
+        awaited: the request does not wait for it (`drain` does, at shutdown). `lost` is
+        called when the row may not have reached Redis (it then goes elsewhere)."""
         if admission.settled:
             return
         admission.settled = True
-        self._inflight.pop(admission.request_id, None)
+        self._inflight.pop(admission.member, None)
         key = admission.key
         charge_tpm = key.tpm_limit is not None and tokens > 0
         charge_spend = key.monthly_budget is not None and cost > 0
-        if not (admission.tracked or charge_tpm or charge_spend):
+        limits = admission.tracked or charge_tpm or charge_spend
+        if not limits and usage is None:
             return
-        names = self._keys(key)
-        keys = [names[1], names[2], names[3], names[4]]
-        args: list[int | str] = [
-            int(time.time() * 1000),
-            admission.request_id,
-            tokens,
-            int(cost * NANOS),
-            MONTH_TTL,
-            int(charge_tpm),
-            int(charge_spend),
-        ]
+        if self.breaker.open:  # its lease expires by itself; the spend is re-seeded later
+            if lost is not None:
+                lost()
+            return
+        if limits:
+            names = self._keys(key)
+            script = self._settle_script
+            keys = [names[1], names[2], names[3], names[4], names[5], USAGE_STREAM]
+            args: list[Any] = [
+                int(time.time() * 1000),
+                admission.member,
+                tokens,
+                int(cost * NANOS),
+                MONTH_TTL,
+                int(charge_tpm),
+                int(charge_spend),
+                usage or "",
+            ]
+        else:
+            script, keys, args = self._usage_script, [USAGE_STREAM], [usage]
+        job = _Settlement(admission.request_id, script, keys, args, lost, usage is not None)
         if self._client is None:
-            task = asyncio.ensure_future(self._settle_redis_py(admission.request_id, keys, args))
+            task = asyncio.ensure_future(self._settle_redis_py(job))
             self._settling.add(task)
             task.add_done_callback(self._settling.discard)
             return
-        self._send_settle(admission.request_id, keys, args, time.perf_counter(), 0)
+        self._send_settle(job, 0)
 
-    def _send_settle(
-        self, request_id: str, keys: list[str], args: list[Any], started: float, attempt: int
-    ) -> None:
+    def _send_settle(self, job: _Settlement, attempt: int) -> None:
         assert self._client is not None
         load = attempt & _LOAD != 0
-        pending = self._client.send(self._settle_script, keys, args, load)
+        # A usage row is written to the socket now, not with the others of this loop turn:
+        # the response has been answered, and a SIGKILL from here on must not lose it.
+        pending = self._client.send(job.script, job.keys, job.args, load, urgent=job.urgent)
         self._settling.add(pending)
-        pending.add_done_callback(
-            functools.partial(self._settled, request_id, keys, args, started, attempt)
-        )
+        pending.add_done_callback(functools.partial(self._settled, job, attempt))
 
-    def _settled(
-        self,
-        request_id: str,
-        keys: list[str],
-        args: list[Any],
-        started: float,
-        attempt: int,
-        future: asyncio.Future[Any],
-    ) -> None:
+    def _settled(self, job: _Settlement, attempt: int, future: asyncio.Future[Any]) -> None:
         self._settling.discard(future)
         if future.cancelled():
+            job.give_up()
             return
         exc = future.exception()
         if exc is None:
             reply = future.result()
             if not isinstance(reply, ResponseError):
-                self._latency("settle").observe(time.perf_counter() - started)
+                self._latency("settle").observe(time.perf_counter() - job.started)
                 return
             if not attempt & _LOAD and str(reply).startswith("NOSCRIPT"):
-                self._send_settle(request_id, keys, args, started, attempt | _LOAD)
+                self._send_settle(job, attempt | _LOAD)
                 return
             exc = reply
         elif isinstance(exc, RedisConnectionError) and not attempt & _RETRIED:
             # The connection broke under us: once more on a new one, as redis-py would.
-            self._send_settle(request_id, keys, args, started, attempt | _RETRIED)
+            self._send_settle(job, attempt | _RETRIED)
             return
+        job.give_up()
         if isinstance(exc, TimeoutError | RedisError | OSError):
             # The lease expires by itself; the month's spend is re-seeded from Postgres.
-            log.warning("could not settle %s in redis: %s", request_id, exc)
+            if not isinstance(exc, ResponseError):
+                self._failed()
+            log.warning("could not settle %s in redis: %s", job.request_id, exc)
         else:
-            log.error("settling %s failed: %r", request_id, exc)
+            log.error("settling %s failed: %r", job.request_id, exc)
 
-    async def _settle_redis_py(self, request_id: str, keys: list[str], args: list[Any]) -> None:
-        started = time.perf_counter()
+    async def _settle_redis_py(self, job: _Settlement) -> None:
         try:
-            await self._settle(keys=keys, args=args)
-            self._latency("settle").observe(time.perf_counter() - started)
+            script = self._settle if job.script is self._settle_script else self._usage
+            await script(keys=job.keys, args=job.args)
+            self._latency("settle").observe(time.perf_counter() - job.started)
         except (TimeoutError, RedisError, OSError) as exc:
-            log.warning("could not settle %s in redis: %s", request_id, exc)
+            job.give_up()
+            log.warning("could not settle %s in redis: %s", job.request_id, exc)
 
     def _latency(self, op: str) -> Any:
         child = self._latency_children.get(op)
@@ -598,20 +720,33 @@ class Limiter:
         return child
 
     async def _renew_loop(self) -> None:
-        """Renew the leases of this process's in-flight requests; keep `tollgate_redis_up` true."""
+        """Renew the leases of this process's in-flight requests (one script per key, which
+        also extends the expiry of the key's lease set and reservations); keep
+        `tollgate_redis_up` true."""
         interval = self._lease_ms / 3000
         while True:
-            expiry = int(time.time() * 1000) + self._lease_ms
             try:
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    pipe.ping()
-                    for adm in list(self._inflight.values()):
-                        base = f"tg:{{{adm.key.id}}}"
-                        pipe.zadd(f"{base}:inflight", {adm.request_id: expiry}, xx=True)
-                    await pipe.execute()
+                await self.renew()
                 metrics.REDIS_UP.set(1)
             except (RedisError, OSError) as exc:
                 metrics.REDIS_UP.set(0)
                 if self._inflight:
                     log.warning("lease renewal failed: %s", exc)
             await asyncio.sleep(interval)
+
+    async def renew(self) -> None:
+        """One renewal round for every request this process holds."""
+        now = int(time.time() * 1000)
+        by_key: dict[Any, list[Admission]] = {}
+        for adm in list(self._inflight.values()):
+            by_key.setdefault(adm.key.id, []).append(adm)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.ping()
+            for held in by_key.values():
+                names = self._keys(held[0].key)
+                await self._renew(
+                    keys=[names[2], names[3], names[5]],
+                    args=[now + self._lease_ms, self._lease_ms * 4, *(a.member for a in held)],
+                    client=pipe,
+                )
+            await pipe.execute()

@@ -1,12 +1,15 @@
--- Completion of one admitted request: free its lease and reservation, charge tokens
--- to the tokens-per-minute window and the real cost to the month's spend.
+-- Completion of one admitted request: free its lease and reservations, charge the real
+-- tokens to the tokens-per-minute window and the real cost to the month's spend, and append
+-- its usage row to the stream the writers drain to Postgres, all in one step.
 -- KEYS: 1 tpm hash  2 in-flight zset  3 reservations hash  4 month spend string
--- ARGV: 1 now ms  2 request id  3 tokens  4 cost nanos  5 month ttl s  6 charge tpm (1/0)
---       7 charge spend (1/0)
-local now, rid = tonumber(ARGV[1]), ARGV[2]
+--       5 token reservations hash  6 usage stream
+-- ARGV: 1 now ms  2 member  3 tokens  4 cost nanos  5 month ttl s  6 charge tpm (1/0)
+--       7 charge spend (1/0)  8 usage row (a COPY line; empty: none)
+local now, member = tonumber(ARGV[1]), ARGV[2]
 local tokens, cost = tonumber(ARGV[3]), tonumber(ARGV[4])
-redis.call('ZREM', KEYS[2], rid)
-redis.call('HDEL', KEYS[3], rid)
+redis.call('ZREM', KEYS[2], member)
+redis.call('HDEL', KEYS[3], member)
+redis.call('HDEL', KEYS[5], member)
 if ARGV[6] == '1' and tokens > 0 then
   local sec = tostring(math.floor(now / 1000))
   redis.call('HINCRBY', KEYS[1], sec, tokens)
@@ -14,5 +17,8 @@ if ARGV[6] == '1' and tokens > 0 then
 end
 if ARGV[7] == '1' and cost > 0 and redis.call('EXISTS', KEYS[4]) == 1 then
   redis.call('INCRBY', KEYS[4], cost)
+end
+if ARGV[8] ~= '' then
+  redis.call('XADD', KEYS[6], '*', 'r', ARGV[8])
 end
 return 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import (
     REAL,
@@ -19,6 +20,7 @@ from sqlalchemy import (
     String,
     Text,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -113,6 +115,12 @@ class UsageEvent(Base):
         Index("ix_usage_events_key_id_ts", "key_id", "ts"),
         Index("ix_usage_events_alias_ts", "alias", "ts"),
         Index("ix_usage_events_ts_brin", "ts", postgresql_using="brin"),
+        Index(
+            "uq_usage_events_stream_id",
+            "stream_id",
+            unique=True,
+            postgresql_where=text("stream_id IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
@@ -131,6 +139,29 @@ class UsageEvent(Base):
     ttft_ms: Mapped[float | None] = mapped_column(REAL)
     streamed: Mapped[bool] = mapped_column(Boolean, default=False)
     error_class: Mapped[str | None] = mapped_column(String(64))
+    # The Redis stream entry the row was drained from (None: written from the local buffer).
+    stream_id: Mapped[str | None] = mapped_column(String(40))
+
+
+class StoredResponse(Base):
+    """A response of the Responses API kept for ``previous_response_id`` and
+    ``GET /v1/responses/{id}``, visible only to the key that made it. ``input`` is the
+    whole conversation that led to it (so a chain is one row away); rows older than the
+    retention are deleted by `storage.responses.ResponseStore`'s sweep."""
+
+    __tablename__ = "stored_responses"
+    __table_args__ = (
+        Index("ix_stored_responses_key_id_created_at", "key_id", "created_at"),
+        Index("ix_stored_responses_created_at_brin", "created_at", postgresql_using="brin"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
+    alias: Mapped[str] = mapped_column(String(200))
+    previous_response_id: Mapped[str | None] = mapped_column(String(64))
+    input: Mapped[list[Any]] = mapped_column(JSONB)
+    response: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
 class AuditEvent(Base):

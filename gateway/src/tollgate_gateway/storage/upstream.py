@@ -50,10 +50,17 @@ class Upstream:
             await self._session.close()
 
     async def request(
-        self, method: str, url: str, body: bytes | None = None
+        self,
+        method: str,
+        url: str,
+        body: bytes | None = None,
+        extra_headers: dict[str, str] | None = None,
     ) -> aiohttp.ClientResponse:
-        """Send a request; connection failures become 502/504 ApiErrors."""
+        """Send a request; connection failures become 502/504 ApiErrors. ``extra_headers``
+        carry a trace context (``traceparent``) when tracing is on."""
         headers = JSON_HEADERS if body is not None else None
+        if extra_headers:
+            headers = CIMultiDict({**(headers or {}), **extra_headers})
         target: URL | str | None = self._urls.get(url)
         if target is None:  # parsed once: parsing costs more than the rest of the request
             try:

@@ -183,6 +183,7 @@ def run(with_standin: bool, with_cluster: bool = False) -> int:
     if "ADMIN_PASSWORD" not in env:
         env["ADMIN_PASSWORD"] = _secret_file("admin-password", 18)
     env.setdefault("JWT_SECRET", _secret_file("jwt-secret", 48))
+    env.setdefault("TOLLGATE_KEY_PEPPER", _secret_file("key-pepper", 32))
     env.setdefault("TOLLGATE_USAGE_SPOOL_DIR", str(STATE / "usage-spool"))
     port = env.setdefault("TOLLGATE_PORT", "8000")
     with ExitStack() as stack:

@@ -80,6 +80,7 @@ def gateway_env(dsn: str, redis_url: str, ollama: str, **extra: str) -> dict[str
         "ADMIN_EMAIL": ADMIN_EMAIL,
         "ADMIN_PASSWORD": ADMIN_PASSWORD,
         "JWT_SECRET": "test-jwt-secret-" + "x" * 32,
+        "TOLLGATE_KEY_PEPPER": "test-key-pepper-" + "p" * 16,
         "TOLLGATE_USAGE_FLUSH_INTERVAL_SECONDS": "0.1",
         **extra,
     }

@@ -1,4 +1,10 @@
-"""An OllamaPool's children: StatefulSet, ClusterIP and headless Services, PodDisruptionBudget.
+"""An OllamaPool's children: NetworkPolicy, ServiceAccount, StatefulSet, ClusterIP and
+headless Services, PodDisruptionBudget.
+
+Isolation: Ollama has no authentication and serves ``/api/pull``, ``/api/delete`` and
+``/api/create`` to anyone who reaches it, so only the gateway's Pods (and the operator's, for
+pulls) may: a NetworkPolicy admits ingress on the Ollama port from those Pods only (a CNI
+must enforce it). The Pods run as a ServiceAccount of their own with no token mounted.
 
 Security: Ollama's image runs as root and keeps everything under ``$HOME/.ollama``. Here it
 runs as a non-root user (``uid``, any uid works, e.g. OpenShift's random one) with a
@@ -9,7 +15,8 @@ writes at start lands there, and ``OLLAMA_MODELS`` is a folder on the same volum
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from tollgate_operator.builders.labels import pool_labels, pool_selector
@@ -23,10 +30,28 @@ RESERVED_ENV = ("OLLAMA_HOST", "OLLAMA_MODELS", "HOME")
 
 
 @dataclass(frozen=True)
+class Peer:
+    """Pods that may reach a pool's Ollama port: these labels, in this namespace ("*": any)."""
+
+    labels: Mapping[str, str]
+    namespace: str = "*"
+
+    def to_wire(self) -> dict[str, Any]:
+        namespaces: dict[str, Any] = (
+            {}
+            if self.namespace == "*"
+            else {"matchLabels": {"kubernetes.io/metadata.name": self.namespace}}
+        )
+        return {"namespaceSelector": namespaces, "podSelector": {"matchLabels": dict(self.labels)}}
+
+
+@dataclass(frozen=True)
 class PoolDefaults:
     image: str
     port: int = 11434
     uid: int = 1000
+    # Who may reach Ollama (None: no NetworkPolicy, for platforms that isolate otherwise).
+    ingress_from: tuple[Peer, ...] | None = field(default=())
 
 
 def headless_name(pool: str) -> str:
@@ -106,6 +131,9 @@ def build_statefulset(
     if spec.image_pull_policy:
         container["imagePullPolicy"] = spec.image_pull_policy
     pod_spec: dict[str, Any] = {
+        # Ollama never talks to the API server: an account of its own, and no token.
+        "serviceAccountName": service_account_name(name),
+        "automountServiceAccountToken": False,
         # A Service named like an OLLAMA_* variable must not leak env into the container.
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": 30,
@@ -202,10 +230,67 @@ def build_pdb(pool: str, namespace: str) -> dict[str, Any]:
     }
 
 
+def service_account_name(pool: str) -> str:
+    """Not the pool's own name: a pool named "default" must not take over the namespace's
+    default ServiceAccount."""
+    return f"{pool}-ollama"
+
+
+def build_service_account(pool: str, namespace: str) -> dict[str, Any]:
+    """The pool Pods' identity: bound to nothing, its token never mounted."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {
+            "name": service_account_name(pool),
+            "namespace": namespace,
+            "labels": pool_labels(pool),
+        },
+        "automountServiceAccountToken": False,
+    }
+
+
+def build_network_policy(
+    pool: str, namespace: str, port: int, peers: tuple[Peer, ...]
+) -> dict[str, Any]:
+    """Ingress to the pool's Pods: the Ollama port, from `peers` only; nothing else at all.
+
+    Egress stays open (pulls reach registries). Kubelet probes come from the node, which
+    NetworkPolicy implementations admit to local Pods.
+    """
+    ingress: list[dict[str, Any]] = []
+    if peers:
+        ingress.append(
+            {
+                "from": [peer.to_wire() for peer in peers],
+                "ports": [{"port": port, "protocol": "TCP"}],
+            }
+        )
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": pool, "namespace": namespace, "labels": pool_labels(pool)},
+        "spec": {
+            "podSelector": {"matchLabels": pool_selector(pool)},
+            "policyTypes": ["Ingress"],
+            "ingress": ingress,
+        },
+    }
+
+
 def build_pool_children(
     name: str, namespace: str, spec: OllamaPoolSpec, defaults: PoolDefaults
 ) -> list[dict[str, Any]]:
+    """In the order they are applied: the policy before any Pod exists, the account before
+    the StatefulSet that names it."""
+    isolation = (
+        []
+        if defaults.ingress_from is None
+        else [build_network_policy(name, namespace, defaults.port, defaults.ingress_from)]
+    )
     return [
+        *isolation,
+        build_service_account(name, namespace),
         build_service(name, namespace, defaults.port),
         build_headless_service(name, namespace, defaults.port),
         build_statefulset(name, namespace, spec, defaults),

@@ -29,7 +29,11 @@ def build_key_secret(
     rotation_token: str,
     base_url: str,
 ) -> dict[str, Any]:
-    """The key, its id and the rotation token it answers travel together in one object."""
+    """The key, its id and the rotation token it answers travel together in one object.
+
+    Besides the OpenAI clients' variables it carries those of the Anthropic SDK and Claude
+    Code: ``ANTHROPIC_BASE_URL`` is the gateway's root (they append ``/v1/messages``),
+    ``ANTHROPIC_API_KEY`` the same key (sent as ``x-api-key``)."""
     return {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -47,6 +51,8 @@ def build_key_secret(
             KEY_FIELD: _b64(key),
             "OPENAI_API_KEY": _b64(key),
             "OPENAI_BASE_URL": _b64(base_url),
+            "ANTHROPIC_API_KEY": _b64(key),
+            "ANTHROPIC_BASE_URL": _b64(base_url.rstrip("/").removesuffix("/v1")),
         },
     }
 

@@ -25,6 +25,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=PREFIX, key="last-handled-configuration"
     )
+    # The CRDs are installed before the operator and namespaces are named explicitly: no
+    # watching CRDs or namespaces, so the operator needs no cluster-wide read on either.
+    settings.scanning.disabled = True
     # One active replica is ensured by our Lease (see leader.py), not kopf's peering.
     settings.peering.standalone = True
     settings.posting.enabled = True

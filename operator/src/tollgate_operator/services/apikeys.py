@@ -17,7 +17,13 @@ from typing import Any
 
 import kopf
 
-from tollgate_gateway.keys.hashing import KEY_PREFIX, display_prefix, hash_key, mint_key
+from tollgate_gateway.keys.hashing import (
+    KEY_PREFIX,
+    display_prefix,
+    hash_key,
+    key_fingerprint,
+    mint_key,
+)
 from tollgate_operator import metrics
 from tollgate_operator.builders.labels import (
     APIKEY_LABEL,
@@ -77,12 +83,19 @@ def _valid_uuid(value: str | None) -> bool:
     return True
 
 
+def shown_key(spec: ApiKeySpec, key: str, key_hash: str) -> str:
+    """What status, Events and the gateway show of a key: the start of a generated one; of a
+    key from spec.existingSecret (chosen by a person, maybe short) only a fingerprint."""
+    return key_fingerprint(key_hash) if spec.existing_secret is not None else display_prefix(key)
+
+
 def desired_row(ref: ObjectRef, spec: ApiKeySpec, key_id: str, key: str, pepper: bytes) -> Row:
+    key_hash = hash_key(key, pepper)
     return {
         "id": uuid.UUID(key_id),
         "name": f"{ref.namespace}/{ref.name}"[:200],
-        "key_hash": hash_key(key, pepper),
-        "key_prefix": display_prefix(key),
+        "key_hash": key_hash,
+        "key_prefix": shown_key(spec, key, key_hash),
         "owner": spec.owner,
         "app": spec.app,
         "allowed_models": ",".join(spec.allowed_models),
@@ -233,13 +246,10 @@ class ApiKeyService:
             raise InvalidSpec(
                 "KeyInUse", "this key is already registered at the gateway by someone else"
             ) from exc
-        self._report(ref, status, plan, minted, secret_name, key)
+        shown = str(desired["key_prefix"])
+        self._report(ref, status, plan, minted, secret_name, shown)
 
-        ready, reason, message = (
-            True,
-            "KeyActive",
-            f"Key {display_prefix(key)}… is in Secret {secret_name}",
-        )
+        ready, reason, message = (True, "KeyActive", f"Key {shown}… is in Secret {secret_name}")
         if spec.disabled:
             ready, reason, message = False, "Disabled", "The key is disabled (spec.disabled)"
         elif spec.expires_at is not None and spec.expires_at <= now:
@@ -248,7 +258,7 @@ class ApiKeyService:
         new = ApiKeyStatus(
             observed_generation=ref.generation,
             key_id=str(plan.current_id),
-            key_prefix=display_prefix(key),
+            key_prefix=shown,
             secret_name=secret_name,
             last_rotation_time=now if minted == "rotated" else status.last_rotation_time,
             keys_in_grace=len(plan.in_grace) or None,
@@ -319,9 +329,9 @@ class ApiKeyService:
         plan: RowPlan,
         minted: str | None,
         secret_name: str,
-        key: str,
+        shown: str,
     ) -> None:
-        prefix = display_prefix(key) + "…"
+        prefix = shown + "…"
         until = min(plan.in_grace) if plan.in_grace else None
         grace_note = f"; the previous key works until {format_time(until)}" if until else ""
         if minted == "created":

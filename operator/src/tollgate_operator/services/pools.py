@@ -1,4 +1,5 @@
-"""OllamaPool → StatefulSet, Services and PodDisruptionBudget; status from its Pods."""
+"""OllamaPool → NetworkPolicy, ServiceAccount, StatefulSet, Services and PodDisruptionBudget;
+status from its Pods. Specs the platform does not allow (pool_rules.py) are refused."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import kopf
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from tollgate_operator.builders.labels import pool_selector, selector_string
-from tollgate_operator.builders.pool import PoolDefaults, build_pool_children
+from tollgate_operator.builders.pool import Peer, PoolDefaults, build_pool_children
 from tollgate_operator.k8s import Kube, pod_is_ready
 from tollgate_operator.ollama import OllamaClient
 from tollgate_operator.resources import (
@@ -30,7 +31,8 @@ from tollgate_operator.services.common import (
     utcnow,
 )
 from tollgate_operator.services.errors import InvalidSpec, ReconcileError, Unavailable, Waiting
-from tollgate_operator.settings import Settings
+from tollgate_operator.services.pool_rules import PoolRules
+from tollgate_operator.settings import Settings, parse_selector
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +48,19 @@ def pod_url(pod: dict[str, Any], port: int) -> str:
 
 def pod_name(pod: dict[str, Any]) -> str:
     return str(pod["metadata"]["name"])
+
+
+def pool_defaults(settings: Settings) -> PoolDefaults:
+    peers = (
+        Peer(parse_selector(settings.gateway_pod_selector), settings.gateway_namespace),
+        Peer(parse_selector(settings.operator_pod_selector), settings.operator_namespace),
+    )
+    return PoolDefaults(
+        image=settings.ollama_image,
+        port=settings.ollama_port,
+        uid=settings.ollama_uid,
+        ingress_from=peers if settings.pool_network_policy else None,
+    )
 
 
 class PoolService:
@@ -64,8 +79,12 @@ class PoolService:
         self._locks = locks
         self._statuses = statuses
         self._events = events
-        self.defaults = PoolDefaults(
-            image=settings.ollama_image, port=settings.ollama_port, uid=settings.ollama_uid
+        self.defaults = pool_defaults(settings)
+        self.rules = PoolRules.of(
+            settings.allowed_image_list,
+            settings.ollama_image,
+            env_from_secrets=settings.allow_env_from_secrets,
+            env_from_config_maps=settings.allow_env_from_config_maps,
         )
 
     async def reconcile(self, ref: ObjectRef) -> OllamaPoolStatus:
@@ -74,6 +93,7 @@ class PoolService:
             status = parse_status(OllamaPoolStatus, self._statuses.current(ref))
             try:
                 spec = parse_spec(OllamaPoolSpec, ref)
+                self.rules.check(spec)
                 for manifest in build_pool_children(ref.name, ref.namespace, spec, self.defaults):
                     kopf.adopt(manifest, owner=dict(ref.body))  # type: ignore[arg-type]
                     try:

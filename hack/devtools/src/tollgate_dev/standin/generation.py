@@ -189,6 +189,7 @@ async def _stream(
         paced=interval > 0,
         fault=fault,
         error_chunk=encoder.midstream_error,
+        headers=getattr(encoder, "stream_headers", None),
     )
     await pause(prefill)
     clock.first = time.perf_counter_ns()

@@ -504,3 +504,76 @@ OPENAI_EMBED = Struct(
     "openai.EmbedRequest",
     {"input": ANY, "model": STRING, "dimensions": INT, "encoding_format": STRING},
 )
+
+
+def marshal_map(obj: Any) -> bytes:
+    """``json.Marshal`` of Go maps (``map[string]any``): keys sorted, as Go writes them."""
+    data = orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
+    for raw, escaped in _HTML_ESCAPES:
+        if raw in data:
+            data = data.replace(raw, escaped)
+    return data
+
+
+# --- the Responses and Anthropic Messages requests (Ollama v0.24) -------------------------
+
+RESPONSES_TOOL = Struct(
+    "openai.ResponsesTool",
+    {
+        "type": STRING,
+        "name": STRING,
+        "description": STRING,
+        "strict": BOOL,
+        "parameters": MAP,
+    },
+)
+RESPONSES = Struct(
+    "openai.ResponsesRequest",
+    {
+        "model": STRING,
+        "background": BOOL,
+        "include": Slice(STRING),
+        "input": ANY,
+        "instructions": STRING,
+        "max_output_tokens": INT,
+        "reasoning": Struct(
+            "openai.ResponsesReasoning",
+            {"effort": STRING, "generate_summary": STRING, "summary": STRING},
+        ),
+        "temperature": "float64",
+        "text": ANY,
+        "top_p": "float64",
+        "truncation": STRING,
+        "tools": Slice(RESPONSES_TOOL),
+        "stream": BOOL,
+    },
+)
+ANTHROPIC_TOOL = Struct(
+    "anthropic.Tool",
+    {
+        "type": STRING,
+        "name": STRING,
+        "description": STRING,
+        "input_schema": ANY,
+        "max_uses": INT,
+    },
+)
+MESSAGES = Struct(
+    "anthropic.MessagesRequest",
+    {
+        "model": STRING,
+        "max_tokens": INT,
+        "messages": Slice(Struct("anthropic.MessageParam", {"role": STRING, "content": ANY})),
+        "system": ANY,
+        "stream": BOOL,
+        "temperature": "float64",
+        "top_p": "float64",
+        "top_k": INT,
+        "stop_sequences": Slice(STRING),
+        "tools": Slice(ANTHROPIC_TOOL),
+        "tool_choice": ANY,
+        "thinking": ANY,
+        "metadata": ANY,
+        "output_config": ANY,
+    },
+)

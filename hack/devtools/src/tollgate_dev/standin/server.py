@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from . import api_control, api_inference, api_models, api_openai
+from . import api_anthropic, api_control, api_inference, api_models, api_openai, api_responses
 from .config import StandinConfig
 from .faults import IMMEDIATE, Fault
 from .state import STATE, StandinState
@@ -67,6 +67,8 @@ def _add_ollama_routes(app: web.Application) -> None:
     router.add_post("/v1/chat/completions", api_openai.chat_completions)
     router.add_post("/v1/completions", api_openai.completions)
     router.add_post("/v1/embeddings", api_openai.embeddings)
+    router.add_post("/v1/responses", api_responses.responses)
+    router.add_post("/v1/messages", api_anthropic.messages)
     router.add_get("/v1/models", api_openai.list_models, allow_head=False)
     router.add_get("/v1/models/{model}", api_openai.retrieve_model, allow_head=False)
 
@@ -140,6 +142,8 @@ def _fault_response(path: str, fault: Fault) -> web.Response:
         return web.Response(status=fault.status, text=fault.body)
     if fault.body is not None:
         return json_response(fault.body, status=fault.status)
+    if path.startswith("/v1/messages"):
+        return api_anthropic.anthropic_error(fault.status, fault.message)
     if path.startswith("/v1/"):
         return api_openai.openai_error(fault.status, fault.message)
     return error_response(fault.status, fault.message)

@@ -63,9 +63,12 @@ class ChunkWriter:
         paced: bool,
         fault: Fault | None,
         error_chunk: Callable[[str, bool], bytes],
+        headers: dict[str, str] | None = None,
     ) -> None:
         self.request = request
-        self.response = web.StreamResponse(headers={"Content-Type": content_type})
+        self.response = web.StreamResponse(
+            headers={"Content-Type": content_type, **(headers or {})}
+        )
         self.sent = 0
         self._state = state
         self._paced = paced

@@ -1,0 +1,41 @@
+"""Anthropic Messages API routes. Errors here are written in Anthropic's shape
+(`errors.error_body` picks it by path); ``anthropic-version`` is accepted, whatever it says."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from tollgate_gateway.chat.router import to_response
+from tollgate_gateway.messages.service import MessagesService
+
+
+def _service(request: Request) -> MessagesService:
+    service: MessagesService = request.app.state.services.messages
+    return service
+
+
+async def create_message(request: Request) -> Response:
+    raw = await request.body()
+    reply = await _service(request).create(
+        raw,
+        request.headers.get("x-api-key"),
+        request.headers.get("authorization"),
+        request.state.request_id,
+    )
+    return to_response(reply)
+
+
+async def count_tokens(request: Request) -> Response:
+    raw = await request.body()
+    body = await _service(request).count_tokens(
+        raw, request.headers.get("x-api-key"), request.headers.get("authorization")
+    )
+    return Response(body, media_type="application/json")
+
+
+routes: list[BaseRoute] = [
+    Route("/v1/messages", create_message, methods=["POST"]),
+    Route("/v1/messages/count_tokens", count_tokens, methods=["POST"]),
+]

@@ -1,0 +1,52 @@
+"""Responses API routes (OpenAI's shapes and errors)."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from tollgate_gateway.chat.router import to_response
+from tollgate_gateway.responses.service import ResponsesService
+
+
+def _service(request: Request) -> ResponsesService:
+    service: ResponsesService = request.app.state.services.responses
+    return service
+
+
+async def create_response(request: Request) -> Response:
+    raw = await request.body()
+    reply = await _service(request).create(
+        raw, request.headers.get("authorization"), request.state.request_id
+    )
+    return to_response(reply)
+
+
+async def retrieve_response(request: Request) -> Response:
+    body = await _service(request).retrieve(
+        request.path_params["response_id"], request.headers.get("authorization")
+    )
+    return Response(body, media_type="application/json")
+
+
+async def delete_response(request: Request) -> Response:
+    body = await _service(request).delete(
+        request.path_params["response_id"], request.headers.get("authorization")
+    )
+    return Response(body, media_type="application/json")
+
+
+async def list_input_items(request: Request) -> Response:
+    body = await _service(request).input_items(
+        request.path_params["response_id"], request.headers.get("authorization")
+    )
+    return Response(body, media_type="application/json")
+
+
+routes: list[BaseRoute] = [
+    Route("/v1/responses", create_response, methods=["POST"]),
+    Route("/v1/responses/{response_id}", retrieve_response, methods=["GET"]),
+    Route("/v1/responses/{response_id}", delete_response, methods=["DELETE"]),
+    Route("/v1/responses/{response_id}/input_items", list_input_items, methods=["GET"]),
+]
