@@ -78,10 +78,10 @@ class RequestTrace:
             for key, value in attributes.items():
                 if value is not None:
                     span.set_attribute(key, value)
+            if status >= 400:  # a refusal is no server error, but it says what went wrong
+                span.set_attribute("error.type", error or str(status))
             if status >= 500 or (span is self.upstream and status >= 400):
                 span.set_status(Status(StatusCode.ERROR, error or str(status)))
-                if error:
-                    span.set_attribute("error.type", error)
         if self.upstream is not None:
             self.upstream.end()
         self.root.set_attribute("http.response.status_code", status)
