@@ -71,6 +71,8 @@ class Settings(BaseSettings):
     usage_spool_dir: Path = Path(tempfile.gettempdir()) / "tollgate-usage-spool"
 
     metrics_per_key: bool = False
+    # The console's static export; unset: gateway/console/out next to the source.
+    console_dir: Path | None = None
 
     @property
     def sqlalchemy_dsn(self) -> str:

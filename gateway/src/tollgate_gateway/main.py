@@ -18,6 +18,7 @@ from tollgate_gateway.admin.router import router as admin_router
 from tollgate_gateway.chat.router import PROXY_ROUTES as OPENAI_PROXY_ROUTES
 from tollgate_gateway.chat.router import routes as openai_routes
 from tollgate_gateway.config import RedisFailurePolicy, Settings, get_settings
+from tollgate_gateway.console.static import console_routes
 from tollgate_gateway.errors import install_handlers
 from tollgate_gateway.middleware import RequestContextMiddleware, serve_proxy
 from tollgate_gateway.native.router import PROXY_ROUTES as NATIVE_PROXY_ROUTES
@@ -75,6 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_api_route("/healthz", healthz, methods=["GET"], include_in_schema=False)
     app.add_api_route("/readyz", readyz, methods=["GET"], include_in_schema=False)
     app.add_api_route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False)
+    app.router.routes.extend(console_routes(settings.console_dir))
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
     app.max_body_bytes = settings.max_body_bytes
     return app
