@@ -14,12 +14,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from tollgate_gateway import __version__, metrics
+from tollgate_gateway.admin.console import router as console_router
 from tollgate_gateway.admin.router import router as admin_router
 from tollgate_gateway.chat.router import PROXY_ROUTES as OPENAI_PROXY_ROUTES
 from tollgate_gateway.chat.router import routes as openai_routes
 from tollgate_gateway.config import RedisFailurePolicy, Settings, get_settings
 from tollgate_gateway.console.static import console_routes
 from tollgate_gateway.errors import install_handlers
+from tollgate_gateway.keys.router import routes as key_routes
 from tollgate_gateway.middleware import RequestContextMiddleware, serve_proxy
 from tollgate_gateway.native.router import PROXY_ROUTES as NATIVE_PROXY_ROUTES
 from tollgate_gateway.native.router import routes as native_routes
@@ -72,7 +74,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_handlers(app)
     app.router.routes.extend(openai_routes)
     app.router.routes.extend(native_routes)
+    app.router.routes.extend(key_routes)
     app.include_router(admin_router)
+    app.include_router(console_router)
     app.add_api_route("/healthz", healthz, methods=["GET"], include_in_schema=False)
     app.add_api_route("/readyz", readyz, methods=["GET"], include_in_schema=False)
     app.add_api_route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False)

@@ -10,13 +10,16 @@ from sqlalchemy import (
     REAL,
     BigInteger,
     Boolean,
+    Column,
     DateTime,
+    Float,
     Index,
     Integer,
     MetaData,
     Numeric,
     SmallInteger,
     String,
+    Table,
     Text,
     func,
 )
@@ -131,3 +134,46 @@ class UsageEvent(Base):
     ttft_ms: Mapped[float | None] = mapped_column(REAL)
     streamed: Mapped[bool] = mapped_column(Boolean, default=False)
     error_class: Mapped[str | None] = mapped_column(String(64))
+
+
+# Hourly and daily pre-aggregates of usage_events, kept by a trigger (migration 0019). The
+# histogram columns count latencies and times to first token per bucket of ROLLUP_BUCKETS_MS.
+ROLLUP_BUCKETS_MS = (10, 25, 50, 100, 150, 200, 300, 400, 500, 750, 1000, 1500, 2000, 3000,
+                     5000, 7500, 10000, 15000, 20000, 30000, 60000, 120000)  # fmt: skip
+ROLLUP_LAT = tuple(f"lat_{i:02d}" for i in range(len(ROLLUP_BUCKETS_MS) + 1))
+ROLLUP_TTFT = tuple(f"ttft_{i:02d}" for i in range(len(ROLLUP_BUCKETS_MS) + 1))
+
+
+def _rollup_table(name: str) -> Table:
+    return Table(
+        name,
+        Base.metadata,
+        Column("bucket", DateTime(timezone=True), nullable=False),
+        Column("key_id", UUID(as_uuid=True)),
+        Column("app", String(200)),
+        Column("alias", String(200)),
+        Column("endpoint", String(64), nullable=False),
+        Column("requests", BigInteger, nullable=False),
+        Column("errors", BigInteger, nullable=False),
+        Column("prompt_tokens", BigInteger, nullable=False),
+        Column("completion_tokens", BigInteger, nullable=False),
+        Column("cost", MONEY, nullable=False),
+        Column("latency_ms_sum", Float, nullable=False),
+        Column("ttft_count", BigInteger, nullable=False),
+        *(Column(c, Integer, nullable=False) for c in (*ROLLUP_LAT, *ROLLUP_TTFT)),
+        Index(
+            f"uq_{name}_group",
+            "bucket",
+            "key_id",
+            "app",
+            "alias",
+            "endpoint",
+            unique=True,
+            postgresql_nulls_not_distinct=True,
+        ),
+        Index(f"ix_{name}_key_id_bucket", "key_id", "bucket"),
+    )
+
+
+usage_hourly = _rollup_table("usage_hourly")
+usage_daily = _rollup_table("usage_daily")
