@@ -276,6 +276,10 @@ def test_self_key_shows_only_that_key(
     body = http.get("/v1/key").json()
     assert body["id"] == mine["id"] and body["owner"] == "ana"
     assert body["models"] == [chat_model] and "console-hidden" not in body["models"]
+    [price] = body["prices"]
+    assert price["alias"] == chat_model
+    assert Decimal(price["input_price_per_mtok"]) == Decimal("1.5")
+    assert Decimal(price["output_price_per_mtok"]) == Decimal(2)
     assert body["rate_limit_rpm"] == 60 and Decimal(body["monthly_budget"]) == Decimal("2.5")
     assert Decimal(body["spent"]) > 0
     assert Decimal(body["remaining"]) == Decimal("2.5") - Decimal(body["spent"])

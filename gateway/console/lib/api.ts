@@ -195,6 +195,7 @@ export interface SelfKey {
   app: string | null;
   allowed_models: string;
   models: string[];
+  prices: { alias: string; input_price_per_mtok: string; output_price_per_mtok: string }[];
   rate_limit_rpm: number | null;
   tpm_limit: number | null;
   concurrency_limit: number | null;

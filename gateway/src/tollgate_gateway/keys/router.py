@@ -30,6 +30,12 @@ class UsageTotals(BaseModel):
     error_rate: float
 
 
+class ModelPrice(BaseModel):
+    alias: str
+    input_price_per_mtok: Decimal
+    output_price_per_mtok: Decimal
+
+
 class SelfKey(BaseModel):
     id: str
     name: str
@@ -38,6 +44,7 @@ class SelfKey(BaseModel):
     app: str | None
     allowed_models: str
     models: list[str]
+    prices: list[ModelPrice]
     rate_limit_rpm: int | None
     tpm_limit: int | None
     concurrency_limit: int | None
@@ -60,6 +67,10 @@ async def self_key(request: Request) -> Response:
     spent = await services.usage.month_spend(record.id, start)
     totals = await RollupService(services.engine).totals(now - timedelta(days=30), now, record.id)
     budget = row.monthly_budget
+    catalog = await services.proxy.catalog.all()
+    usable = sorted(
+        (a for a in catalog if a.enabled and record.may_use(a.alias)), key=lambda a: a.alias
+    )
     body = SelfKey(
         id=str(row.id),
         name=row.name,
@@ -67,11 +78,15 @@ async def self_key(request: Request) -> Response:
         owner=row.owner,
         app=row.app,
         allowed_models=row.allowed_models,
-        models=sorted(
-            a.alias
-            for a in await services.proxy.catalog.all()
-            if a.enabled and record.may_use(a.alias)
-        ),
+        models=[a.alias for a in usable],
+        prices=[
+            ModelPrice(
+                alias=a.alias,
+                input_price_per_mtok=a.input_price_per_mtok,
+                output_price_per_mtok=a.output_price_per_mtok,
+            )
+            for a in usable
+        ],
         rate_limit_rpm=row.rate_limit_rpm,
         tpm_limit=row.tpm_limit,
         concurrency_limit=row.concurrency_limit,
