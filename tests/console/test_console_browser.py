@@ -232,7 +232,7 @@ def test_my_key_refuses_a_bad_key_and_needs_no_login(console: Console) -> None:
     expect(page.get_by_role("link", name="Keys")).to_have_count(0)
     page.get_by_label("API key").fill("tg-not-a-real-key")
     page.get_by_role("button", name="Show my key").click()
-    expect(page.get_by_role("alert")).to_contain_text("not valid")
+    expect(page.locator("main").get_by_role("alert")).to_contain_text("not valid")
     expect(page.get_by_test_id("my-key-info")).to_have_count(0)
 
 
@@ -241,7 +241,7 @@ def test_wrong_password_is_an_error_on_the_login_screen(console: Console) -> Non
     console.page.get_by_label("Email").fill(ADMIN_EMAIL)
     console.page.get_by_label("Password").fill("wrong-password")
     console.page.get_by_role("button", name="Log in").click()
-    expect(console.page.get_by_role("alert")).to_contain_text("Wrong email or password")
+    expect(console.page.locator("main").get_by_role("alert")).to_contain_text("Wrong email or password")
     assert console.page.evaluate("sessionStorage.length") == 0
 
 
