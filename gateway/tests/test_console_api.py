@@ -131,15 +131,23 @@ def test_rollups_fold_every_batch_and_backfill_is_exact(migrated_dsn: str) -> No
             "SELECT count(*), sum(cost), sum(prompt_tokens) FROM usage_events WHERE app = %s",
             (app,),
         ).fetchone()
+        keys = [
+            r[0]
+            for r in conn.execute(
+                "SELECT DISTINCT key_id::text FROM usage_events WHERE app = %s", (app,)
+            ).fetchall()
+        ]
+        histogram = " + ".join(f"lat_{i:02d}" for i in range(23))
         for table in ("usage_hourly", "usage_daily"):
-            histogram = " + ".join(f"lat_{i:02d}" for i in range(23))
-            query = sql.SQL(
-                "SELECT sum(requests), sum(cost), sum(prompt_tokens), sum({}) FROM {} "
-                "WHERE app = %s"
-            ).format(sql.SQL(histogram), sql.Identifier(table))
-            rolled = conn.execute(query, (app,)).fetchone()
-            assert rolled is not None and raw is not None
-            assert rolled[:3] == raw and rolled[3] == raw[0], table
+            # Every dimension adds up to the same totals: the app, and the app's keys.
+            for dim, values in (("app", [app]), ("key", keys)):
+                query = sql.SQL(
+                    "SELECT sum(requests), sum(cost), sum(prompt_tokens), sum({}) FROM {} "
+                    "WHERE dim = %s AND value = ANY(%s)"
+                ).format(sql.SQL(histogram), sql.Identifier(table))
+                rolled = conn.execute(query, (dim, values)).fetchone()
+                assert rolled is not None and raw is not None
+                assert rolled[:3] == raw and rolled[3] == raw[0], (table, dim)
 
 
 def test_percentile_of_a_histogram() -> None:
@@ -287,3 +295,43 @@ def test_self_key_shows_only_that_key(
     assert httpx.get(gateway.url + "/v1/key").status_code == 401
     admin.http.delete(f"/admin/keys/{mine['id']}")
     _wait(lambda: http.get("/v1/key").status_code == 401)
+
+
+def test_migration_backfills_existing_events_and_downgrades(postgres: Any) -> None:
+    """Upgrading a database that already holds usage events fills the rollups exactly;
+    the downgrade removes them and the trigger."""
+    from alembic import command
+
+    from tollgate_gateway.config import to_sqlalchemy_dsn
+    from tollgate_gateway.storage.db import alembic_config
+
+    name = f"rollup_{secrets.token_hex(3)}"
+    with psycopg.connect(postgres.dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    dsn = postgres.dsn.rsplit("/", 1)[0] + "/" + name
+    config = alembic_config(to_sqlalchemy_dsn(dsn))
+    command.upgrade(config, "0001")
+    app = "backfill"
+    _insert_events(
+        dsn, _synthetic(400, datetime.now(UTC) - timedelta(days=3), timedelta(days=3), app)
+    )
+    command.upgrade(config, "head")
+    with psycopg.connect(dsn) as conn:
+        raw = conn.execute(
+            "SELECT count(*), sum(cost), count(ttft_ms) FROM usage_events"
+        ).fetchone()
+        for table in ("usage_hourly", "usage_daily"):
+            for dim in ("key", "app", "model", "endpoint"):
+                query = sql.SQL(
+                    "SELECT sum(requests), sum(cost), sum(ttft_count) FROM {} WHERE dim = %s"
+                ).format(sql.Identifier(table))
+                assert conn.execute(query, (dim,)).fetchone() == raw, (table, dim)
+    command.downgrade(config, "0001")
+    with psycopg.connect(dsn) as conn:
+        left = conn.execute(
+            "SELECT count(*) FROM pg_tables WHERE tablename IN ('usage_hourly', 'usage_daily')"
+        ).fetchone()
+        triggers = conn.execute(
+            "SELECT count(*) FROM pg_trigger WHERE tgname = 'usage_events_rollup'"
+        ).fetchone()
+    assert left == (0,) and triggers == (0,)

@@ -241,7 +241,9 @@ def test_wrong_password_is_an_error_on_the_login_screen(console: Console) -> Non
     console.page.get_by_label("Email").fill(ADMIN_EMAIL)
     console.page.get_by_label("Password").fill("wrong-password")
     console.page.get_by_role("button", name="Log in").click()
-    expect(console.page.locator("main").get_by_role("alert")).to_contain_text("Wrong email or password")
+    expect(console.page.locator("main").get_by_role("alert")).to_contain_text(
+        "Wrong email or password"
+    )
     assert console.page.evaluate("sessionStorage.length") == 0
 
 

@@ -148,11 +148,10 @@ def _rollup_table(name: str) -> Table:
     return Table(
         name,
         Base.metadata,
+        # One value of one dimension: key (its id as text), app, model (the alias) or endpoint.
+        Column("dim", String(16), nullable=False),
         Column("bucket", DateTime(timezone=True), nullable=False),
-        Column("key_id", UUID(as_uuid=True)),
-        Column("app", String(200)),
-        Column("alias", String(200)),
-        Column("endpoint", String(64), nullable=False),
+        Column("value", String(200)),
         Column("requests", BigInteger, nullable=False),
         Column("errors", BigInteger, nullable=False),
         Column("prompt_tokens", BigInteger, nullable=False),
@@ -163,15 +162,13 @@ def _rollup_table(name: str) -> Table:
         *(Column(c, Integer, nullable=False) for c in (*ROLLUP_LAT, *ROLLUP_TTFT)),
         Index(
             f"uq_{name}_group",
+            "dim",
             "bucket",
-            "key_id",
-            "app",
-            "alias",
-            "endpoint",
+            "value",
             unique=True,
             postgresql_nulls_not_distinct=True,
         ),
-        Index(f"ix_{name}_key_id_bucket", "key_id", "bucket"),
+        Index(f"ix_{name}_dim_value_bucket", "dim", "value", "bucket"),
     )
 
 

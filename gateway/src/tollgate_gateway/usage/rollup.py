@@ -1,8 +1,10 @@
 """Usage queries over the hourly and daily rollups (migration 0019), never over usage_events.
 
-A range is read at hour resolution: whole UTC days inside it come from usage_daily, the
-hours at either edge from usage_hourly. A 30-day query therefore reads about 30 rows per
-(key, app, model, endpoint) instead of every request. Latency and TTFT percentiles are
+Each rollup row holds one value of one dimension (key, app, model or endpoint) in one hour
+or day. A range is read at hour resolution: whole UTC days inside it come from usage_daily,
+the hours at either edge from usage_hourly. A 30-day query by key therefore reads about 30
+rows per key instead of every request. Totals read the endpoint dimension (every event has
+exactly one endpoint). Latency and TTFT percentiles are
 estimated from summed histogram buckets (linear inside a bucket).
 """
 
@@ -29,12 +31,7 @@ from tollgate_gateway.storage.orm import (
 
 GroupBy = Literal["key", "app", "model", "endpoint"]
 Bucket = Literal["hour", "day"]
-GROUP_COLUMNS: dict[str, str] = {
-    "key": "key_id",
-    "app": "app",
-    "model": "alias",
-    "endpoint": "endpoint",
-}
+TOTALS_DIM = "endpoint"
 SUMMED = ("requests", "errors", "prompt_tokens", "completion_tokens", "cost", "latency_ms_sum")
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
@@ -90,21 +87,31 @@ class Totals:
         return self.errors / self.requests if self.requests else 0.0
 
 
-def _ranged(table: Table, since: datetime, until: datetime) -> Select[Any]:
-    return select(table).where(table.c.bucket >= since, table.c.bucket < until)
+def _ranged(
+    table: Table, dim: str, since: datetime, until: datetime, value: str | None
+) -> Select[Any]:
+    query = select(table).where(table.c.dim == dim, table.c.bucket >= since, table.c.bucket < until)
+    return query if value is None else query.where(table.c.value == value)
 
 
-def source(since: datetime, until: datetime, hourly_only: bool = False) -> Subquery:
-    """The rollup rows that cover [since, until) at hour resolution."""
+def source(
+    dim: str,
+    since: datetime,
+    until: datetime,
+    value: str | None = None,
+    hourly_only: bool = False,
+) -> Subquery:
+    """The rollup rows of one dimension (optionally one value) covering [since, until) at
+    hour resolution."""
     start, end = floor_hour(since), ceil_hour(until)
     first_day, last_day = ceil_day(start), floor_day(end)
     if hourly_only or first_day >= last_day:
-        return _ranged(usage_hourly, start, end).subquery("rollup")
-    parts = [_ranged(usage_daily, first_day, last_day)]
+        return _ranged(usage_hourly, dim, start, end, value).subquery("rollup")
+    parts = [_ranged(usage_daily, dim, first_day, last_day, value)]
     if start < first_day:
-        parts.append(_ranged(usage_hourly, start, first_day))
+        parts.append(_ranged(usage_hourly, dim, start, first_day, value))
     if last_day < end:
-        parts.append(_ranged(usage_hourly, last_day, end))
+        parts.append(_ranged(usage_hourly, dim, last_day, end, value))
     if len(parts) == 1:
         return parts[0].subquery("rollup")
     return union_all(*parts).subquery("rollup")
@@ -126,27 +133,24 @@ class RollupService:
         group_by: GroupBy,
         since: datetime,
         until: datetime,
-        key_id: uuid.UUID | None = None,
         limit: int | None = None,
         histograms: bool = True,
     ) -> list[dict[str, Any]]:
         """One row per group, most requests first, with totals and latency/TTFT percentiles."""
-        src = source(since, until)
-        group = src.c[GROUP_COLUMNS[group_by]]
+        src = source(group_by, since, until)
+        group = src.c.value
         query = (
             select(group.label("group"), *_sums(src, histograms))
             .group_by(group)
             .order_by(func.sum(src.c.requests).desc(), group)
         )
-        if key_id is not None:
-            query = query.where(src.c.key_id == key_id)
         if limit is not None:
             query = query.limit(limit)
         async with self._engine.connect() as conn:
             rows = (await conn.execute(query)).mappings().all()
             names: dict[uuid.UUID, tuple[str, str]] = {}
             if group_by == "key":
-                ids = [r["group"] for r in rows if r["group"] is not None]
+                ids = [uuid.UUID(r["group"]) for r in rows if r["group"] is not None]
                 if ids:
                     found = await conn.execute(
                         select(ApiKey.id, ApiKey.name, ApiKey.key_prefix).where(ApiKey.id.in_(ids))
@@ -156,9 +160,8 @@ class RollupService:
         for r in rows:
             group_value = r["group"]
             if group_by == "key" and group_value is not None:
-                name, prefix = names.get(group_value, ("(deleted key)", ""))
+                name, prefix = names.get(uuid.UUID(group_value), ("(deleted key)", ""))
                 label = f"{name} ({prefix}…)" if prefix else name
-                group_value = str(group_value)
             else:
                 label = group_value if group_value is not None else "(none)"
             row: dict[str, Any] = {
@@ -185,10 +188,11 @@ class RollupService:
     async def totals(
         self, since: datetime, until: datetime, key_id: uuid.UUID | None = None
     ) -> Totals:
-        src = source(since, until)
+        if key_id is None:
+            src = source(TOTALS_DIM, since, until)
+        else:
+            src = source("key", since, until, str(key_id))
         query = select(*_sums(src, histograms=False))
-        if key_id is not None:
-            query = query.where(src.c.key_id == key_id)
         async with self._engine.connect() as conn:
             r = (await conn.execute(query)).mappings().one()
         return Totals(
@@ -203,7 +207,11 @@ class RollupService:
         self, since: datetime, until: datetime, bucket: Bucket, key_id: uuid.UUID | None = None
     ) -> list[dict[str, Any]]:
         """Requests, errors, tokens and cost per hour or per UTC day, oldest first."""
-        src = source(since, until, hourly_only=bucket == "hour")
+        hourly = bucket == "hour"
+        if key_id is None:
+            src = source(TOTALS_DIM, since, until, hourly_only=hourly)
+        else:
+            src = source("key", since, until, str(key_id), hourly_only=hourly)
         when = func.date_trunc(bucket, src.c.bucket, "UTC").label("bucket")
         query = (
             select(
@@ -216,8 +224,6 @@ class RollupService:
             .group_by(when)
             .order_by(when)
         )
-        if key_id is not None:
-            query = query.where(src.c.key_id == key_id)
         async with self._engine.connect() as conn:
             rows = (await conn.execute(query)).mappings().all()
         return [
@@ -234,8 +240,8 @@ class RollupService:
     async def key_activity(self, month_start: datetime) -> dict[uuid.UUID, dict[str, Any]]:
         """Month-to-date spend (from the rollups) and the last request (one index probe of
         usage_events per key) of every key."""
-        src = source(month_start, datetime.now(UTC))
-        spend = select(src.c.key_id, func.sum(src.c.cost).label("spend")).group_by(src.c.key_id)
+        src = source("key", month_start, datetime.now(UTC))
+        spend = select(src.c.value, func.sum(src.c.cost).label("spend")).group_by(src.c.value)
         newest = (
             select(func.max(UsageEvent.ts))
             .where(UsageEvent.key_id == ApiKey.id)
@@ -247,7 +253,7 @@ class RollupService:
         async with self._engine.connect() as conn:
             for key_id, value in (await conn.execute(spend)).all():
                 if key_id is not None:
-                    out.setdefault(key_id, {})["month_spend"] = Decimal(value)
+                    out.setdefault(uuid.UUID(key_id), {})["month_spend"] = Decimal(value)
             for key_id, value in (await conn.execute(last)).all():
                 out.setdefault(key_id, {})["last_used"] = value
         return out
