@@ -22,7 +22,14 @@ from tollgate_gateway.dependencies import CurrentUser, ServicesDep
 from tollgate_gateway.errors import ApiError
 from tollgate_gateway.limits.service import month_start
 from tollgate_gateway.storage.orm import ApiKey, Model
-from tollgate_gateway.usage.rollup import Bucket, GroupBy, RollupService, Totals
+from tollgate_gateway.usage.rollup import (
+    Bucket,
+    GroupBy,
+    RollupService,
+    Totals,
+    floor_day,
+    floor_hour,
+)
 
 router = APIRouter(prefix="/admin/console", tags=["console"])
 MAX_RANGE = timedelta(days=400)
@@ -195,7 +202,7 @@ async def _explore(
     bucket = bucket or ("hour" if until - since <= timedelta(days=2) else "day")
     rollups = RollupService(services.engine)
     rows = await rollups.explore(group_by, since, until)
-    series = await rollups.series(since, until, bucket)
+    series = _fill(await rollups.series(since, until, bucket), since, until, bucket)
     return Explorer(
         since=since,
         until=until,
@@ -204,6 +211,22 @@ async def _explore(
         rows=[ExplorerRow.model_validate(r) for r in rows],
         series=[SeriesPoint.model_validate(p) for p in series],
     )
+
+
+def _fill(
+    points: list[dict[str, Any]], since: datetime, until: datetime, bucket: Bucket
+) -> list[dict[str, Any]]:
+    """Every hour or day of the range, zeros where there was no traffic, so a chart's time
+    axis is even."""
+    found = {p["bucket"].astimezone(UTC): p for p in points}
+    step = timedelta(hours=1) if bucket == "hour" else timedelta(days=1)
+    at = floor_hour(since) if bucket == "hour" else floor_day(since)
+    out = []
+    while at < until:
+        zero = {"bucket": at, "requests": 0, "errors": 0, "tokens": 0, "cost": Decimal(0)}
+        out.append(found.get(at, zero))
+        at += step
+    return out
 
 
 GroupQuery = Annotated[GroupBy, Query()]
