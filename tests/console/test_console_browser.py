@@ -113,7 +113,7 @@ def test_admin_flow_from_login_to_revocation(
     # ... shows in the overview ...
     def overview_shows_app() -> bool:
         console.goto("/")
-        top_apps = page.get_by_role("region", name="Top apps")
+        top_apps = page.get_by_role("region", name="Top apps", exact=True)
         expect(top_apps).to_be_visible()
         return top_apps.get_by_role("cell", name=app).count() == 1
 

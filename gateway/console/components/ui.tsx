@@ -146,7 +146,8 @@ export function BudgetBar({ spent, budget }: { spent: number; budget: number | n
 
 export function Table({ children, label }: { children: ReactNode; label: string }) {
   return (
-    <div className="overflow-x-auto">
+    // Focusable, so keyboard users can scroll a table wider than its card.
+    <div className="overflow-x-auto" tabIndex={0} role="region" aria-label={`${label} (scrollable)`}>
       <table className="w-full border-collapse text-left text-sm" aria-label={label}>
         {children}
       </table>
