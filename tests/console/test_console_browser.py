@@ -149,8 +149,18 @@ def test_admin_flow_from_login_to_revocation(
     assert other["name"] not in info.inner_text() and "other-team" not in page.content()
     console.shot("my-key")
 
-    # Revoke; the API refuses the key from then on.
+    # Edit its limits.
     page.get_by_role("navigation").get_by_role("link", name="Keys").click()
+    page.get_by_role("button", name=f"Edit limits of {name}").click()
+    page.get_by_label("Requests per minute").fill("900")
+    page.get_by_label("Concurrent requests").fill("3")
+    page.get_by_role("button", name="Save limits").click()
+    row = page.get_by_test_id(re.compile("key-row-")).filter(has_text=name)
+    expect(row).to_contain_text("900 rpm · 3 at once")
+    key_id = (row.get_attribute("data-testid") or "").removeprefix("key-row-")
+    assert admin.http.get(f"/admin/keys/{key_id}").json()["rate_limit_rpm"] == 900
+
+    # Revoke; the API refuses the key from then on.
     page.get_by_role("button", name=f"Revoke {name}").click()
     page.get_by_role("button", name="Confirm revoke").click()
     expect(page.get_by_role("cell", name=re.compile("^" + name))).to_have_count(0)

@@ -211,8 +211,10 @@ export function money(value: string | number | null | undefined): string {
   if (value === null || value === undefined) return "—";
   const n = typeof value === "number" ? value : Number(value);
   if (!Number.isFinite(n)) return "—";
-  if (n !== 0 && Math.abs(n) < 0.01) return `$${n.toFixed(6)}`;
-  return `$${n.toFixed(2)}`;
+  // Whole cents as usual; anything finer (token prices are tiny) to six decimals, trimmed,
+  // so that $9.99984 left of a $10 budget does not read as $10.00.
+  if (Math.abs(n * 100 - Math.round(n * 100)) < 1e-9) return `$${n.toFixed(2)}`;
+  return `$${n.toFixed(6).replace(/0+$/, "")}`;
 }
 
 export function count(value: number | null | undefined): string {
