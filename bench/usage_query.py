@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import importlib.util
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -62,7 +63,8 @@ SELECT %(start)s::timestamptz + (random() * %(span)s) * interval '1 second',
        (20 + random() * random() * 8000)::real,
        CASE WHEN g %% 2 = 0 THEN (5 + random() * 600)::real END,
        g %% 2 = 0
-FROM (SELECT g, 1 + (g * 7919) %% %(keys)s AS k FROM generate_series(%(lo)s, %(hi)s) g) s
+FROM (SELECT g, (1 + (g * 7919) %% %(keys)s)::int AS k
+      FROM generate_series(%(lo)s::bigint, %(hi)s::bigint) g) s
 """
 
 RAW_SCAN = """
@@ -94,6 +96,26 @@ def explain_ms(
     plan = conn.execute(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}", params).fetchone()  # type: ignore[arg-type]
     assert plan is not None
     return float(plan[0][0]["Execution Time"])
+
+
+def copy_batch(conn: psycopg.Connection[Any], now: datetime, tag: str) -> float:
+    """Milliseconds to COPY 500 usage rows (one usage-writer flush) over 20 keys and 4 models."""
+    rows = [
+        (now, f"{tag}-{i}", f"00000000-0000-4000-8000-{i % 20:012x}", "app-1",
+         f"model-{i % 4}", "llama3:8b", "chat.completions", 200, 10, 10, 0, 100.0, None, False)
+        for i in range(500)
+    ]  # fmt: skip
+    started = time.perf_counter()
+    with (
+        conn.cursor() as cur,
+        cur.copy(
+            "COPY usage_events (ts, request_id, key_id, app, alias, backend_tag, endpoint, status, "
+            "prompt_tokens, completion_tokens, cost, latency_ms, ttft_ms, streamed) FROM STDIN"
+        ) as copy,
+    ):
+        for row in rows:
+            copy.write_row(row)
+    return (time.perf_counter() - started) * 1000
 
 
 def explorer_sql(group: str, since: datetime, until: datetime) -> str:
@@ -178,25 +200,15 @@ def main() -> int:
             results |= {"hourly_rows": sizes[0], "daily_rows": sizes[1],
                         "events_size": sizes[2], "rollups_size": sizes[3]}  # fmt: skip
 
-            # A usage-writer batch: 500 rows by COPY, trigger included.
-            batch = []
-            with conn.cursor() as cur:
-                for attempt in range(args.runs):
-                    rows = [
-                        (now, f"batch-{attempt}-{i}", None, "app-1", "model-1", "llama3:8b",
-                         "chat.completions", 200, 10, 10, 0, 100.0, None, False)
-                        for i in range(500)
-                    ]  # fmt: skip
-                    t0 = time.perf_counter()
-                    with cur.copy(
-                        "COPY usage_events (ts, request_id, key_id, app, alias, backend_tag, "
-                        "endpoint, status, prompt_tokens, completion_tokens, cost, latency_ms, "
-                        "ttft_ms, streamed) FROM STDIN"
-                    ) as copy:
-                        for row in rows:
-                            copy.write_row(row)
-                    batch.append((time.perf_counter() - t0) * 1000)
-            results["copy_500_rows_ms_median"] = round(statistics.median(batch), 1)
+            # A usage-writer batch: 500 rows by COPY, with the rollup trigger and without.
+            for label, trigger in (("copy_500_rows_ms_median", True),
+                                   ("copy_500_rows_without_trigger_ms_median", False)):  # fmt: skip
+                if not trigger:
+                    conn.execute("ALTER TABLE usage_events DISABLE TRIGGER usage_events_rollup")
+                batch = [copy_batch(conn, now, f"{label}-{i}") for i in range(args.runs)]
+                if not trigger:
+                    conn.execute("ALTER TABLE usage_events ENABLE TRIGGER usage_events_rollup")
+                results[label] = round(statistics.median(batch), 1)
 
             queries: dict[str, Any] = {}
             windows = {
@@ -226,6 +238,7 @@ def main() -> int:
             results["queries"] = queries
     finally:
         pg.stop()
+        shutil.rmtree(base, ignore_errors=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
