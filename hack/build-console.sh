@@ -3,9 +3,22 @@
 # which the gateway serves under /console. Cached by a hash of the console's sources under
 # $TOLLGATE_CACHE/console/<hash>: an unchanged console is copied from there, not rebuilt.
 # Needs Node.js >= 20 and npm (dependencies come from the committed package-lock.json).
+#   --with-deps   also make sure node_modules matches the lockfile when the build is cached
+#                 (the browser tests take axe-core from there)
 set -euo pipefail
 cd "$(dirname "$0")/../gateway/console"
 CACHE="${TOLLGATE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tollgate}/console"
+
+deps() {
+  command -v npm >/dev/null || { echo "build-console: npm (Node.js >= 20) is needed" >&2; exit 1; }
+  local lock
+  lock=$(sha256sum < package-lock.json | cut -c1-64)
+  if [ "$(cat node_modules/.lock-hash 2>/dev/null)" != "$lock" ]; then
+    npm ci --no-audit --no-fund --loglevel=error >&2
+    echo "$lock" > node_modules/.lock-hash
+  fi
+}
+if [ "${1:-}" = "--with-deps" ]; then deps; fi
 
 sources() {
   git ls-files --cached --others --exclude-standard -- . 2>/dev/null \
@@ -19,13 +32,8 @@ if [ -f out/.source-hash ] && [ "$(cat out/.source-hash)" = "$hash" ]; then
   exit 0
 fi
 if [ ! -f "$CACHE/$hash/out/index.html" ]; then
-  command -v npm >/dev/null || { echo "build-console: npm (Node.js >= 20) is needed" >&2; exit 1; }
   echo "build-console: building the console ($hash)" >&2
-  lock=$(sha256sum < package-lock.json | cut -c1-64)
-  if [ "$(cat node_modules/.lock-hash 2>/dev/null)" != "$lock" ]; then
-    npm ci --no-audit --no-fund --loglevel=error >&2
-    echo "$lock" > node_modules/.lock-hash
-  fi
+  deps
   NEXT_TELEMETRY_DISABLED=1 npx --no-install next build >&2
   mkdir -p "$CACHE/$hash.tmp"
   rm -rf "$CACHE/$hash.tmp/out" && cp -a out "$CACHE/$hash.tmp/out"
