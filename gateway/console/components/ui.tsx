@@ -35,7 +35,12 @@ export function Stat({ label, value, hint }: { label: string; value: string; hin
   return (
     <div className="rounded-lg border border-slate-200 bg-white p-4 shadow-sm">
       <p className="text-sm text-slate-600">{label}</p>
-      <p className="mt-1 text-2xl font-semibold tabular-nums">{value}</p>
+      <p
+        className="mt-1 text-2xl font-semibold tabular-nums"
+        data-testid={`stat-${label.toLowerCase().replace(/[^a-z0-9]+/g, "-")}`}
+      >
+        {value}
+      </p>
       {hint ? <p className="mt-1 text-xs text-slate-600">{hint}</p> : null}
     </div>
   );
