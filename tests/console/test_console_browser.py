@@ -85,7 +85,8 @@ def test_admin_flow_from_login_to_revocation(
 
     # The playground streams an answer with the key just created (kept in memory only).
     page.get_by_role("link", name="Try it in the playground").click()
-    expect(page.get_by_label("API key")).to_have_value(plaintext)
+    page.wait_for_url(re.compile(r"/console/playground/$"))
+    expect(page.get_by_label("API key", exact=True)).to_have_value(plaintext)
     page.get_by_role("button", name="Use this key").click()
     page.get_by_label("Model").select_option(chat_model)
     expect(page.get_by_label("Model")).to_have_value(chat_model)
@@ -145,7 +146,8 @@ def test_admin_flow_from_login_to_revocation(
 
     # My key shows that key and nothing of others.
     page.get_by_role("link", name="My key").click()
-    page.get_by_label("API key").fill(plaintext)
+    page.wait_for_url(re.compile(r"/console/my-key/$"))
+    page.get_by_label("API key", exact=True).fill(plaintext)
     page.get_by_role("button", name="Show my key").click()
     info = page.get_by_test_id("my-key-info")
     expect(info).to_contain_text(name)
@@ -244,7 +246,7 @@ def test_my_key_refuses_a_bad_key_and_needs_no_login(console: Console) -> None:
     page = console.page
     expect(page.get_by_role("link", name="Admin log in")).to_be_visible()
     expect(page.get_by_role("link", name="Keys")).to_have_count(0)
-    page.get_by_label("API key").fill("tg-not-a-real-key")
+    page.get_by_label("API key", exact=True).fill("tg-not-a-real-key")
     page.get_by_role("button", name="Show my key").click()
     expect(page.locator("main").get_by_role("alert")).to_contain_text("not valid")
     expect(page.get_by_test_id("my-key-info")).to_have_count(0)
