@@ -6,7 +6,8 @@ cd "$(dirname "$0")/.."
 hack/bootstrap.sh
 echo "== ruff"; .venv/bin/ruff check . ; .venv/bin/ruff format --check .
 echo "== mypy"; .venv/bin/mypy
-echo "== Debian packages"; hack/ensure-debs.sh prometheus
+echo "== Debian packages"; hack/ensure-debs.sh prometheus chromium fonts-dejavu-core
+echo "== console"; hack/build-console.sh --with-deps
 echo "== k8s binaries"; hack/build-k8s.sh
 echo "== Ollama (real, built from source)"; hack/build-ollama.sh
 echo "== Jaeger (trace backend, built from source)"; hack/build-jaeger.sh

@@ -1,7 +1,7 @@
 """audit log
 
 Revision ID: 0020_audit
-Revises: 0015_stored_responses
+Revises: 0019_usage_rollups
 Create Date: 2026-12-01 10:20:00
 """
 
@@ -12,7 +12,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0020_audit"
-down_revision: str | None = "0015_stored_responses"
+down_revision: str | None = "0019_usage_rollups"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

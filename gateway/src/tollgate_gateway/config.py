@@ -82,6 +82,8 @@ class Settings(BaseSettings):
     usage_reclaim_seconds: float = Field(30.0, gt=0)
 
     metrics_per_key: bool = False
+    # The console's static export; unset: gateway/console/out next to the source.
+    console_dir: Path | None = None
 
     # Stored responses (/v1/responses with store): kept this long, then swept.
     responses_retention_seconds: float = 30 * 86400

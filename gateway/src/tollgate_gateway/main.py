@@ -14,13 +14,16 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from tollgate_gateway import __version__, metrics
+from tollgate_gateway.admin.console import router as console_router
 from tollgate_gateway.admin.router import router as admin_router
 from tollgate_gateway.audit.router import router as audit_router
 from tollgate_gateway.chat.router import PROXY_ROUTES as OPENAI_PROXY_ROUTES
 from tollgate_gateway.chat.router import routes as openai_routes
 from tollgate_gateway.config import RedisFailurePolicy, Settings, get_settings
+from tollgate_gateway.console.static import console_routes
 from tollgate_gateway.errors import install_handlers
 from tollgate_gateway.messages.router import routes as messages_routes
+from tollgate_gateway.keys.router import routes as key_routes
 from tollgate_gateway.middleware import RequestContextMiddleware, serve_proxy
 from tollgate_gateway.native.router import PROXY_ROUTES as NATIVE_PROXY_ROUTES
 from tollgate_gateway.native.router import routes as native_routes
@@ -76,11 +79,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.router.routes.extend(native_routes)
     app.router.routes.extend(responses_routes)
     app.router.routes.extend(messages_routes)
+    app.router.routes.extend(key_routes)
     app.include_router(admin_router)
     app.include_router(audit_router)
+    app.include_router(console_router)
     app.add_api_route("/healthz", healthz, methods=["GET"], include_in_schema=False)
     app.add_api_route("/readyz", readyz, methods=["GET"], include_in_schema=False)
     app.add_api_route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False)
+    app.router.routes.extend(console_routes(settings.console_dir))
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
     app.max_body_bytes = settings.max_body_bytes
     return app

@@ -11,13 +11,16 @@ from sqlalchemy import (
     REAL,
     BigInteger,
     Boolean,
+    Column,
     DateTime,
+    Float,
     Index,
     Integer,
     MetaData,
     Numeric,
     SmallInteger,
     String,
+    Table,
     Text,
     func,
     text,
@@ -186,3 +189,43 @@ class AuditEvent(Base):
     before: Mapped[dict[str, object] | None] = mapped_column(JSONB)
     after: Mapped[dict[str, object] | None] = mapped_column(JSONB)
     request_id: Mapped[str | None] = mapped_column(String(64))
+
+
+# Hourly and daily pre-aggregates of usage_events, kept by a trigger (migration 0019). The
+# histogram columns count latencies and times to first token per bucket of ROLLUP_BUCKETS_MS.
+ROLLUP_BUCKETS_MS = (10, 25, 50, 100, 150, 200, 300, 400, 500, 750, 1000, 1500, 2000, 3000,
+                     5000, 7500, 10000, 15000, 20000, 30000, 60000, 120000)  # fmt: skip
+ROLLUP_LAT = tuple(f"lat_{i:02d}" for i in range(len(ROLLUP_BUCKETS_MS) + 1))
+ROLLUP_TTFT = tuple(f"ttft_{i:02d}" for i in range(len(ROLLUP_BUCKETS_MS) + 1))
+
+
+def _rollup_table(name: str) -> Table:
+    return Table(
+        name,
+        Base.metadata,
+        # One value of one dimension: key (its id as text), app, model (the alias) or endpoint.
+        Column("dim", String(16), nullable=False),
+        Column("bucket", DateTime(timezone=True), nullable=False),
+        Column("value", String(200)),
+        Column("requests", BigInteger, nullable=False),
+        Column("errors", BigInteger, nullable=False),
+        Column("prompt_tokens", BigInteger, nullable=False),
+        Column("completion_tokens", BigInteger, nullable=False),
+        Column("cost", MONEY, nullable=False),
+        Column("latency_ms_sum", Float, nullable=False),
+        Column("ttft_count", BigInteger, nullable=False),
+        *(Column(c, Integer, nullable=False) for c in (*ROLLUP_LAT, *ROLLUP_TTFT)),
+        Index(
+            f"uq_{name}_group",
+            "dim",
+            "bucket",
+            "value",
+            unique=True,
+            postgresql_nulls_not_distinct=True,
+        ),
+        Index(f"ix_{name}_dim_value_bucket", "dim", "value", "bucket"),
+    )
+
+
+usage_hourly = _rollup_table("usage_hourly")
+usage_daily = _rollup_table("usage_daily")

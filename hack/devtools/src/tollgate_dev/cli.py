@@ -124,6 +124,14 @@ async def _prepare_demo(env: dict[str, str]) -> str:
         await engine.dispose()
 
 
+def _build_console() -> None:
+    """Builds the web console when its sources changed (cached); the gateway runs without it."""
+    try:
+        subprocess.run([str(REPO / "hack" / "build-console.sh")], check=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        say(f"WARNING: the console could not be built ({exc}); /console answers 404 until it is")
+
+
 def _kubectl(cluster: LocalCluster, *args: str) -> None:
     env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
     subprocess.run(
@@ -207,12 +215,14 @@ def run(with_standin: bool, with_cluster: bool = False) -> int:
                     "but completions fail with 502 until it does. Set OLLAMA_BASE_URL, or try "
                     "`make run-standin`."
                 )
+            _build_console()
             gateway = GatewayProcess(env, port=int(port))
             say(
                 f"serving the gateway on http://127.0.0.1:{port}  (admin: {env['ADMIN_EMAIL']}, "
                 f"password in {STATE / 'admin-password'} unless ADMIN_PASSWORD is set)"
             )
             gateway.start(timeout=120)
+            say(f"console: http://127.0.0.1:{port}/console/")
         except (ServiceError, OSError) as exc:
             say(f"could not start: {exc}")
             return 1
