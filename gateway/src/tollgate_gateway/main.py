@@ -22,8 +22,8 @@ from tollgate_gateway.chat.router import routes as openai_routes
 from tollgate_gateway.config import RedisFailurePolicy, Settings, get_settings
 from tollgate_gateway.console.static import console_routes
 from tollgate_gateway.errors import install_handlers
-from tollgate_gateway.messages.router import routes as messages_routes
 from tollgate_gateway.keys.router import routes as key_routes
+from tollgate_gateway.messages.router import routes as messages_routes
 from tollgate_gateway.middleware import RequestContextMiddleware, serve_proxy
 from tollgate_gateway.native.router import PROXY_ROUTES as NATIVE_PROXY_ROUTES
 from tollgate_gateway.native.router import routes as native_routes
