@@ -284,7 +284,7 @@ class ProxyService:
             if trace is not None:
                 trace.step("admission", begun, now_ns(), **{"tollgate.limited": key.limited})
         except ApiError as exc:
-            self._refused(endpoint, request_id, exc, key, model, started, trace)
+            self.refused(endpoint, request_id, exc, key, model, started, trace)
             raise
         call = Call(request_id, endpoint, key, alias, parsed, admission, estimate)
         call.trace = trace
@@ -686,7 +686,7 @@ class ProxyService:
         if call.admission.tracked or call.key.tpm_limit or call.key.monthly_budget is not None:
             self.limiter.settle(call.admission, tokens, cost)
 
-    def _refused(
+    def refused(
         self,
         endpoint: Endpoint,
         request_id: str,

@@ -49,12 +49,20 @@ class MessagesService:
     async def create(
         self, raw: bytes, x_api_key: str | None, authorization: str | None, request_id: str
     ) -> Reply:
-        key = await self.authenticate(x_api_key, authorization)
-        parsed = parse_request(raw)
-        alias = await self.proxy.resolve(key, parsed.model)
-        admission, estimate = await self.proxy.admit(
-            Endpoint.MESSAGES, key, alias, parsed, len(raw), request_id
-        )
+        started = time.perf_counter()
+        key: KeyRecord | None = None
+        model: str | None = None
+        try:
+            key = await self.authenticate(x_api_key, authorization)
+            parsed = parse_request(raw)
+            model = parsed.model
+            alias = await self.proxy.resolve(key, parsed.model)
+            admission, estimate = await self.proxy.admit(
+                Endpoint.MESSAGES, key, alias, parsed, len(raw), request_id
+            )
+        except ApiError as exc:
+            self.proxy.refused(Endpoint.MESSAGES, request_id, exc, key, model, started)
+            raise
         call = Call(request_id, Endpoint.MESSAGES, key, alias, parsed, admission, estimate)
         try:
             reply = await self._forward(call)

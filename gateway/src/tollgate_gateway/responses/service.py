@@ -68,14 +68,22 @@ class ResponsesService:
         self.store = store
 
     async def create(self, raw: bytes, authorization: str | None, request_id: str) -> Reply:
-        key = await self.proxy.authenticate(authorization)
-        request = parse_request(raw)
-        parsed = request.parsed
-        alias = await self.proxy.resolve(key, parsed.model)
-        items = await self._conversation(key, request)
-        admission, estimate = await self.proxy.admit(
-            Endpoint.RESPONSES, key, alias, parsed, len(raw), request_id
-        )
+        started = time.perf_counter()
+        key: KeyRecord | None = None
+        model: str | None = None
+        try:
+            key = await self.proxy.authenticate(authorization)
+            request = parse_request(raw)
+            parsed = request.parsed
+            model = parsed.model
+            alias = await self.proxy.resolve(key, parsed.model)
+            items = await self._conversation(key, request)
+            admission, estimate = await self.proxy.admit(
+                Endpoint.RESPONSES, key, alias, parsed, len(raw), request_id
+            )
+        except ApiError as exc:
+            self.proxy.refused(Endpoint.RESPONSES, request_id, exc, key, model, started)
+            raise
         call = Call(request_id, Endpoint.RESPONSES, key, alias, parsed, admission, estimate)
         try:
             reply = await self._forward(call, request, items)
