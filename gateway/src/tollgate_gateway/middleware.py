@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tollgate_gateway import metrics
 from tollgate_gateway.chat.service import error_reply, new_id
-from tollgate_gateway.errors import ApiError, error_response
+from tollgate_gateway.errors import ApiError, error_response, internal_error
 
 if TYPE_CHECKING:
     from tollgate_gateway.chat.schemas import Endpoint
@@ -64,8 +64,12 @@ class RequestContextMiddleware:
         rid = request_id or b"req_" + uuid.uuid4().hex.encode()
         scope.setdefault("state", {})["request_id"] = rid.decode()
 
+        started = False
+
         async def send_with_id(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", rid)]
             await send(message)
 
@@ -90,6 +94,13 @@ class RequestContextMiddleware:
             await self.app(scope, limited_receive, send_with_id)
         except BodyTooLarge:
             await self._too_large(scope, receive, send_with_id)
+        except Exception:
+            # One log line with the request id, and the endpoint's error shape; handled here
+            # rather than by Starlette, which would log the same error a second time.
+            log.exception("unhandled error on %s (request %s)", scope["path"], rid.decode())
+            if started:
+                raise
+            await error_response(scope["path"], internal_error())(scope, receive, send_with_id)
         finally:
             metrics.IN_FLIGHT.dec()
 
@@ -136,16 +147,8 @@ async def serve_proxy(
         except ApiError as exc:
             reply = error_reply(path, exc)
         except Exception:
-            log.exception("unhandled error on %s", path)
-            reply = error_reply(
-                path,
-                ApiError(
-                    500,
-                    "The server had an error processing your request.",
-                    type="server_error",
-                    code="internal_error",
-                ),
-            )
+            log.exception("unhandled error on %s (request %s)", path, rid.decode())
+            reply = error_reply(path, internal_error())
         if reply.stream is None:
             await _send_whole(send, reply, rid)
         else:

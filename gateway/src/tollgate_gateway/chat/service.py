@@ -6,6 +6,7 @@ through `ProxyService.handle`, so keys, limits and usage are the same on both.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import os
@@ -48,6 +49,14 @@ UPSTREAM_PATHS = {
 }
 ID_PREFIX = {Endpoint.CHAT: "chatcmpl-", Endpoint.COMPLETIONS: "cmpl-"}
 DONE = b"data: [DONE]\n\n"
+SERVER_ERROR_EVENT = {
+    "error": {
+        "message": "The server had an error processing your request.",
+        "type": "server_error",
+        "param": None,
+        "code": "internal_error",
+    }
+}
 WHOLE = {
     Endpoint.EMBEDDINGS,
     Endpoint.OLLAMA_EMBED,
@@ -199,8 +208,14 @@ class ProxyService:
             self.finish(call)
             exc.headers = {**admission.headers, **exc.headers}
             raise
-        except BaseException:
+        except asyncio.CancelledError:
             call.status, call.error_class = 499, "cancelled"
+            self.finish(call)
+            raise
+        except Exception:
+            # A bug of ours, not the client's doing: recorded as such (the caller answers 500
+            # and logs it once, with the request id).
+            call.status, call.error_class = 500, "server_error"
             self.finish(call)
             raise
         if admission.headers:
@@ -352,9 +367,14 @@ class ProxyService:
             }
             out.append(b"data: " + orjson.dumps(error) + b"\n\n")  # after the good events
             yield b"".join(out)
-        except BaseException:
+        except (GeneratorExit, asyncio.CancelledError):
             call.status, call.error_class = 499, "client_disconnected"
             raise
+        except Exception:
+            log.exception("unhandled error in the stream of %s", call.request_id)
+            call.status, call.error_class = 500, "server_error"
+            out.append(b"data: " + orjson.dumps(SERVER_ERROR_EVENT) + b"\n\n")
+            yield b"".join(out)
         finally:
             if call.completion_tokens == 0:
                 call.completion_tokens = chunks  # disconnected before the usage chunk: count so far
@@ -412,9 +432,14 @@ class ProxyService:
             metrics.UPSTREAM_ERRORS.labels("stream").inc()
             out.append(b'{"error":"the model server connection broke mid-stream"}\n')
             yield b"".join(out)
-        except BaseException:
+        except (GeneratorExit, asyncio.CancelledError):
             call.status, call.error_class = 499, "client_disconnected"
             raise
+        except Exception:
+            log.exception("unhandled error in the stream of %s", call.request_id)
+            call.status, call.error_class = 500, "server_error"
+            out.append(b'{"error":"the server had an error processing your request"}\n')
+            yield b"".join(out)
         finally:
             if not done:
                 call.completion_tokens = chunks
