@@ -561,7 +561,7 @@ def test_monitoring_objects_are_off_by_default_and_on_with_one_value_each(render
 
 def test_service_monitors_scrape_the_services(render: Render) -> None:
     manifests = render(CI["monitoring-on"])
-    for name, service_name in ((GATEWAY, GATEWAY), (OPERATOR, "tollgate-operator-metrics")):
+    for name, service_name in ((GATEWAY, GATEWAY + "-metrics"), (OPERATOR, OPERATOR + "-metrics")):
         monitor = one(manifests, "ServiceMonitor", name)
         service = one(manifests, "Service", service_name)
         assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
@@ -572,6 +572,36 @@ def test_service_monitors_scrape_the_services(render: Render) -> None:
         (endpoint,) = monitor["spec"]["endpoints"]
         assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
         assert (endpoint["path"], endpoint["interval"]) == ("/metrics", "15s")
+
+
+def test_metrics_are_on_their_own_port_not_on_the_serving_service(render: Render) -> None:
+    manifests = render(CI["monitoring-on"])
+    serving = one(manifests, "Service", GATEWAY)
+    assert [p["name"] for p in serving["spec"]["ports"]] == ["http"]
+    monitor = one(manifests, "ServiceMonitor", GATEWAY)
+    selector = monitor["spec"]["selector"]["matchLabels"].items()
+    assert not selector <= serving["metadata"]["labels"].items()  # never scrapes the serving port
+    (container,) = one(manifests, "Deployment", GATEWAY)["spec"]["template"]["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert ports["metrics"] == int(env["TOLLGATE_METRICS_PORT"]) != ports["http"]
+    metrics_service = one(manifests, "Service", GATEWAY + "-metrics")
+    assert metrics_service["spec"]["ports"][0]["targetPort"] == "metrics"
+
+
+def test_http_server_limits_are_set_from_values(render: Render) -> None:
+    manifests = render(sets={"gateway.server.maxConnections": "77"})
+    (container,) = one(manifests, "Deployment", GATEWAY)["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["TOLLGATE_MAX_CONNECTIONS"] == "77"
+    for name in (
+        "TOLLGATE_MAX_HEADER_BYTES",
+        "TOLLGATE_MAX_HEADERS",
+        "TOLLGATE_HEADER_TIMEOUT_SECONDS",
+        "TOLLGATE_BODY_TIMEOUT_SECONDS",
+        "TOLLGATE_KEEP_ALIVE_TIMEOUT_SECONDS",
+    ):
+        assert float(env[name]) > 0, name
 
 
 def test_dashboards_are_configmaps_for_the_grafana_sidecar(render: Render) -> None:

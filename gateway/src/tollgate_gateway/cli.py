@@ -76,6 +76,19 @@ def serve(settings: Settings) -> None:
     except Exception as exc:
         print(f"tollgate-gateway: cannot start: {exc}", file=sys.stderr)
         raise SystemExit(1) from exc
+    if settings.metrics_port:
+        from tollgate_gateway import exposition
+
+        metrics_host = settings.metrics_host or settings.host
+        try:
+            exposition.serve(metrics_host, settings.metrics_port)
+        except OSError as exc:
+            print(
+                f"tollgate-gateway: cannot serve metrics on {metrics_host}:"
+                f"{settings.metrics_port}: {exc} (TOLLGATE_METRICS_PORT)",
+                file=sys.stderr,
+            )
+            raise SystemExit(1) from exc
     uvicorn.run(
         "tollgate_gateway.main:create_app",
         factory=True,

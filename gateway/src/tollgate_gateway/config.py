@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     usage_spool_dir: Path = Path(tempfile.gettempdir()) / "tollgate-usage-spool"
 
     metrics_per_key: bool = False
+    # /metrics is served on this port only (0: not at all), on metrics_host (default: host).
+    metrics_port: int = 9090
+    metrics_host: str | None = None
 
     @property
     def sqlalchemy_dsn(self) -> str:

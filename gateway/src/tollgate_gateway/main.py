@@ -74,7 +74,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(admin_router)
     app.add_api_route("/healthz", healthz, methods=["GET"], include_in_schema=False)
     app.add_api_route("/readyz", readyz, methods=["GET"], include_in_schema=False)
-    app.add_api_route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
     app.max_body_bytes = settings.max_body_bytes
     return app
@@ -110,8 +109,3 @@ async def readyz(request: Request) -> Response:
         required.append("redis")  # under the open policy requests are served without Redis
     ready = all(checks[k] == "ok" for k in required)
     return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
-
-
-async def metrics_endpoint() -> Response:
-    body, content_type = metrics.render()
-    return Response(body, media_type=content_type)

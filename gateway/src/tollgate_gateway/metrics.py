@@ -1,22 +1,15 @@
 """Prometheus metrics. Names are documented in the README.
 
-With several worker processes set PROMETHEUS_MULTIPROC_DIR; /metrics then
-aggregates every worker (prometheus-client's multiprocess mode).
+Served on a port of their own (TOLLGATE_METRICS_PORT), never on the serving port: they name
+every alias with its traffic and cost, and tenants reach the serving port. With several
+worker processes set PROMETHEUS_MULTIPROC_DIR; /metrics then aggregates every worker
+(prometheus-client's multiprocess mode), served once, by the supervising process
+(see `exposition`).
 """
 
 from __future__ import annotations
 
-import os
-
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-    multiprocess,
-)
+from prometheus_client import Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 FAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
@@ -89,11 +82,3 @@ DB_LATENCY = Histogram(
     ["op"],
     buckets=FAST_BUCKETS,
 )
-
-
-def render() -> tuple[bytes, str]:
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(), CONTENT_TYPE_LATEST

@@ -106,6 +106,45 @@ def error_reply(path: str, err: ApiError) -> Reply:
     return json_reply(body, err.status, err.headers)
 
 
+# What `/api/show` may tell a key about its alias: how to talk to the model, not where or
+# what the backend is (blob paths, the backend's tag and name, tensor layout).
+SHOW_KEYS = ("license", "parameters", "template", "details", "model_info", "capabilities")
+SHOW_GENERAL = {
+    "general.architecture",
+    "general.file_type",
+    "general.parameter_count",
+    "general.quantization_version",
+}
+
+
+def redact_show(data: Any, alias: Alias) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        return {}
+    shown: dict[str, Any] = {k: data[k] for k in SHOW_KEYS if k in data}
+    modelfile = data.get("modelfile")
+    if isinstance(modelfile, str):
+        kept = [
+            line
+            for line in modelfile.splitlines()
+            if not line.startswith(("#", "FROM ", "ADAPTER ")) and line.strip()
+        ]
+        shown["modelfile"] = "\n".join([f"FROM {alias.alias}", *kept]) + "\n"
+    details = shown.get("details")
+    if isinstance(details, dict):
+        shown["details"] = {**details, "parent_model": ""}
+    info = shown.get("model_info")
+    if isinstance(info, dict):
+        shown["model_info"] = {
+            k: v
+            for k, v in info.items()
+            if (not k.startswith("general.") or k in SHOW_GENERAL)
+            and not (isinstance(v, str) and ("/" in v or alias.backend_tag in v))
+        }
+    if isinstance(data.get("modified_at"), str):
+        shown["modified_at"] = data["modified_at"]
+    return shown
+
+
 def new_id() -> str:
     """`new_id()`, the same 32 hex digits with version and variant bits, at a
     third of the cost (a request needs two)."""
@@ -264,7 +303,7 @@ class ProxyService:
                 code="upstream_error",
             ) from exc
         if call.endpoint is Endpoint.OLLAMA_SHOW:
-            return payload
+            return orjson.dumps(redact_show(data, call.alias))
         data["model"] = call.alias.alias
         if call.endpoint in NATIVE:
             call.prompt_tokens = int(data.get("prompt_eval_count") or 0)

@@ -96,6 +96,7 @@ class GatewayProcess:
     env: dict[str, str]
     host: str = "127.0.0.1"
     port: int = 0
+    metrics_port: int = 0
     log_path: Path | None = None
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
@@ -103,14 +104,22 @@ class GatewayProcess:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
+    @property
+    def metrics_url(self) -> str:
+        """Where /metrics is served: a port of its own, not the serving port."""
+        return f"http://{self.host}:{self.metrics_port}/metrics"
+
     def start(self, timeout: float = 60) -> str:
         if self.port == 0:
             self.port = free_port(self.host)
+        if self.metrics_port == 0:
+            self.metrics_port = int(self.env.get("TOLLGATE_METRICS_PORT") or free_port(self.host))
         env = {
             **os.environ,
             **self.env,
             "TOLLGATE_HOST": self.host,
             "TOLLGATE_PORT": str(self.port),
+            "TOLLGATE_METRICS_PORT": str(self.metrics_port),
         }
         out = open(self.log_path, "ab") if self.log_path else None  # noqa: SIM115  (None: inherit)
         self.proc = subprocess.Popen(
