@@ -51,6 +51,17 @@ class Settings(BaseSettings):
     log_json: bool = False
     log_level: str = "info"
 
+    # Logins: attempts per client address and failures per email in a fixed window
+    # (Redis, shared by replicas); argon2 on `login_hash_workers` threads, `login_hash_queue`
+    # more waiting at most; the admin API's own database pool.
+    login_window_seconds: int = 60
+    login_attempts_per_address: int = 30
+    login_failures_per_email: int = 10
+    login_hash_workers: int = 2
+    login_hash_queue: int = 8
+    admin_db_pool_size: int = 5
+    admin_db_pool_timeout_seconds: float = 10.0
+
     key_pepper: SecretStr = SecretStr("")
     key_cache_ttl_seconds: float = 60.0
     key_cache_max_entries: int = 100_000

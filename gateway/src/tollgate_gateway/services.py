@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from tollgate_gateway.admin.logins import LoginGuard
 from tollgate_gateway.catalog.service import Catalog
 from tollgate_gateway.chat.service import ProxyService
 from tollgate_gateway.config import Settings
@@ -36,6 +37,8 @@ class Services:
     writer: UsageWriter
     upstream: Upstream
     proxy: ProxyService
+    admin_engine: AsyncEngine
+    logins: LoginGuard
 
     @classmethod
     async def build(cls, settings: Settings) -> Services:
@@ -80,10 +83,26 @@ class Services:
             settings.default_max_tokens,
             settings.metrics_per_key,
         )
+        # The admin API has a small pool of its own: however busy it gets (a login flood),
+        # it cannot take connections from the proxy's key lookups and usage writes.
+        admin_engine = create_engine(
+            settings.sqlalchemy_dsn,
+            pool_size=settings.admin_db_pool_size,
+            max_overflow=0,
+            pool_timeout=settings.admin_db_pool_timeout_seconds,
+        )
+        logins = LoginGuard(
+            redis,
+            settings.login_window_seconds,
+            settings.login_attempts_per_address,
+            settings.login_failures_per_email,
+            settings.login_hash_workers,
+            settings.login_hash_queue,
+        )
         return cls(
             settings,
             engine,
-            async_sessionmaker(engine, expire_on_commit=False),
+            async_sessionmaker(admin_engine, expire_on_commit=False),
             redis,
             keys,
             catalog,
@@ -93,6 +112,8 @@ class Services:
             writer,
             upstream,
             proxy,
+            admin_engine,
+            logins,
         )
 
     async def start(self) -> None:
@@ -108,5 +129,7 @@ class Services:
         await self.limiter.stop()
         await self.feed.stop()
         await self.upstream.close()
+        self.logins.close()
         await self.redis.aclose()
+        await self.admin_engine.dispose()
         await self.engine.dispose()

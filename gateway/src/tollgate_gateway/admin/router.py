@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 
 from tollgate_gateway.admin import schemas, service
 from tollgate_gateway.admin.security import issue_token
@@ -21,11 +21,13 @@ router = APIRouter(prefix="/admin", tags=["admin"])
 
 
 @router.post("/login")
-async def login(
-    data: schemas.LoginIn, services: ServicesDep, session: SessionDep
-) -> schemas.TokenOut:
-    user = await service.authenticate(session, data.email, data.password)
+async def login(data: schemas.LoginIn, request: Request, services: ServicesDep) -> schemas.TokenOut:
+    # No session dependency: a login must not hold a database connection while it hashes.
+    address = request.client.host if request.client else "unknown"
+    await services.logins.admit(address, data.email)
+    user = await service.authenticate(services.sessions, services.logins, data.email, data.password)
     if user is None:
+        await services.logins.failed(address, data.email)
         raise ApiError(401, "Wrong email or password.", code="invalid_credentials")
     ttl = services.settings.jwt_ttl_seconds
     token = issue_token(services.settings.jwt_secret.get_secret_value(), user.id, user.role, ttl)
