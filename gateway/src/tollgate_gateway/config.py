@@ -67,6 +67,15 @@ class Settings(BaseSettings):
     key_cache_max_entries: int = 100_000
 
     max_body_bytes: int = 8 * 1024 * 1024
+    # The HTTP server's limits (see `server`): request head size and field count, seconds to
+    # send a head and between two reads of a body, keep-alive idle seconds, open connections
+    # per worker process.
+    max_header_bytes: int = Field(64 * 1024, ge=1024)
+    max_headers: int = Field(100, ge=1)
+    header_timeout_seconds: float = Field(10.0, gt=0)
+    body_timeout_seconds: float = Field(30.0, gt=0)
+    keep_alive_timeout_seconds: float = Field(65.0, gt=0)
+    max_connections: int = Field(2048, ge=1)
     upstream_connect_timeout_seconds: float = 5.0
     upstream_read_timeout_seconds: float = 600.0
     upstream_max_connections: int = 1000

@@ -55,6 +55,12 @@ UPSTREAM_ERRORS = Counter(
     "Upstream (Ollama) failures by class (connect, timeout, overloaded, http_5xx, stream).",
     ["error_class"],
 )
+CONNECTIONS_REFUSED = Counter(
+    "tollgate_http_connections_refused_total",
+    "Connections the HTTP server closed or refused, by reason (header_too_large, "
+    "too_many_headers, header_timeout, body_timeout, max_connections).",
+    ["reason"],
+)
 AUTH_FAILURES = Counter("tollgate_auth_failures_total", "Requests refused for a bad key.")
 USAGE_QUEUE = Gauge(
     "tollgate_usage_queue_depth", "Usage events waiting to be written.", multiprocess_mode="livesum"
