@@ -62,6 +62,12 @@ class Settings(BaseSettings):
     admin_db_pool_size: int = 5
     admin_db_pool_timeout_seconds: float = 10.0
 
+    # Postgres outages: keys and aliases already known are served from memory this long
+    # after the first failure; the hot path's pool waits and connection attempts are bounded.
+    db_outage_grace_seconds: float = Field(300.0, ge=0)
+    db_pool_timeout_seconds: float = 5.0
+    db_connect_timeout_seconds: float = 3.0
+
     key_pepper: SecretStr = SecretStr("")
     key_cache_ttl_seconds: float = 60.0
     key_cache_max_entries: int = 100_000

@@ -86,6 +86,7 @@ async def healthz() -> Response:
 async def readyz(request: Request) -> Response:
     services: Services = request.app.state.services
     checks: dict[str, str] = {}
+    health = services.keys.health
     try:
         async with services.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
@@ -96,6 +97,10 @@ async def readyz(request: Request) -> Response:
         checks["schema"] = "ok" if state is not SchemaState.BEHIND else f"behind ({revision})"
     except Exception as exc:
         checks["postgres"] = f"error: {type(exc).__name__}"
+        health.failed(exc)
+        # Every pod sees the same outage: failing readiness would take them all out of the
+        # Service at once. Within the grace period they serve what they know ("degraded").
+        checks["schema"] = "unknown"
     try:
         await services.redis.ping()
         checks["redis"] = "ok"
@@ -108,4 +113,10 @@ async def readyz(request: Request) -> Response:
     if services.settings.redis_failure_policy is RedisFailurePolicy.CLOSED:
         required.append("redis")  # under the open policy requests are served without Redis
     ready = all(checks[k] == "ok" for k in required)
-    return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+    status = "ok" if ready else "not ready"
+    if not ready and checks["postgres"] != "ok" and health.within_grace():
+        others = [k for k in required if k not in ("postgres", "schema")]
+        if all(checks[k] == "ok" for k in others):
+            ready, status = True, "degraded"
+    body = {"ready": ready, "status": status, "checks": checks}
+    return JSONResponse(body, status_code=200 if ready else 503)

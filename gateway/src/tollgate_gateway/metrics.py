@@ -82,6 +82,7 @@ REDIS_LATENCY = Histogram(
     buckets=FAST_BUCKETS,
 )
 REDIS_UP = Gauge("tollgate_redis_up", "1 while Redis answers.", multiprocess_mode="min")
+DB_UP = Gauge("tollgate_db_up", "1 while Postgres answers the hot path.", multiprocess_mode="min")
 DB_LATENCY = Histogram(
     "tollgate_db_duration_seconds",
     "Latency of Postgres operations.",

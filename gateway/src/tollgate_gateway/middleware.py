@@ -19,7 +19,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tollgate_gateway import metrics
 from tollgate_gateway.chat.service import error_reply, new_id
-from tollgate_gateway.errors import ApiError, error_response, internal_error
+from tollgate_gateway.errors import ApiError, error_response, internal_error, service_unavailable
+from tollgate_gateway.storage.outage import UNAVAILABLE
 
 if TYPE_CHECKING:
     from tollgate_gateway.chat.schemas import Endpoint
@@ -146,6 +147,10 @@ async def serve_proxy(
             reply = error_reply(path, _too_large_error(max_body))
         except ApiError as exc:
             reply = error_reply(path, exc)
+        except UNAVAILABLE:
+            # Postgres down where nothing could be answered from memory (e.g. a budget's first
+            # use this month): the caches and the outage tracker have logged it.
+            reply = error_reply(path, service_unavailable("The database"))
         except Exception:
             log.exception("unhandled error on %s (request %s)", path, rid.decode())
             reply = error_reply(path, internal_error())

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from tollgate_gateway import metrics
 from tollgate_gateway.admin.logins import LoginGuard
 from tollgate_gateway.catalog.service import Catalog
 from tollgate_gateway.chat.service import ProxyService
@@ -16,6 +17,7 @@ from tollgate_gateway.keys.service import KeyService
 from tollgate_gateway.limits.service import Limiter
 from tollgate_gateway.storage.changes import ChangeFeed
 from tollgate_gateway.storage.db import check_schema, create_engine
+from tollgate_gateway.storage.outage import DatabaseHealth
 from tollgate_gateway.storage.upstream import Upstream
 from tollgate_gateway.usage.service import UsageService
 from tollgate_gateway.usage.writer import UsageWriter
@@ -42,7 +44,11 @@ class Services:
 
     @classmethod
     async def build(cls, settings: Settings) -> Services:
-        engine = create_engine(settings.sqlalchemy_dsn)
+        engine = create_engine(
+            settings.sqlalchemy_dsn,
+            pool_timeout=settings.db_pool_timeout_seconds,
+            connect_timeout=settings.db_connect_timeout_seconds,
+        )
         await check_schema(engine)
         redis = Redis.from_url(
             settings.redis_url,
@@ -50,13 +56,15 @@ class Services:
             socket_connect_timeout=settings.redis_timeout_seconds,
             health_check_interval=10,
         )
+        health = DatabaseHealth(settings.db_outage_grace_seconds)
         keys = KeyService(
             engine,
             settings.key_pepper.get_secret_value().encode(),
             settings.key_cache_ttl_seconds,
             settings.key_cache_max_entries,
+            health,
         )
-        catalog = Catalog(engine, settings.ollama_base_url)
+        catalog = Catalog(engine, settings.ollama_base_url, health)
         feed = ChangeFeed(settings.psycopg_dsn, keys, catalog)
         usage = UsageService(engine)
         limiter = Limiter(
@@ -90,6 +98,7 @@ class Services:
             pool_size=settings.admin_db_pool_size,
             max_overflow=0,
             pool_timeout=settings.admin_db_pool_timeout_seconds,
+            connect_timeout=settings.db_connect_timeout_seconds,
         )
         logins = LoginGuard(
             redis,
@@ -117,6 +126,7 @@ class Services:
         )
 
     async def start(self) -> None:
+        metrics.DB_UP.set(1)  # build() has just read the schema version
         self.feed.start()
         self.limiter.start()
         await self.writer.start()

@@ -26,7 +26,11 @@ class SchemaNotAtHead(RuntimeError):
 
 
 def create_engine(
-    dsn: str, pool_size: int = 10, max_overflow: int = 20, pool_timeout: float = 30
+    dsn: str,
+    pool_size: int = 10,
+    max_overflow: int = 20,
+    pool_timeout: float = 30,
+    connect_timeout: float = 10,
 ) -> AsyncEngine:
     return create_async_engine(
         dsn,
@@ -34,6 +38,8 @@ def create_engine(
         max_overflow=max_overflow,
         pool_timeout=pool_timeout,
         pool_pre_ping=True,
+        # an unreachable database fails a request in seconds rather than hanging it
+        connect_args={"connect_timeout": max(1, int(connect_timeout))},
     )
 
 
