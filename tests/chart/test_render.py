@@ -210,7 +210,10 @@ def test_gateway_probes_survive_slow_flushes_and_pods_drain(render: Render) -> N
     assert spec["terminationGracePeriodSeconds"] >= 35
     assert gateway["lifecycle"]["preStop"]["sleep"]["seconds"] > 0
     assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
-    assert gateway["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
+    assert gateway["ports"] == [
+        {"name": "http", "containerPort": 8000, "protocol": "TCP"},
+        {"name": "metrics", "containerPort": 9090, "protocol": "TCP"},
+    ]
     env = env_of(gateway)
     assert env["TOLLGATE_HOST"] == "0.0.0.0"
     assert env["TOLLGATE_PORT"] == "8000"
@@ -518,10 +521,12 @@ def test_network_policies(render: Render) -> None:
     manifests = render(CI["production-external-db"])
     gateway = one(manifests, "NetworkPolicy", GATEWAY)["spec"]
     assert gateway["policyTypes"] == ["Ingress", "Egress"]
-    (ingress,) = gateway["ingress"]
+    ingress, scrape = gateway["ingress"]
     assert ingress["ports"] == [{"port": 8000, "protocol": "TCP"}]
     peers = json.dumps(ingress["from"])
-    assert "caddy-ingress-controller" in peers and "prometheus" in peers
+    assert "caddy-ingress-controller" in peers and "prometheus" not in peers
+    assert scrape["ports"] == [{"port": 9090, "protocol": "TCP"}]
+    assert "prometheus" in json.dumps(scrape["from"])
     egress_ports = {p["port"] for rule in gateway["egress"] for p in rule.get("ports", [])}
     assert egress_ports == {53, 5432, 6432, 6379, 6380, 11434}
     operator = one(manifests, "NetworkPolicy", OPERATOR)["spec"]
@@ -579,8 +584,10 @@ def test_metrics_are_on_their_own_port_not_on_the_serving_service(render: Render
     serving = one(manifests, "Service", GATEWAY)
     assert [p["name"] for p in serving["spec"]["ports"]] == ["http"]
     monitor = one(manifests, "ServiceMonitor", GATEWAY)
-    selector = monitor["spec"]["selector"]["matchLabels"].items()
-    assert not selector <= serving["metadata"]["labels"].items()  # never scrapes the serving port
+    (endpoint,) = monitor["spec"]["endpoints"]
+    # the serving Service has no port of that name, so Prometheus never scrapes the serving port
+    assert endpoint["port"] == "metrics"
+    assert endpoint["port"] not in {p["name"] for p in serving["spec"]["ports"]}
     (container,) = one(manifests, "Deployment", GATEWAY)["spec"]["template"]["spec"]["containers"]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     env = {e["name"]: e.get("value") for e in container["env"]}
