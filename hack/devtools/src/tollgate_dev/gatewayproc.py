@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from tollgate_dev.services import ServiceError, free_port
+from tollgate_dev.services import ServiceError, free_port, spawning
 
 
 def wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
@@ -64,23 +64,24 @@ class StandinProcess:
         if self.port == 0:
             self.port = free_port(self.host)
         out = open(self.log_path, "ab") if self.log_path else None  # noqa: SIM115  (None: inherit)
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tollgate_dev.standin",
-                "--host",
-                self.host,
-                "--port",
-                str(self.port),
-                "--models",
-                self.models,
-                *self.extra,
-            ],
-            stdout=out,
-            stderr=out,
-            start_new_session=True,
-        )
+        with spawning():
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "tollgate_dev.standin",
+                    "--host",
+                    self.host,
+                    "--port",
+                    str(self.port),
+                    "--models",
+                    self.models,
+                    *self.extra,
+                ],
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+            )
         wait_http(self.url + "/api/version", timeout, self.proc)
         return self.url
 
@@ -122,13 +123,14 @@ class GatewayProcess:
             "TOLLGATE_METRICS_PORT": str(self.metrics_port),
         }
         out = open(self.log_path, "ab") if self.log_path else None  # noqa: SIM115  (None: inherit)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tollgate_gateway.cli", "serve"],
-            env=env,
-            stdout=out,
-            stderr=out,
-            start_new_session=True,
-        )
+        with spawning():
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "tollgate_gateway.cli", "serve"],
+                env=env,
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+            )
         wait_http(self.url + "/readyz", timeout, self.proc)
         return self.url
 
