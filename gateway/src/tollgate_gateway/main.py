@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
-from tollgate_gateway import __version__, metrics
+from tollgate_gateway import __version__, metrics, openapi
 from tollgate_gateway.admin.router import router as admin_router
 from tollgate_gateway.chat.router import PROXY_ROUTES as OPENAI_PROXY_ROUTES
 from tollgate_gateway.chat.router import routes as openai_routes
@@ -69,6 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     install_handlers(app)
+    openapi.install(app)
     app.router.routes.extend(openai_routes)
     app.router.routes.extend(native_routes)
     app.include_router(admin_router)

@@ -123,6 +123,8 @@ def _opt_int(body: dict[str, Any], name: str, minimum: int = 1) -> int | None:
     value = body.get(name)
     if value is None:
         return None
+    if isinstance(value, float) and value.is_integer():
+        value = body[name] = int(value)  # 100.0 is an integer in JSON (and to Ollama)
     if isinstance(value, bool) or not isinstance(value, int):
         raise _type_error(name, "an integer", value)
     if value < minimum:
