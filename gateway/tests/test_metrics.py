@@ -65,11 +65,7 @@ def test_prometheus_scrapes_documented_metrics(
     traffic(gateway, key, chat_model, admin)
     prometheus = PrometheusServer(
         service_dir / "prometheus",
-        {
-            "tollgate-gateway": [
-                gateway.metrics_url.removeprefix("http://").removesuffix("/metrics")
-            ]
-        },
+        {"tollgate-gateway": [gateway.metrics_address]},
     )
     prometheus.start()
     try:

@@ -108,7 +108,12 @@ class GatewayProcess:
     @property
     def metrics_url(self) -> str:
         """Where /metrics is served: a port of its own, not the serving port."""
-        return f"http://{self.host}:{self.metrics_port}/metrics"
+        return f"http://{self.metrics_address}/metrics"
+
+    @property
+    def metrics_address(self) -> str:
+        """host:port of /metrics, as a Prometheus scrape target."""
+        return f"{self.host}:{self.metrics_port}"
 
     def start(self, timeout: float = 60) -> str:
         if self.port == 0:
