@@ -92,6 +92,7 @@ async def readyz(request: Request) -> Response:
         async with services.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
         checks["postgres"] = "ok"
+        health.ok()
         revision = await current_revision(services.engine)
         state = schema_state(revision)
         # A newer schema is fine (backward-compatible migrations: upgrades, rollbacks).

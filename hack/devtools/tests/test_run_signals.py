@@ -49,13 +49,14 @@ class Run:
     """One `make run --standin`, its output collected line by line."""
 
     env: dict[str, str]
+    extra: tuple[str, ...] = ()
     proc: subprocess.Popen[bytes] = field(init=False)
     lines: list[str] = field(default_factory=list)
     _seen: threading.Condition = field(default_factory=threading.Condition)
 
     def __post_init__(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tollgate_dev.cli", "run", "--standin"],
+            [sys.executable, "-m", "tollgate_dev.cli", "run", "--standin", *self.extra],
             env=self.env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -250,3 +251,18 @@ def test_leftovers_of_an_earlier_run_are_reported_or_reused(
     reuse.signal(signal.SIGINT)
     assert reuse.wait() == 0, reuse.output
     assert_nothing_left(state, env)  # the adopted servers were stopped too
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize(
+    "phase", ["starting the local Kubernetes control plane", "operator running"]
+)
+def test_sigint_while_the_cluster_starts_stops_everything(
+    env: dict[str, str], state: Path, phase: str
+) -> None:
+    """`make run-cluster`: the control plane, kwok and the operator go too."""
+    run = Run(env, ("--cluster",))
+    run.wait_for(phase, timeout=600)
+    run.signal(signal.SIGINT)
+    assert run.wait(120) == 130, run.output
+    assert_nothing_left(state, env)
