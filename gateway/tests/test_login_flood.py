@@ -91,6 +91,7 @@ def test_login_flood_is_rate_limited_and_the_proxy_keeps_serving(
     statuses, retry_after, proxy, ready = measure(
         gateway, admin, new_key, chat_model, [target, *(f"nobody{i}@x.test" for i in range(50))]
     )
+    print(f"flood: {dict(statuses)}; proxy p99 {p99(proxy):.3f} s, /readyz max {max(ready):.3f} s")
     assert statuses[429] > 0, statuses
     assert statuses[500] == 0, statuses
     assert all(value.isdigit() and int(value) >= 1 for value in retry_after)
@@ -118,6 +119,7 @@ def test_without_rate_limits_hashing_stays_bounded(
     statuses, _, proxy, ready = measure(
         gateway, admin, new_key, chat_model, [f"nobody{i}@x.test" for i in range(50)]
     )
+    print(f"flood: {dict(statuses)}; proxy p99 {p99(proxy):.3f} s, /readyz max {max(ready):.3f} s")
     assert statuses[500] == 0, statuses
     assert statuses[401] > 0 and statuses[429] > 0, statuses
     assert p99(proxy) < BOUND_SECONDS, sorted(proxy)[-5:]

@@ -86,6 +86,7 @@ def test_a_100_mb_header_is_refused_early_with_bounded_memory(gateways: Gateways
     while any(t.is_alive() for t in threads):
         peak = max(peak, rss(gateway.proc.pid))
         time.sleep(0.02)
+    print(f"RSS {before / MiB:.0f} MiB -> peak {peak / MiB:.0f} MiB; sent {sent}")
     # Before: each unfinished 100 MB header added ~115 MB (138 -> 492 MB with three).
     assert peak - before < 30 * MiB, (before, peak)
     # refused after the 64 KiB limit: what was sent past it sat in socket buffers
