@@ -438,7 +438,7 @@ class Bench:
             wrk_out = wrk_proc.communicate()[0].decode()
             stream_out = stream_proc.communicate()[0].decode()
             cpu = meter.stop()
-            stats = self._tollgate_stats(base)
+            stats = self._tollgate_stats(tollgate.metrics_url)
         finally:
             tollgate.stop()
         line = next((x for x in wrk_out.splitlines() if x.startswith("WRK_JSON ")), "{}")
@@ -468,12 +468,12 @@ class Bench:
         g = growth.get("tollgate", {})
         say(f"soak: tollgate RSS {g.get('after_warmup_mib')} -> {g.get('end_mib')} MiB")
 
-    def _tollgate_stats(self, base: str) -> dict[str, Any]:
+    def _tollgate_stats(self, metrics_url: str) -> dict[str, Any]:
         """Evidence that usage logging and metrics ran: counters and rows written."""
         import httpx
 
         time.sleep(1.5)  # one usage flush interval and then some
-        text = httpx.get(base + "/metrics", timeout=30).text
+        text = httpx.get(metrics_url, timeout=30).text
         wanted = (
             "tollgate_usage_events_written_total",
             "tollgate_usage_events_dropped_total",

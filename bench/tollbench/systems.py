@@ -360,6 +360,7 @@ class Tollgate(System):
         self.stream_upstream = stream_upstream
         self.key_fields: dict[str, Any] = {}
         self.extra_env: dict[str, str] = {}
+        self.metrics_url = ""
 
     def env(self, upstream: str) -> dict[str, str]:
         return {
@@ -378,7 +379,13 @@ class Tollgate(System):
 
     def start(self, upstream: str, phase: str) -> str:
         port = free_port()
-        env = {**self.env(upstream), "TOLLGATE_HOST": "127.0.0.1", "TOLLGATE_PORT": str(port)}
+        self.metrics_url = f"http://127.0.0.1:{free_port()}/metrics"
+        env = {
+            **self.env(upstream),
+            "TOLLGATE_HOST": "127.0.0.1",
+            "TOLLGATE_PORT": str(port),
+            "TOLLGATE_METRICS_PORT": self.metrics_url.rsplit(":", 1)[1].split("/")[0],
+        }
         gateway = Path(sys.executable).parent / "tollgate-gateway"
         self.proc = Proc(
             "tollgate", [str(gateway), "serve"], self.ctx.sut_cpus, self._log(phase), env=env

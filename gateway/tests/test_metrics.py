@@ -64,7 +64,8 @@ def test_prometheus_scrapes_documented_metrics(
     key = new_key(rate_limit_rpm=5)["key"]
     traffic(gateway, key, chat_model, admin)
     prometheus = PrometheusServer(
-        service_dir / "prometheus", {"tollgate-gateway": [gateway.url.removeprefix("http://")]}
+        service_dir / "prometheus",
+        {"tollgate-gateway": [gateway.metrics_address]},
     )
     prometheus.start()
     try:
@@ -101,7 +102,7 @@ def test_metrics_add_up_across_worker_processes(
     assert len(pids) == 2, "both workers should have served requests"
 
     def total() -> float:
-        text = fresh.get(gateway.url + "/metrics").text
+        text = fresh.get(gateway.metrics_url).text
         return sum(
             float(line.rsplit(" ", 1)[1])
             for line in text.splitlines()
@@ -111,3 +112,11 @@ def test_metrics_add_up_across_worker_processes(
     # every scrape, whichever worker answers it, sees all 20 requests
     assert {total() for _ in range(8)} == {20.0}
     fresh.close()
+
+
+def test_metrics_are_not_served_on_the_serving_port(gateway: GatewayProcess) -> None:
+    """They name every alias with its traffic and cost; tenants reach the serving port."""
+    response = httpx.get(gateway.url + "/metrics")
+    assert response.status_code == 404
+    assert "tollgate_requests_total" not in response.text
+    assert "tollgate_requests_total" in httpx.get(gateway.metrics_url).text

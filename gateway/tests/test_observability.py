@@ -129,7 +129,7 @@ def test_genai_metrics_after_known_traffic(
         "gen_ai_provider_name": "ollama",
         "gen_ai_response_model": "llama3:8b",
     }
-    before = httpx.get(json_gateway.url + "/metrics").text
+    before = httpx.get(json_gateway.metrics_url).text
     oai = openai.OpenAI(base_url=json_gateway.url + "/v1", api_key=key["key"], max_retries=0)
     usage_in = usage_out = 0
     for _ in range(3):
@@ -151,7 +151,7 @@ def test_genai_metrics_after_known_traffic(
     assert final is not None
     usage_in += final.prompt_tokens
     usage_out += final.completion_tokens
-    after = httpx.get(json_gateway.url + "/metrics").text
+    after = httpx.get(json_gateway.metrics_url).text
 
     def delta(name: str, **extra: str) -> float:
         return sample(after, name, **labels, **extra) - sample(before, name, **labels, **extra)

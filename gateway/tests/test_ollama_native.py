@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import httpx
 import ollama
 import pytest
 
@@ -73,3 +74,26 @@ def test_ollama_client_against_the_standin_directly(standin: Any) -> None:
     c = ollama.Client(host=standin.url)
     assert any(m.model == "llama3:8b" for m in c.list().models)
     assert c.chat(model="llama3:8b", messages=[{"role": "user", "content": "hi"}]).message.content
+
+
+def test_show_reveals_the_alias_not_the_backend(
+    gateway: GatewayProcess, new_key: NewKey, chat_model: str
+) -> None:
+    """The stand-in's /api/show names its blob path and the backend tag (llama3:8b), as
+    Ollama's does; a key sees the alias, what the model is, and how to prompt it."""
+    response = httpx.post(
+        gateway.url + "/api/show",
+        json={"model": chat_model},
+        headers={"Authorization": f"Bearer {new_key()['key']}"},
+    )
+    assert response.status_code == 200, response.text
+    text = response.text
+    assert "blobs" not in text and "sha256" not in text
+    assert "llama3:8b" not in text
+    assert "/usr/share/ollama" not in text
+    shown = response.json()
+    assert "tensors" not in shown
+    assert shown["modelfile"].startswith(f"FROM {chat_model}\n")
+    assert shown["details"]["family"] and shown["details"]["parent_model"] == ""
+    assert shown["template"] and shown["capabilities"]
+    assert shown["model_info"]["general.architecture"]

@@ -97,7 +97,7 @@ def prometheus(
     admin.ensure_model(DOWN_ALIAS, "llama3:8b", backend_url=f"http://127.0.0.1:{free_port()}")
     server = PrometheusServer(
         service_dir / "prometheus-dashboards",
-        {JOB: [g.url.removeprefix("http://") for g in (gateway, per_key_gateway)]},
+        {JOB: [g.metrics_address for g in (gateway, per_key_gateway)]},
     )
     server.start()
     try:

@@ -210,7 +210,10 @@ def test_gateway_probes_survive_slow_flushes_and_pods_drain(render: Render) -> N
     assert spec["terminationGracePeriodSeconds"] >= 35
     assert gateway["lifecycle"]["preStop"]["sleep"]["seconds"] > 0
     assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
-    assert gateway["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
+    assert gateway["ports"] == [
+        {"name": "http", "containerPort": 8000, "protocol": "TCP"},
+        {"name": "metrics", "containerPort": 9090, "protocol": "TCP"},
+    ]
     env = env_of(gateway)
     assert env["TOLLGATE_HOST"] == "0.0.0.0"
     assert env["TOLLGATE_PORT"] == "8000"
@@ -584,10 +587,12 @@ def test_network_policies(render: Render) -> None:
     manifests = render(CI["production-external-db"])
     gateway = one(manifests, "NetworkPolicy", GATEWAY)["spec"]
     assert gateway["policyTypes"] == ["Ingress", "Egress"]
-    (ingress,) = gateway["ingress"]
+    ingress, scrape = gateway["ingress"]
     assert ingress["ports"] == [{"port": 8000, "protocol": "TCP"}]
     peers = json.dumps(ingress["from"])
-    assert "caddy-ingress-controller" in peers and "prometheus" in peers
+    assert "caddy-ingress-controller" in peers and "prometheus" not in peers
+    assert scrape["ports"] == [{"port": 9090, "protocol": "TCP"}]
+    assert "prometheus" in json.dumps(scrape["from"])
     egress_ports = {p["port"] for rule in gateway["egress"] for p in rule.get("ports", [])}
     assert egress_ports == {53, 5432, 6432, 6379, 6380, 11434}
     operator = one(manifests, "NetworkPolicy", OPERATOR)["spec"]
@@ -627,7 +632,7 @@ def test_monitoring_objects_are_off_by_default_and_on_with_one_value_each(render
 
 def test_service_monitors_scrape_the_services(render: Render) -> None:
     manifests = render(CI["monitoring-on"])
-    for name, service_name in ((GATEWAY, GATEWAY), (OPERATOR, "tollgate-operator-metrics")):
+    for name, service_name in ((GATEWAY, GATEWAY + "-metrics"), (OPERATOR, OPERATOR + "-metrics")):
         monitor = one(manifests, "ServiceMonitor", name)
         service = one(manifests, "Service", service_name)
         assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
@@ -638,6 +643,38 @@ def test_service_monitors_scrape_the_services(render: Render) -> None:
         (endpoint,) = monitor["spec"]["endpoints"]
         assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
         assert (endpoint["path"], endpoint["interval"]) == ("/metrics", "15s")
+
+
+def test_metrics_are_on_their_own_port_not_on_the_serving_service(render: Render) -> None:
+    manifests = render(CI["monitoring-on"])
+    serving = one(manifests, "Service", GATEWAY)
+    assert [p["name"] for p in serving["spec"]["ports"]] == ["http"]
+    monitor = one(manifests, "ServiceMonitor", GATEWAY)
+    (endpoint,) = monitor["spec"]["endpoints"]
+    # the serving Service has no port of that name, so Prometheus never scrapes the serving port
+    assert endpoint["port"] == "metrics"
+    assert endpoint["port"] not in {p["name"] for p in serving["spec"]["ports"]}
+    (container,) = one(manifests, "Deployment", GATEWAY)["spec"]["template"]["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert ports["metrics"] == int(env["TOLLGATE_METRICS_PORT"]) != ports["http"]
+    metrics_service = one(manifests, "Service", GATEWAY + "-metrics")
+    assert metrics_service["spec"]["ports"][0]["targetPort"] == "metrics"
+
+
+def test_http_server_limits_are_set_from_values(render: Render) -> None:
+    manifests = render(sets={"gateway.server.maxConnections": "77"})
+    (container,) = one(manifests, "Deployment", GATEWAY)["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["TOLLGATE_MAX_CONNECTIONS"] == "77"
+    for name in (
+        "TOLLGATE_MAX_HEADER_BYTES",
+        "TOLLGATE_MAX_HEADERS",
+        "TOLLGATE_HEADER_TIMEOUT_SECONDS",
+        "TOLLGATE_BODY_TIMEOUT_SECONDS",
+        "TOLLGATE_KEEP_ALIVE_TIMEOUT_SECONDS",
+    ):
+        assert float(env[name]) > 0, name
 
 
 def test_dashboards_are_configmaps_for_the_grafana_sidecar(render: Render) -> None:

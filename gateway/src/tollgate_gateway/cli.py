@@ -76,6 +76,19 @@ def serve(settings: Settings) -> None:
     except Exception as exc:
         print(f"tollgate-gateway: cannot start: {exc}", file=sys.stderr)
         raise SystemExit(1) from exc
+    if settings.metrics_port:
+        from tollgate_gateway import exposition
+
+        metrics_host = settings.metrics_host or settings.host
+        try:
+            exposition.serve(metrics_host, settings.metrics_port)
+        except OSError as exc:
+            print(
+                f"tollgate-gateway: cannot serve metrics on {metrics_host}:"
+                f"{settings.metrics_port}: {exc} (TOLLGATE_METRICS_PORT)",
+                file=sys.stderr,
+            )
+            raise SystemExit(1) from exc
     uvicorn.run(
         "tollgate_gateway.main:create_app",
         factory=True,
@@ -83,7 +96,9 @@ def serve(settings: Settings) -> None:
         port=settings.port,
         workers=settings.workers,
         loop="uvloop",
-        http="httptools",
+        http="tollgate_gateway.server:GuardedHttpToolsProtocol",
+        timeout_keep_alive=int(settings.keep_alive_timeout_seconds),
+        h11_max_incomplete_event_size=settings.max_header_bytes,
         log_level=settings.log_level,
         access_log=False,
         proxy_headers=True,

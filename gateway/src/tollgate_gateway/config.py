@@ -53,11 +53,37 @@ class Settings(BaseSettings):
     log_json: bool = False
     log_level: str = "info"
 
+    # Logins: attempts per client address and failures per email in a fixed window
+    # (Redis, shared by replicas); argon2 on `login_hash_workers` threads, `login_hash_queue`
+    # more waiting at most; the admin API's own database pool.
+    login_window_seconds: int = 60
+    login_attempts_per_address: int = 30
+    login_failures_per_email: int = 10
+    login_hash_workers: int = 2
+    login_hash_queue: int = 8
+    admin_db_pool_size: int = 5
+    admin_db_pool_timeout_seconds: float = 10.0
+
+    # Postgres outages: keys and aliases already known are served from memory this long
+    # after the first failure; the hot path's pool waits and connection attempts are bounded.
+    db_outage_grace_seconds: float = Field(300.0, ge=0)
+    db_pool_timeout_seconds: float = 5.0
+    db_connect_timeout_seconds: float = 3.0
+
     key_pepper: SecretStr = SecretStr("")
     key_cache_ttl_seconds: float = 60.0
     key_cache_max_entries: int = 100_000
 
     max_body_bytes: int = 8 * 1024 * 1024
+    # The HTTP server's limits (see `server`): request head size and field count, seconds to
+    # send a head and between two reads of a body, keep-alive idle seconds, open connections
+    # per worker process.
+    max_header_bytes: int = Field(64 * 1024, ge=1024)
+    max_headers: int = Field(100, ge=1)
+    header_timeout_seconds: float = Field(10.0, gt=0)
+    body_timeout_seconds: float = Field(30.0, gt=0)
+    keep_alive_timeout_seconds: float = Field(65.0, gt=0)
+    max_connections: int = Field(2048, ge=1)
     upstream_connect_timeout_seconds: float = 5.0
     upstream_read_timeout_seconds: float = 600.0
     upstream_max_connections: int = 1000
@@ -104,6 +130,9 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("OTEL_SERVICE_NAME", "TOLLGATE_OTEL_SERVICE_NAME"),
     )
     access_log_sample: float = Field(1.0, ge=0.0, le=1.0)
+    # /metrics is served on this port only (0: not at all), on metrics_host (default: host).
+    metrics_port: int = 9090
+    metrics_host: str | None = None
 
     @property
     def sqlalchemy_dsn(self) -> str:

@@ -51,7 +51,12 @@ async def current_user(request: Request, services: ServicesDep, session: Session
     claims = read_token(services.settings.jwt_secret.get_secret_value(), token.strip())
     if claims is None:
         raise _unauthorized("The access token is invalid or expired; log in again.")
-    user = await session.get(User, uuid.UUID(claims["sub"]))
+    try:
+        user_id = uuid.UUID(str(claims["sub"]))
+    except ValueError:
+        # Correctly signed but not one of ours (another service sharing the secret?).
+        raise _unauthorized("The access token does not name a user; log in again.") from None
+    user = await session.get(User, user_id)
     if user is None or user.disabled:
         raise _unauthorized("This account no longer exists or is disabled.")
     if not token_current(claims, user.password_hash):

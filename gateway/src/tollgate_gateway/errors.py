@@ -13,6 +13,8 @@ from typing import Any
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import DataError, OperationalError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
@@ -62,6 +64,26 @@ def model_not_found(alias: str) -> ApiError:
         f"The model `{alias}` does not exist or you do not have access to it.",
         code="model_not_found",
         param="model",
+    )
+
+
+def internal_error() -> ApiError:
+    return ApiError(
+        500,
+        "The server had an error processing your request.",
+        type="server_error",
+        code="internal_error",
+    )
+
+
+def service_unavailable(what: str, retry_after: int = 5) -> ApiError:
+    """A dependency (the database) is down and the answer cannot be given from memory."""
+    return ApiError(
+        503,
+        f"{what} is temporarily unavailable; please retry.",
+        type="server_error",
+        code="service_unavailable",
+        headers={"retry-after": str(retry_after)},
     )
 
 
@@ -146,13 +168,15 @@ def install_handlers(app: FastAPI) -> None:
         )
         return error_response(request.url.path, err)
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> Response:
-        log.exception("unhandled error on %s", request.url.path)
-        err = ApiError(
-            500,
-            "The server had an error processing your request.",
-            type="server_error",
-            code="internal_error",
-        )
-        return error_response(request.url.path, err)
+    @app.exception_handler(DataError)
+    async def _bad_value(request: Request, exc: DataError) -> Response:
+        # A value the schemas let through but the database refuses (a safety net: the
+        # schemas name the field when they catch it first).
+        reason = str(exc.orig).splitlines()[0] if exc.orig is not None else "invalid value"
+        return error_response(request.url.path, bad_request(f"Invalid value: {reason}."))
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(SQLAlchemyTimeoutError)
+    async def _database_down(request: Request, exc: Exception) -> Response:
+        log.warning("database unavailable on %s: %s", request.url.path, type(exc).__name__)
+        return error_response(request.url.path, service_unavailable("The database"))

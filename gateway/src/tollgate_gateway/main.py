@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
-from tollgate_gateway import __version__, metrics
+from tollgate_gateway import __version__, metrics, openapi
 from tollgate_gateway.admin.console import router as console_router
 from tollgate_gateway.admin.router import router as admin_router
 from tollgate_gateway.audit.router import router as audit_router
@@ -75,6 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     install_handlers(app)
+    openapi.install(app)
     app.router.routes.extend(openai_routes)
     app.router.routes.extend(native_routes)
     app.router.routes.extend(responses_routes)
@@ -85,7 +86,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(console_router)
     app.add_api_route("/healthz", healthz, methods=["GET"], include_in_schema=False)
     app.add_api_route("/readyz", readyz, methods=["GET"], include_in_schema=False)
-    app.add_api_route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False)
     app.router.routes.extend(console_routes(settings.console_dir))
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
     app.max_body_bytes = settings.max_body_bytes
@@ -99,16 +99,22 @@ async def healthz() -> Response:
 async def readyz(request: Request) -> Response:
     services: Services = request.app.state.services
     checks: dict[str, str] = {}
+    health = services.keys.health
     try:
         async with services.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
         checks["postgres"] = "ok"
+        health.ok()
         revision = await current_revision(services.engine)
         state = schema_state(revision)
         # A newer schema is fine (backward-compatible migrations: upgrades, rollbacks).
         checks["schema"] = "ok" if state is not SchemaState.BEHIND else f"behind ({revision})"
     except Exception as exc:
         checks["postgres"] = f"error: {type(exc).__name__}"
+        health.failed(exc)
+        # Every pod sees the same outage: failing readiness would take them all out of the
+        # Service at once. Within the grace period they serve what they know ("degraded").
+        checks["schema"] = "unknown"
     try:
         await services.redis.ping()
         checks["redis"] = "ok"
@@ -122,9 +128,10 @@ async def readyz(request: Request) -> Response:
     if services.settings.redis_failure_policy is RedisFailurePolicy.CLOSED:
         required.append("redis")  # under the open policy requests are served without Redis
     ready = all(checks[k] == "ok" for k in required)
-    return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
-
-
-async def metrics_endpoint() -> Response:
-    body, content_type = metrics.render()
-    return Response(body, media_type=content_type)
+    status = "ok" if ready else "not ready"
+    if not ready and checks["postgres"] != "ok" and health.within_grace():
+        others = [k for k in required if k not in ("postgres", "schema")]
+        if all(checks[k] == "ok" for k in others):
+            ready, status = True, "degraded"
+    body = {"ready": ready, "status": status, "checks": checks}
+    return JSONResponse(body, status_code=200 if ready else 503)

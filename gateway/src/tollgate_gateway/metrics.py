@@ -1,22 +1,15 @@
 """Prometheus metrics. Names are documented in the README.
 
-With several worker processes set PROMETHEUS_MULTIPROC_DIR; /metrics then
-aggregates every worker (prometheus-client's multiprocess mode).
+Served on a port of their own (TOLLGATE_METRICS_PORT), never on the serving port: they name
+every alias with its traffic and cost, and tenants reach the serving port. With several
+worker processes set PROMETHEUS_MULTIPROC_DIR; /metrics then aggregates every worker
+(prometheus-client's multiprocess mode), served once, by the supervising process
+(see `exposition`).
 """
 
 from __future__ import annotations
 
-import os
-
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-    multiprocess,
-)
+from prometheus_client import Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 FAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
@@ -62,6 +55,12 @@ UPSTREAM_ERRORS = Counter(
     "Upstream (Ollama) failures by class (connect, timeout, overloaded, http_5xx, stream).",
     ["error_class"],
 )
+CONNECTIONS_REFUSED = Counter(
+    "tollgate_http_connections_refused_total",
+    "Connections the HTTP server closed or refused, by reason (header_too_large, "
+    "too_many_headers, header_timeout, body_timeout, max_connections).",
+    ["reason"],
+)
 AUTH_FAILURES = Counter("tollgate_auth_failures_total", "Requests refused for a bad key.")
 USAGE_QUEUE = Gauge(
     "tollgate_usage_queue_depth", "Usage events waiting to be written.", multiprocess_mode="livesum"
@@ -92,6 +91,7 @@ LIMITS_UNCHECKED = Counter(
     "tollgate_limits_unchecked_total",
     "Requests of limited keys served (open policy) or refused (closed) without Redis.",
 )
+DB_UP = Gauge("tollgate_db_up", "1 while Postgres answers the hot path.", multiprocess_mode="min")
 DB_LATENCY = Histogram(
     "tollgate_db_duration_seconds",
     "Latency of Postgres operations.",
@@ -138,11 +138,3 @@ GENAI_TPOT = Histogram(
     GENAI_LABELS,
     buckets=GENAI_TPOT_BUCKETS,
 )
-
-
-def render() -> tuple[bytes, str]:
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(), CONTENT_TYPE_LATEST

@@ -19,7 +19,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tollgate_gateway import metrics
 from tollgate_gateway.chat.service import error_reply, new_id
-from tollgate_gateway.errors import ApiError, error_response
+from tollgate_gateway.errors import ApiError, error_response, internal_error, service_unavailable
+from tollgate_gateway.storage.outage import UNAVAILABLE
 from tollgate_gateway.tracing import RequestTrace
 
 if TYPE_CHECKING:
@@ -65,8 +66,12 @@ class RequestContextMiddleware:
         rid = request_id or b"req_" + uuid.uuid4().hex.encode()
         scope.setdefault("state", {})["request_id"] = rid.decode()
 
+        started = False
+
         async def send_with_id(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", rid)]
             await send(message)
 
@@ -91,6 +96,13 @@ class RequestContextMiddleware:
             await self.app(scope, limited_receive, send_with_id)
         except BodyTooLarge:
             await self._too_large(scope, receive, send_with_id)
+        except Exception:
+            # One log line with the request id, and the endpoint's error shape; handled here
+            # rather than by Starlette, which would log the same error a second time.
+            log.exception("unhandled error on %s (request %s)", scope["path"], rid.decode())
+            if started:
+                raise
+            await error_response(scope["path"], internal_error())(scope, receive, send_with_id)
         finally:
             metrics.IN_FLIGHT.dec()
 
@@ -145,19 +157,17 @@ async def serve_proxy(
             if watch is None or not watch.left():
                 raise
             return  # the client left while we waited for the model: nobody to answer
+        except UNAVAILABLE:
+            # Postgres down where nothing could be answered from memory (e.g. a budget's first
+            # use this month): the caches and the outage tracker have logged it.
+            if trace is not None:
+                trace.finish(503, "service_unavailable", {})
+            reply = error_reply(path, service_unavailable("The database"))
         except Exception:
-            log.exception("unhandled error on %s", path)
+            log.exception("unhandled error on %s (request %s)", path, rid.decode())
             if trace is not None:
                 trace.finish(500, "internal_error", {})
-            reply = error_reply(
-                path,
-                ApiError(
-                    500,
-                    "The server had an error processing your request.",
-                    type="server_error",
-                    code="internal_error",
-                ),
-            )
+            reply = error_reply(path, internal_error())
         try:
             if reply.stream is None:
                 await _send_whole(send, reply, rid)

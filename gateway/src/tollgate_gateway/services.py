@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from tollgate_gateway import metrics
 from tollgate_gateway.accesslog import AccessLog
+from tollgate_gateway.admin.logins import LoginGuard
 from tollgate_gateway.audit import recorder  # noqa: F401  (registers the flush hook)
 from tollgate_gateway.audit.service import AuditPruner, LoginRecorder
 from tollgate_gateway.catalog.service import Catalog
@@ -20,6 +22,7 @@ from tollgate_gateway.messages.service import MessagesService
 from tollgate_gateway.responses.service import ResponsesService
 from tollgate_gateway.storage.changes import ChangeFeed
 from tollgate_gateway.storage.db import check_schema, create_engine
+from tollgate_gateway.storage.outage import DatabaseHealth
 from tollgate_gateway.storage.responses import ResponseStore
 from tollgate_gateway.storage.upstream import Upstream
 from tollgate_gateway.tracing import Tracing
@@ -47,12 +50,18 @@ class Services:
     messages: MessagesService
     responses: ResponsesService
     stream: UsageStream | None
-    logins: LoginRecorder
+    login_audit: LoginRecorder
     audit_pruner: AuditPruner
+    admin_engine: AsyncEngine
+    logins: LoginGuard
 
     @classmethod
     async def build(cls, settings: Settings) -> Services:
-        engine = create_engine(settings.sqlalchemy_dsn)
+        engine = create_engine(
+            settings.sqlalchemy_dsn,
+            pool_timeout=settings.db_pool_timeout_seconds,
+            connect_timeout=settings.db_connect_timeout_seconds,
+        )
         await check_schema(engine)
         redis = Redis.from_url(
             settings.redis_url,
@@ -60,13 +69,15 @@ class Services:
             socket_connect_timeout=settings.redis_timeout_seconds,
             health_check_interval=10,
         )
+        health = DatabaseHealth(settings.db_outage_grace_seconds)
         keys = KeyService(
             engine,
             settings.key_pepper.get_secret_value().encode(),
             settings.key_cache_ttl_seconds,
             settings.key_cache_max_entries,
+            health,
         )
-        catalog = Catalog(engine, settings.ollama_base_url)
+        catalog = Catalog(engine, settings.ollama_base_url, health)
         feed = ChangeFeed(settings.psycopg_dsn, keys, catalog)
         usage = UsageService(engine)
         limiter = Limiter(
@@ -121,10 +132,27 @@ class Services:
             settings.responses_retention_seconds,
             settings.responses_sweep_interval_seconds,
         )
+        # The admin API has a small pool of its own: however busy it gets (a login flood),
+        # it cannot take connections from the proxy's key lookups and usage writes.
+        admin_engine = create_engine(
+            settings.sqlalchemy_dsn,
+            pool_size=settings.admin_db_pool_size,
+            max_overflow=0,
+            pool_timeout=settings.admin_db_pool_timeout_seconds,
+            connect_timeout=settings.db_connect_timeout_seconds,
+        )
+        logins = LoginGuard(
+            redis,
+            settings.login_window_seconds,
+            settings.login_attempts_per_address,
+            settings.login_failures_per_email,
+            settings.login_hash_workers,
+            settings.login_hash_queue,
+        )
         return cls(
             settings,
             engine,
-            async_sessionmaker(engine, expire_on_commit=False),
+            async_sessionmaker(admin_engine, expire_on_commit=False),
             redis,
             keys,
             catalog,
@@ -137,11 +165,14 @@ class Services:
             MessagesService(proxy),
             ResponsesService(proxy, stored),
             stream,
-            LoginRecorder(engine),
+            LoginRecorder(admin_engine),
             AuditPruner(engine, settings.audit_retention_days),
+            admin_engine,
+            logins,
         )
 
     async def start(self) -> None:
+        metrics.DB_UP.set(1)  # build() has just read the schema version
         self.feed.start()
         self.limiter.start()
         await self.writer.start()
@@ -164,5 +195,7 @@ class Services:
         await self.feed.stop()
         await self.upstream.close()
         self.proxy.tracing.shutdown()
+        self.logins.close()
         await self.redis.aclose()
+        await self.admin_engine.dispose()
         await self.engine.dispose()

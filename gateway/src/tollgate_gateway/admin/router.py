@@ -21,15 +21,16 @@ router = APIRouter(prefix="/admin", tags=["admin"])
 
 
 @router.post("/login")
-async def login(
-    data: schemas.LoginIn, services: ServicesDep, session: SessionDep, request: Request
-) -> schemas.TokenOut:
-    user = await service.authenticate(session, data.email, data.password)
-    client = request.client.host if request.client else None
+async def login(data: schemas.LoginIn, request: Request, services: ServicesDep) -> schemas.TokenOut:
+    # No session dependency: a login must not hold a database connection while it hashes.
+    address = request.client.host if request.client else "unknown"
+    await services.logins.admit(address, data.email)
+    user = await service.authenticate(services.sessions, services.logins, data.email, data.password)
     if user is None:
-        await services.logins.failure(data.email, client)
+        await services.logins.failed(address, data.email)
+        await services.login_audit.failure(data.email, address)
         raise ApiError(401, "Wrong email or password.", code="invalid_credentials")
-    await services.logins.success(user.email, user.id, client)
+    await services.login_audit.success(user.email, user.id, address)
     ttl = services.settings.jwt_ttl_seconds
     secret = services.settings.jwt_secret.get_secret_value()
     token = issue_token(secret, user.id, user.role, ttl, user.password_hash)

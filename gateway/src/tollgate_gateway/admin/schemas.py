@@ -5,11 +5,43 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-NonNegative = Annotated[int, Field(ge=0)]
+# Limits are stored as 32-bit integers and 0 would mean "unlimited" to the limiter: a limit
+# is at least 1 (as in the ApiKey CRD); leave it out (or null) for no limit.
+Limit = Annotated[int, Field(ge=1, le=2**31 - 1)]
+# Money columns are NUMERIC(18, 8).
+Money = Annotated[Decimal, Field(ge=0, max_digits=18, decimal_places=8)]
+Name = Annotated[str, Field(max_length=200)]
+
+
+def _no_nul(value: object, where: str = "") -> None:
+    """PostgreSQL text cannot hold NUL: refuse it here, with the field's name."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError(f"{where or 'value'} must not contain NUL characters")
+    elif isinstance(value, list):
+        for item in value:
+            _no_nul(item, where)
+
+
+class Input(BaseModel):
+    """A request body: no NUL characters in any text, and explicit nulls refused for the
+    fields listed in `not_null` (columns that cannot be empty)."""
+
+    not_null: ClassVar[frozenset[str]] = frozenset()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _check_raw(cls, data: object) -> object:
+        if isinstance(data, dict):
+            for name, value in data.items():
+                if value is None and name in cls.not_null:
+                    raise ValueError(f"{name} cannot be null; leave it out to keep it as it is")
+                _no_nul(value, str(name))
+        return data
 
 
 def _allowed(value: str | list[str]) -> str:
@@ -20,9 +52,9 @@ def _allowed(value: str | list[str]) -> str:
     return ",".join(parts)
 
 
-class LoginIn(BaseModel):
-    email: str
-    password: str
+class LoginIn(Input):
+    email: str = Field(max_length=320)
+    password: str = Field(max_length=1024)
 
 
 class TokenOut(BaseModel):
@@ -31,17 +63,17 @@ class TokenOut(BaseModel):
     expires_in: int
 
 
-class KeyCreate(BaseModel):
+class KeyCreate(Input):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=200)
-    owner: str | None = None
-    app: str | None = None
+    owner: Name | None = None
+    app: Name | None = None
     allowed_models: str | list[str] = "*"
-    rate_limit_rpm: NonNegative | None = None
-    tpm_limit: NonNegative | None = None
-    concurrency_limit: NonNegative | None = None
-    monthly_budget: Annotated[Decimal, Field(ge=0, max_digits=18, decimal_places=8)] | None = None
+    rate_limit_rpm: Limit | None = None
+    tpm_limit: Limit | None = None
+    concurrency_limit: Limit | None = None
+    monthly_budget: Money | None = None
     expires_at: datetime | None = None
     disabled: bool = False
 
@@ -58,17 +90,18 @@ class KeyCreate(BaseModel):
         return value
 
 
-class KeyUpdate(BaseModel):
+class KeyUpdate(Input):
     model_config = ConfigDict(extra="forbid")
+    not_null = frozenset({"name", "allowed_models", "disabled"})
 
     name: str | None = Field(None, min_length=1, max_length=200)
-    owner: str | None = None
-    app: str | None = None
+    owner: Name | None = None
+    app: Name | None = None
     allowed_models: str | list[str] | None = None
-    rate_limit_rpm: NonNegative | None = None
-    tpm_limit: NonNegative | None = None
-    concurrency_limit: NonNegative | None = None
-    monthly_budget: Annotated[Decimal, Field(ge=0, max_digits=18, decimal_places=8)] | None = None
+    rate_limit_rpm: Limit | None = None
+    tpm_limit: Limit | None = None
+    concurrency_limit: Limit | None = None
+    monthly_budget: Money | None = None
     expires_at: datetime | None = None
     disabled: bool | None = None
 
@@ -111,25 +144,28 @@ class KeyBudget(BaseModel):
     remaining: Decimal | None
 
 
-class ModelIn(BaseModel):
+class ModelIn(Input):
     model_config = ConfigDict(extra="forbid")
 
     alias: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
     backend_tag: str = Field(min_length=1, max_length=300)
-    backend_url: str | None = Field(None, pattern=r"^https?://")
+    backend_url: str | None = Field(None, pattern=r"^https?://", max_length=500)
     enabled: bool = True
-    input_price_per_mtok: Annotated[Decimal, Field(ge=0)] = Decimal(0)
-    output_price_per_mtok: Annotated[Decimal, Field(ge=0)] = Decimal(0)
+    input_price_per_mtok: Money = Decimal(0)
+    output_price_per_mtok: Money = Decimal(0)
 
 
-class ModelUpdate(BaseModel):
+class ModelUpdate(Input):
     model_config = ConfigDict(extra="forbid")
+    not_null = frozenset(
+        {"backend_tag", "enabled", "input_price_per_mtok", "output_price_per_mtok"}
+    )
 
     backend_tag: str | None = Field(None, min_length=1, max_length=300)
-    backend_url: str | None = Field(None, pattern=r"^https?://")
+    backend_url: str | None = Field(None, pattern=r"^https?://", max_length=500)
     enabled: bool | None = None
-    input_price_per_mtok: Annotated[Decimal, Field(ge=0)] | None = None
-    output_price_per_mtok: Annotated[Decimal, Field(ge=0)] | None = None
+    input_price_per_mtok: Money | None = None
+    output_price_per_mtok: Money | None = None
 
 
 class ModelOut(BaseModel):
@@ -149,19 +185,20 @@ class ModelOut(BaseModel):
 Role = Literal["admin", "viewer"]
 
 
-class UserIn(BaseModel):
+class UserIn(Input):
     model_config = ConfigDict(extra="forbid")
 
     # Internal domains (admin@localhost, team@corp.internal) are fine, so only the shape is checked.
     email: str = Field(pattern=r"^[^@\s]+@[^@\s]+$", max_length=320)
-    password: str = Field(min_length=12)
+    password: str = Field(min_length=12, max_length=1024)
     role: Role = "viewer"
 
 
-class UserUpdate(BaseModel):
+class UserUpdate(Input):
     model_config = ConfigDict(extra="forbid")
+    not_null = frozenset({"password", "role", "disabled"})
 
-    password: str | None = Field(None, min_length=12)
+    password: str | None = Field(None, min_length=12, max_length=1024)
     role: Role | None = None
     disabled: bool | None = None
 
@@ -176,11 +213,11 @@ class UserOut(BaseModel):
     created_at: datetime
 
 
-class AppIn(BaseModel):
+class AppIn(Input):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=200)
-    owner: str | None = None
+    owner: Name | None = None
     description: str | None = None
 
 

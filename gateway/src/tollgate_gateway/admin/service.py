@@ -9,10 +9,11 @@ from typing import Any, TypeVar
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from tollgate_gateway.admin import schemas
-from tollgate_gateway.admin.security import DUMMY_HASH, hash_password, verify_password
+from tollgate_gateway.admin.logins import LoginGuard
+from tollgate_gateway.admin.security import DUMMY_HASH, hash_password
 from tollgate_gateway.errors import ApiError
 from tollgate_gateway.keys.hashing import display_prefix, hash_key, mint_key
 from tollgate_gateway.storage.orm import ApiKey, App, Base, Model, User
@@ -52,15 +53,19 @@ async def _commit(session: AsyncSession, duplicate: str) -> None:
 
 
 # -- users ---------------------------------------------------------------------------------
-async def authenticate(session: AsyncSession, email: str, password: str) -> User | None:
-    user = (
-        await session.execute(select(User).where(func.lower(User.email) == email.lower()))
-    ).scalar_one_or_none()
-    # argon2 is deliberately slow: keep it off the event loop.
+async def authenticate(
+    sessions: async_sessionmaker[AsyncSession], guard: LoginGuard, email: str, password: str
+) -> User | None:
+    """The user for these credentials, or None. The database connection is given back
+    before the (deliberately slow) password check, which runs on the login executor."""
+    async with sessions() as session:
+        user = (
+            await session.execute(select(User).where(func.lower(User.email) == email.lower()))
+        ).scalar_one_or_none()
     if user is None:
-        await asyncio.to_thread(verify_password, DUMMY_HASH, password)
+        await guard.verify(DUMMY_HASH, password)  # both paths cost the same
         return None
-    valid = await asyncio.to_thread(verify_password, user.password_hash, password)
+    valid = await guard.verify(user.password_hash, password)
     if user.disabled or not valid:
         return None
     return user

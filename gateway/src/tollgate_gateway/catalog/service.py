@@ -10,10 +10,13 @@ from decimal import Decimal
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tollgate_gateway.errors import service_unavailable
 from tollgate_gateway.keys.service import FEED_DOWN_TTL
 from tollgate_gateway.storage.orm import Model
+from tollgate_gateway.storage.outage import UNAVAILABLE, DatabaseHealth
 
 PER_MILLION = Decimal(1_000_000)
+MAX_BACKOFF = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,14 +41,22 @@ class Alias:
 
 
 class Catalog:
-    def __init__(self, engine: AsyncEngine, default_backend_url: str) -> None:
+    """The aliases. While Postgres is down the last good catalog is kept (for the grace
+    period of `health`) and reloads back off, from one second to MAX_BACKOFF."""
+
+    def __init__(
+        self, engine: AsyncEngine, default_backend_url: str, health: DatabaseHealth
+    ) -> None:
         self._engine = engine
         self._default_url = default_backend_url.rstrip("/")
         self._aliases: dict[str, Alias] = {}
         self._loaded_at = 0.0
         self._stale = True
         self._lock = asyncio.Lock()
+        self._retry_at = 0.0
+        self._backoff = 1.0
         self.feed_healthy = False
+        self.health = health
 
     async def get(self, alias: str) -> Alias | None:
         await self._fresh()
@@ -59,11 +70,27 @@ class Catalog:
         self._stale = True
 
     async def _fresh(self) -> None:
-        expired = not self.feed_healthy and time.monotonic() - self._loaded_at > FEED_DOWN_TTL
-        if self._stale or expired:
+        now = time.monotonic()
+        expired = not self.feed_healthy and now - self._loaded_at > FEED_DOWN_TTL
+        if not (self._stale or expired):
+            return
+        if now >= self._retry_at:
             async with self._lock:
-                if self._stale or expired:
-                    await self.reload()
+                if time.monotonic() >= self._retry_at and (self._stale or expired):
+                    try:
+                        await self.reload()
+                    except UNAVAILABLE as exc:
+                        self.health.failed(exc)
+                        self._stale = True  # reload once the database is back
+                        self._retry_at = time.monotonic() + self._backoff
+                        self._backoff = min(self._backoff * 2, MAX_BACKOFF)
+                    else:
+                        self.health.ok()
+                        self._backoff = 1.0
+                        self._retry_at = 0.0
+                        return
+        if self._loaded_at == 0.0 or not self.health.within_grace():
+            raise service_unavailable("The model catalog")
 
     async def reload(self) -> None:
         self._stale = False

@@ -47,6 +47,28 @@ class Parsed:
     max_tokens: int | None
 
 
+# JSON nested deeper than this is refused (orjson cannot write more than 254 levels back,
+# and no API request needs more than a few dozen).
+MAX_DEPTH = 128
+# Counts Ollama reads as 32-bit integers; larger values are refused rather than wrapped.
+MAX_INT = 2**31 - 1
+
+
+def _too_deep(body: Any) -> bool:
+    level: list[Any] = [body]
+    for _ in range(MAX_DEPTH):
+        below: list[Any] = []
+        for item in level:
+            if isinstance(item, dict):
+                below.extend(v for v in item.values() if isinstance(v, dict | list))
+            elif isinstance(item, list):
+                below.extend(v for v in item if isinstance(v, dict | list))
+        if not below:
+            return False
+        level = below
+    return True
+
+
 def parse_json(raw: bytes) -> dict[str, Any]:
     if not raw:
         raise bad_request("The request body is empty; send a JSON object.")
@@ -58,6 +80,13 @@ def parse_json(raw: bytes) -> dict[str, Any]:
         ) from exc
     if not isinstance(body, dict):
         raise bad_request("The request body must be a JSON object.")
+    # Only a body with that many brackets can be that deep: the count is cheap, the walk is not.
+    if raw.count(b"{") + raw.count(b"[") > MAX_DEPTH and _too_deep(body):
+        raise ApiError(
+            400,
+            f"The JSON body is nested deeper than {MAX_DEPTH} levels.",
+            code="invalid_json",
+        )
     return body
 
 
@@ -96,10 +125,14 @@ def _opt_int(body: dict[str, Any], name: str, minimum: int = 1) -> int | None:
     value = body.get(name)
     if value is None:
         return None
+    if isinstance(value, float) and value.is_integer():
+        value = body[name] = int(value)  # 100.0 is an integer in JSON (and to Ollama)
     if isinstance(value, bool) or not isinstance(value, int):
         raise _type_error(name, "an integer", value)
     if value < minimum:
         raise bad_request(f"'{name}' must be at least {minimum}.", param=name, code="invalid_value")
+    if value > MAX_INT:
+        raise bad_request(f"'{name}' must be at most {MAX_INT}.", param=name, code="invalid_value")
     return value
 
 

@@ -62,6 +62,14 @@ REVOKED = {
     "code": "invalid_api_key",
 }
 DONE = b"data: [DONE]\n\n"
+SERVER_ERROR_EVENT = {
+    "error": {
+        "message": "The server had an error processing your request.",
+        "type": "server_error",
+        "param": None,
+        "code": "internal_error",
+    }
+}
 WHOLE = {
     Endpoint.EMBEDDINGS,
     Endpoint.OLLAMA_EMBED,
@@ -109,6 +117,45 @@ def error_reply(path: str, err: ApiError) -> Reply:
     """What `errors.error_response` sends, as a Reply."""
     body = error_body(path, err.status, err.message, err.type, err.code, err.param)
     return json_reply(body, err.status, err.headers)
+
+
+# What `/api/show` may tell a key about its alias: how to talk to the model, not where or
+# what the backend is (blob paths, the backend's tag and name, tensor layout).
+SHOW_KEYS = ("license", "parameters", "template", "details", "model_info", "capabilities")
+SHOW_GENERAL = {
+    "general.architecture",
+    "general.file_type",
+    "general.parameter_count",
+    "general.quantization_version",
+}
+
+
+def redact_show(data: Any, alias: Alias) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        return {}
+    shown: dict[str, Any] = {k: data[k] for k in SHOW_KEYS if k in data}
+    modelfile = data.get("modelfile")
+    if isinstance(modelfile, str):
+        kept = [
+            line
+            for line in modelfile.splitlines()
+            if not line.startswith(("#", "FROM ", "ADAPTER ")) and line.strip()
+        ]
+        shown["modelfile"] = "\n".join([f"FROM {alias.alias}", *kept]) + "\n"
+    details = shown.get("details")
+    if isinstance(details, dict):
+        shown["details"] = {**details, "parent_model": ""}
+    info = shown.get("model_info")
+    if isinstance(info, dict):
+        shown["model_info"] = {
+            k: v
+            for k, v in info.items()
+            if (not k.startswith("general.") or k in SHOW_GENERAL)
+            and not (isinstance(v, str) and ("/" in v or alias.backend_tag in v))
+        }
+    if isinstance(data.get("modified_at"), str):
+        shown["modified_at"] = data["modified_at"]
+    return shown
 
 
 def new_id() -> str:
@@ -300,8 +347,10 @@ class ProxyService:
             call.prompt_tokens = call.prompt_tokens or call.prompt_estimate
             self.finish(call)
             raise
-        except BaseException:
-            call.status, call.error_class = 499, "cancelled"
+        except Exception:
+            # A bug of ours, not the client's doing: recorded as such (the caller answers 500
+            # and logs it once, with the request id).
+            call.status, call.error_class = 500, "server_error"
             self.finish(call)
             raise
         if admission.headers:
@@ -377,7 +426,7 @@ class ProxyService:
                 code="upstream_error",
             ) from exc
         if call.endpoint is Endpoint.OLLAMA_SHOW:
-            return payload
+            return orjson.dumps(redact_show(data, call.alias))
         data["model"] = call.alias.alias
         if call.endpoint in NATIVE:
             call.prompt_tokens = int(data.get("prompt_eval_count") or 0)
@@ -490,9 +539,14 @@ class ProxyService:
                 }
             out.append(b"data: " + orjson.dumps(error) + b"\n\n")  # after the good events
             yield b"".join(out)
-        except BaseException:
+        except (GeneratorExit, asyncio.CancelledError):
             call.status, call.error_class = 499, "client_disconnected"
             raise
+        except Exception:
+            log.exception("unhandled error in the stream of %s", call.request_id)
+            call.status, call.error_class = 500, "server_error"
+            out.append(b"data: " + orjson.dumps(SERVER_ERROR_EVENT) + b"\n\n")
+            yield b"".join(out)
         finally:
             if not done:  # disconnected before the usage chunk: the prompt and the answer so far
                 call.prompt_tokens = call.prompt_tokens or call.prompt_estimate
@@ -560,9 +614,14 @@ class ProxyService:
                 metrics.UPSTREAM_ERRORS.labels("stream").inc()
                 out.append(b'{"error":"the model server connection broke mid-stream"}\n')
             yield b"".join(out)
-        except BaseException:
+        except (GeneratorExit, asyncio.CancelledError):
             call.status, call.error_class = 499, "client_disconnected"
             raise
+        except Exception:
+            log.exception("unhandled error in the stream of %s", call.request_id)
+            call.status, call.error_class = 500, "server_error"
+            out.append(b'{"error":"the server had an error processing your request"}\n')
+            yield b"".join(out)
         finally:
             if not done:  # disconnected before the last chunk: the prompt and the answer so far
                 call.prompt_tokens = call.prompt_tokens or call.prompt_estimate

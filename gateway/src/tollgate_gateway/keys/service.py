@@ -3,8 +3,13 @@
 Entries are dropped when Postgres announces a change to the key (LISTEN/NOTIFY,
 see `storage.changes`), so revocation reaches every replica within moments. A
 lookup that started before an invalidation never writes its stale answer back
-(generation check). While the change feed is down, entries live at most one
-second.
+(generation check). While the change feed is down, entries are checked against Postgres
+again after one second.
+
+While Postgres itself is down (`storage.outage`), a key already in the cache keeps its last
+known state for the grace period, whatever its age: a revocation that arrived before the
+outage has dropped the entry, so that key is not served. A key that is not in the cache
+gets 503 service_unavailable with Retry-After.
 """
 
 from __future__ import annotations
@@ -24,8 +29,10 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tollgate_gateway import metrics
+from tollgate_gateway.errors import service_unavailable
 from tollgate_gateway.keys.hashing import hash_key, hashes_equal
 from tollgate_gateway.storage.orm import ApiKey
+from tollgate_gateway.storage.outage import UNAVAILABLE, DatabaseHealth
 
 FEED_DOWN_TTL = 1.0
 NEGATIVE_TTL = 5.0
@@ -101,16 +108,25 @@ class KeyRecord:
 
 
 class KeyService:
-    def __init__(self, engine: AsyncEngine, pepper: bytes, ttl: float, max_entries: int) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        pepper: bytes,
+        ttl: float,
+        max_entries: int,
+        health: DatabaseHealth,
+    ) -> None:
         self._engine = engine
         self._pepper = pepper
         self._ttl = ttl
         self._max = max_entries
-        self._cache: OrderedDict[str, tuple[KeyRecord | None, float]] = OrderedDict()
+        # digest -> (record or None for "no such key", expires at, loaded at)
+        self._cache: OrderedDict[str, tuple[KeyRecord | None, float, float]] = OrderedDict()
         self._generation = 0
         self.feed_healthy = False
         # Told of every change the feed announces: a key's digest, or None for "any key".
         self.on_change: Callable[[str | None], None] | None = None
+        self.health = health
 
     def hash(self, key: str) -> str:
         return hash_key(key, self._pepper)
@@ -120,13 +136,29 @@ class KeyService:
         digest = self.hash(key)
         now = time.monotonic()
         hit = self._cache.get(digest)
-        if hit is not None and hit[1] > now:
+        if hit is not None and hit[1] > now and (self.feed_healthy or now - hit[2] < FEED_DOWN_TTL):
             record = hit[0]
         else:
-            record = await self._load(digest)
+            record = await self._load_or_remember(digest, hit)
         if record is None or not hashes_equal(record.key_hash, digest) or not record.usable():
             return None
         return record
+
+    async def _load_or_remember(
+        self, digest: str, hit: tuple[KeyRecord | None, float, float] | None
+    ) -> KeyRecord | None:
+        health = self.health
+        if health.may_try():
+            try:
+                record = await self._load(digest)
+            except UNAVAILABLE as exc:
+                health.failed(exc)
+            else:
+                health.ok()
+                return record
+        if hit is not None and health.within_grace():
+            return hit[0]
+        raise service_unavailable("Key verification")
 
     async def _load(self, digest: str) -> KeyRecord | None:
         generation = self._generation
@@ -141,7 +173,8 @@ class KeyService:
             ttl = self._ttl if self.feed_healthy else FEED_DOWN_TTL
             if record is None:
                 ttl = min(ttl, NEGATIVE_TTL)
-            self._cache[digest] = (record, time.monotonic() + ttl)
+            loaded = time.monotonic()
+            self._cache[digest] = (record, loaded + ttl, loaded)
             self._cache.move_to_end(digest)
             while len(self._cache) > self._max:
                 self._cache.popitem(last=False)

@@ -1,8 +1,8 @@
 """Postgres change feed: LISTEN on `tollgate_changes` and drop cached keys and aliases.
 
 The triggers (see the initial migration) announce every change to `api_keys` and
-`models`, whoever makes it. While the connection is down, caches fall back to a
-one-second lifetime; on reconnect everything cached is dropped.
+`models`, whoever makes it. While the connection is down, cached entries are checked again
+after a second; on reconnect everything cached is dropped.
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ class ChangeFeed:
 
     async def _run(self) -> None:
         delay = 0.2
+        lost_logged = False  # one line per loss, not one per reconnection attempt
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(
@@ -71,6 +72,9 @@ class ChangeFeed:
                     self._keys.invalidate_all()
                     self._catalog.invalidate()
                     self._set_healthy(True)
+                    if lost_logged:
+                        log.warning("change feed reconnected")
+                    lost_logged = False
                     delay = 0.2
                     while True:
                         async for note in conn.notifies(timeout=5.0):
@@ -80,8 +84,11 @@ class ChangeFeed:
                 self._set_healthy(False)
                 raise
             except Exception as exc:  # any connection trouble: fall back and retry
+                # The caches stay: while the feed is down their entries are checked again
+                # after a second, and kept as they are while Postgres cannot be asked.
+                if self.connected.is_set() or not lost_logged:
+                    log.warning("change feed lost (%s); reconnecting", str(exc).strip())
+                    lost_logged = True
                 self._set_healthy(False)
-                self._keys.invalidate_all()
-                log.warning("change feed lost (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)

@@ -25,8 +25,22 @@ class SchemaNotAtHead(RuntimeError):
     pass
 
 
-def create_engine(dsn: str, pool_size: int = 10) -> AsyncEngine:
-    return create_async_engine(dsn, pool_size=pool_size, max_overflow=20, pool_pre_ping=True)
+def create_engine(
+    dsn: str,
+    pool_size: int = 10,
+    max_overflow: int = 20,
+    pool_timeout: float = 30,
+    connect_timeout: float = 10,
+) -> AsyncEngine:
+    return create_async_engine(
+        dsn,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        pool_timeout=pool_timeout,
+        pool_pre_ping=True,
+        # an unreachable database fails a request in seconds rather than hanging it
+        connect_args={"connect_timeout": max(1, int(connect_timeout))},
+    )
 
 
 def alembic_config(dsn: str | None = None) -> Config:

@@ -142,6 +142,7 @@ class UsageWriter:
         spool_dir: Path,
     ) -> None:
         self._engine = engine
+        self._failing = False
         self._batch = batch_size
         self._interval = interval
         self._max = max_buffer
@@ -207,9 +208,14 @@ class UsageWriter:
         try:
             await insert_rows(self._engine, batch)
         except Exception as exc:
-            log.warning("usage flush of %d rows failed, will retry: %s", len(batch), exc)
+            if not self._failing:  # one line per outage, not one per retry
+                log.warning("usage flush of %d rows failed, will retry: %s", len(batch), exc)
+                self._failing = True
             metrics.USAGE_FLUSH_ERRORS.inc()
             return False
+        if self._failing:
+            log.warning("usage flush works again; %d rows still buffered", len(self._buffer))
+            self._failing = False
         del self._buffer[: len(batch)]
         elapsed = time.perf_counter() - started
         metrics.USAGE_FLUSH_SECONDS.observe(elapsed)

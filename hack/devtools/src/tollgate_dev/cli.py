@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -25,7 +26,19 @@ import httpx
 
 from tollgate_dev.cluster import LocalCluster
 from tollgate_dev.gatewayproc import GatewayProcess, StandinProcess, stop_process, wait_http
-from tollgate_dev.services import LocalPostgres, LocalValkey, ServiceError, free_port
+from tollgate_dev.services import (
+    LocalPostgres,
+    LocalValkey,
+    ServiceError,
+    command_of,
+    cwd_of,
+    deferring,
+    free_port,
+    on_resume,
+    port_free,
+    port_owner,
+    spawning,
+)
 
 REPO = Path(__file__).resolve().parents[4]
 STATE = Path(os.environ.get("TOLLGATE_STATE_DIR", REPO / ".state")).resolve()
@@ -45,19 +58,103 @@ def _secret_file(name: str, length: int) -> str:
     return path.read_text().strip()
 
 
-def _start_backing_services(stack: ExitStack, env: dict[str, str]) -> None:
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM during start-up: unwind, stopping whatever has started."""
+
+
+class Signals:
+    """SIGINT and SIGTERM, handled the same way at every moment of `make run`.
+
+    Installed explicitly: a `make run` started in the background by a shell inherits an
+    ignored SIGINT, and Python's default SIGTERM ends the process without running the
+    clean-up that stops the servers it started (each in a session of its own). During
+    start-up the first signal raises `Interrupted`; later ones, and any while serving or
+    cleaning up, only ask to stop.
+    """
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self.starting = True
+        signal.signal(signal.SIGINT, self._handle)
+        signal.signal(signal.SIGTERM, self._handle)
+        on_resume(self._act)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.received is None and self.starting and deferring(signum):
+            return  # a child is being spawned: acted on as soon as it is recorded
+        self._act(signum)
+
+    def _act(self, signum: int) -> None:
+        first = self.received is None
+        self.received = signum
+        if first and self.starting:
+            raise Interrupted(signum)
+
+
+def _busy_ports(wanted: dict[str, int]) -> list[str]:
+    """Why each wanted port cannot be used, naming the owner when we can see it."""
+    problems = []
+    for what, port in wanted.items():
+        if port_free(port):
+            continue
+        pid = port_owner(port)
+        if pid is None:
+            problems.append(f"port {port} ({what}) is in use")
+            continue
+        command = command_of(pid)
+        hint = ""
+        if "tollgate" in command or str(STATE) in command or cwd_of(pid) == REPO:
+            hint = " — left running by an earlier `make run`?"
+        problems.append(
+            f"port {port} ({what}) is in use by pid {pid} ({command[:120]}){hint} "
+            f"stop it with: kill {pid}"
+        )
+    return problems
+
+
+def _plan_backing_services(
+    env: dict[str, str],
+) -> tuple[LocalPostgres | None, LocalValkey | None, dict[str, int]]:
+    """The local servers to start or adopt, and the ports that must be free for the rest."""
+    ports: dict[str, int] = {}
+    pg = vk = None
     if not env.get("POSTGRES_DSN"):
-        port = int(env.get("TOLLGATE_DEV_POSTGRES_PORT", "55432"))
-        pg = LocalPostgres(STATE / "postgres", port=port)
-        say(f"starting PostgreSQL 18 on 127.0.0.1:{port} (data in {STATE / 'postgres'})")
-        env["POSTGRES_DSN"] = pg.start()
-        stack.callback(pg.stop)
+        pg = LocalPostgres(
+            STATE / "postgres", port=int(env.get("TOLLGATE_DEV_POSTGRES_PORT", "55432"))
+        )
+        if pg.leftover() is None:
+            ports["PostgreSQL"] = pg.port
     if not env.get("REDIS_URL"):
-        port = int(env.get("TOLLGATE_DEV_REDIS_PORT", "56379"))
-        vk = LocalValkey(STATE / "valkey", port=port, persist=True)
-        say(f"starting Valkey 9 on 127.0.0.1:{port}")
-        env["REDIS_URL"] = vk.start()
+        vk = LocalValkey(
+            STATE / "valkey", port=int(env.get("TOLLGATE_DEV_REDIS_PORT", "56379")), persist=True
+        )
+        if vk.leftover() is None:
+            ports["Valkey"] = vk.port
+    return pg, vk, ports
+
+
+def _start_backing_services(
+    stack: ExitStack, env: dict[str, str], pg: LocalPostgres | None, vk: LocalValkey | None
+) -> None:
+    if pg is not None:
+        stack.callback(pg.stop)  # registered first: a signal during start still stops it
+        left = pg.leftover()
+        if left is not None:
+            pid, port = left
+            say(f"reusing PostgreSQL left running by an earlier run (pid {pid}, port {port})")
+            env["POSTGRES_DSN"] = pg.adopt(pid, port)
+        else:
+            say(f"starting PostgreSQL 18 on 127.0.0.1:{pg.port} (data in {pg.data_dir})")
+            env["POSTGRES_DSN"] = pg.start()
+    if vk is not None:
         stack.callback(vk.stop)
+        left_pid = vk.leftover()
+        if left_pid is not None:
+            say(f"reusing Valkey left running by an earlier run (pid {left_pid}, port {vk.port})")
+            env["REDIS_URL"] = vk.adopt(left_pid)
+        else:
+            say(f"starting Valkey 9 on 127.0.0.1:{vk.port}")
+            env["REDIS_URL"] = vk.start()
 
 
 def _migrate(env: dict[str, str]) -> None:
@@ -124,10 +221,27 @@ async def _prepare_demo(env: dict[str, str]) -> str:
         await engine.dispose()
 
 
-def _build_console() -> None:
-    """Builds the web console when its sources changed (cached); the gateway runs without it."""
+def _run_group(command: list[str]) -> None:
+    """Run a build script in a process group of its own, and end the whole group (its
+    compilers too) if we are interrupted."""
+    with spawning():
+        proc = subprocess.Popen(command, process_group=0)
     try:
-        subprocess.run([str(REPO / "hack" / "build-console.sh")], check=True)
+        code = proc.wait()
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait()
+        raise
+    if code != 0:
+        raise subprocess.CalledProcessError(code, command)
+
+
+def _build_console() -> None:
+    """Builds the web console when its sources changed (cached); the gateway runs without it.
+    Interruptible like every other start-up step (its own process group is ended)."""
+    try:
+        _run_group([str(REPO / "hack" / "build-console.sh")])
     except (OSError, subprocess.CalledProcessError) as exc:
         say(f"WARNING: the console could not be built ({exc}); /console answers 404 until it is")
 
@@ -142,10 +256,10 @@ def _kubectl(cluster: LocalCluster, *args: str) -> None:
 def _start_cluster_and_operator(stack: ExitStack, env: dict[str, str], gateway_url: str) -> str:
     """The local control plane, the CRDs, the operator and the sample ApiKey; its Secret."""
     say("starting the local Kubernetes control plane (the first run builds it: ~8 min)")
-    subprocess.run([str(REPO / "hack" / "build-k8s.sh")], check=True)
+    _run_group([str(REPO / "hack" / "build-k8s.sh")])
     cluster = LocalCluster(STATE / "cluster")
-    cluster.start()
     stack.callback(cluster.stop)
+    cluster.start()
     _kubectl(cluster, "apply", "--server-side", "-f", str(REPO / "crds"))
     liveness = f"http://127.0.0.1:{free_port()}/healthz"
     op_env = {
@@ -160,15 +274,16 @@ def _start_cluster_and_operator(stack: ExitStack, env: dict[str, str], gateway_u
         "TOLLGATE_METRICS_PORT": str(free_port()),
     }
     log = open(STATE / "operator.log", "ab")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tollgate_operator", "--all-namespaces"],
-        env={**os.environ, **op_env},
-        stdout=log,
-        stderr=log,
-        start_new_session=True,
-    )
+    with spawning():
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tollgate_operator", "--all-namespaces"],
+            env={**os.environ, **op_env},
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+        stack.callback(stop_process, proc)
     log.close()
-    stack.callback(stop_process, proc)
     wait_http(liveness, 60, proc)
     say(f"operator running (log: {STATE / 'operator.log'})")
     samples = REPO / "manifests" / "samples"
@@ -184,6 +299,7 @@ def _start_cluster_and_operator(stack: ExitStack, env: dict[str, str], gateway_u
 
 
 def run(with_standin: bool, with_cluster: bool = False) -> int:
+    signals = Signals()
     STATE.mkdir(parents=True, exist_ok=True)
     STATE.chmod(0o755)  # the unprivileged PostgreSQL user must reach its data when we are root
     env = dict(os.environ)
@@ -194,75 +310,98 @@ def run(with_standin: bool, with_cluster: bool = False) -> int:
     env.setdefault("TOLLGATE_KEY_PEPPER", _secret_file("key-pepper", 32))
     env.setdefault("TOLLGATE_USAGE_SPOOL_DIR", str(STATE / "usage-spool"))
     port = env.setdefault("TOLLGATE_PORT", "8000")
-    with ExitStack() as stack:
-        try:
-            _start_backing_services(stack, env)
-            say("applying migrations")
-            _migrate(env)
-            if with_standin:
-                standin = StandinProcess(
-                    port=int(env.get("TOLLGATE_DEV_STANDIN_PORT", "11434")),
-                    log_path=STATE / "standin.log",
-                )
-                say(f"starting the Ollama stand-in (a test double, not Ollama) on :{standin.port}")
-                env["OLLAMA_BASE_URL"] = standin.start()
-                stack.callback(standin.stop)
-                demo_key = asyncio.run(_prepare_demo(env))
-            env.setdefault("OLLAMA_BASE_URL", "http://127.0.0.1:11434")
-            if not _ollama_answers(env["OLLAMA_BASE_URL"]):
-                say(
-                    f"WARNING: no Ollama answers at {env['OLLAMA_BASE_URL']}. The gateway starts, "
-                    "but completions fail with 502 until it does. Set OLLAMA_BASE_URL, or try "
-                    "`make run-standin`."
-                )
-            _build_console()
-            gateway = GatewayProcess(env, port=int(port))
-            say(
-                f"serving the gateway on http://127.0.0.1:{port}  (admin: {env['ADMIN_EMAIL']}, "
-                f"password in {STATE / 'admin-password'} unless ADMIN_PASSWORD is set)"
-            )
-            gateway.start(timeout=120)
-            say(f"console: http://127.0.0.1:{port}/console/")
-        except (ServiceError, OSError) as exc:
-            say(f"could not start: {exc}")
-            return 1
-        if with_cluster:
+    metrics_port = env.setdefault("TOLLGATE_METRICS_PORT", "9090")
+    standin_port = int(env.get("TOLLGATE_DEV_STANDIN_PORT", "11434"))
+    try:
+        with ExitStack() as stack:
             try:
-                kubeconfig = _start_cluster_and_operator(stack, env, gateway.url)
-            except (ServiceError, OSError, subprocess.CalledProcessError) as exc:
-                say(f"could not start the cluster or the operator: {exc}")
-                stop_process(gateway.proc)
+                pg, vk, ports = _plan_backing_services(env)
+                ports["the gateway"] = int(port)
+                ports["the gateway's metrics"] = int(metrics_port)
+                if with_standin:
+                    ports["the Ollama stand-in"] = standin_port
+                busy = _busy_ports(ports)
+                if busy:  # before anything starts
+                    for problem in busy:
+                        say(f"cannot start: {problem}")
+                    return 1
+                _start_backing_services(stack, env, pg, vk)
+                say("applying migrations")
+                _migrate(env)
+                if with_standin:
+                    standin = StandinProcess(port=standin_port, log_path=STATE / "standin.log")
+                    stack.callback(standin.stop)
+                    say(
+                        "starting the Ollama stand-in (a test double, not Ollama) "
+                        f"on :{standin.port}"
+                    )
+                    env["OLLAMA_BASE_URL"] = standin.start()
+                    demo_key = asyncio.run(_prepare_demo(env))
+                env.setdefault("OLLAMA_BASE_URL", "http://127.0.0.1:11434")
+                if not _ollama_answers(env["OLLAMA_BASE_URL"]):
+                    say(
+                        f"WARNING: no Ollama answers at {env['OLLAMA_BASE_URL']}. The gateway "
+                        "starts, but completions fail with 502 until it does. Set "
+                        "OLLAMA_BASE_URL, or try `make run-standin`."
+                    )
+                _build_console()
+                gateway = GatewayProcess(env, port=int(port), metrics_port=int(metrics_port))
+                stack.callback(gateway.stop)
+                say(
+                    f"serving the gateway on http://127.0.0.1:{port}  (admin: "
+                    f"{env['ADMIN_EMAIL']}, password in {STATE / 'admin-password'} unless "
+                    "ADMIN_PASSWORD is set)"
+                )
+                gateway.start(timeout=120)
+                say(f"metrics on {gateway.metrics_url}")
+                say(f"console: http://127.0.0.1:{port}/console/")
+            except (ServiceError, OSError) as exc:
+                say(f"could not start: {exc}")
                 return 1
-            say(f"export KUBECONFIG={kubeconfig}")
-            say("applied manifests/samples/apikey-basic.yaml; its key, once the operator wrote it:")
-            say(
-                "  kubectl -n tollgate-demo get secret demo-app-api-key "
-                "-o jsonpath='{.data.api-key}' | base64 -d"
-            )
-        if with_standin:
-            say(f"demo key (also in {STATE / 'demo-key'}): {demo_key}")
-            body = json.dumps(
-                {"model": DEMO_ALIAS, "messages": [{"role": "user", "content": "Hello"}]}
-            )
-            say(
-                f"try:  curl http://127.0.0.1:{port}/v1/chat/completions "
-                '-H "Authorization: Bearer $(cat .state/demo-key)" '
-                f"-H 'Content-Type: application/json' -d '{body}'"
-            )
-        say("press Ctrl-C to stop")
-        stop = {"now": False}
-
-        def _on_signal(signum: int, frame: object) -> None:
-            stop["now"] = True
-
-        signal.signal(signal.SIGINT, _on_signal)
-        signal.signal(signal.SIGTERM, _on_signal)
-        assert gateway.proc is not None
-        while not stop["now"] and gateway.proc.poll() is None:
-            time.sleep(0.5)
-        code = stop_process(gateway.proc)
+            if with_cluster:
+                try:
+                    kubeconfig = _start_cluster_and_operator(stack, env, gateway.url)
+                except (ServiceError, OSError, subprocess.CalledProcessError) as exc:
+                    say(f"could not start the cluster or the operator: {exc}")
+                    return 1
+                say(f"export KUBECONFIG={kubeconfig}")
+                say(
+                    "applied manifests/samples/apikey-basic.yaml; its key, once the operator "
+                    "wrote it:"
+                )
+                say(
+                    "  kubectl -n tollgate-demo get secret demo-app-api-key "
+                    "-o jsonpath='{.data.api-key}' | base64 -d"
+                )
+            if with_standin:
+                say(f"demo key (also in {STATE / 'demo-key'}): {demo_key}")
+                body = json.dumps(
+                    {"model": DEMO_ALIAS, "messages": [{"role": "user", "content": "Hello"}]}
+                )
+                say(
+                    f"try:  curl http://127.0.0.1:{port}/v1/chat/completions "
+                    '-H "Authorization: Bearer $(cat .state/demo-key)" '
+                    f"-H 'Content-Type: application/json' -d '{body}'"
+                )
+            signals.starting = False
+            if signals.received is not None:  # arrived between the last step and now
+                say("stopping")
+                return 0
+            say("press Ctrl-C to stop")
+            assert gateway.proc is not None
+            while signals.received is None and gateway.proc.poll() is None:
+                time.sleep(0.2)
+            say("stopping")
+            code = gateway.stop()
         say("stopped")
         return 0 if code in (0, -signal.SIGTERM, None) else code
+    except Interrupted as exc:
+        signals.starting = False
+        say(
+            f"interrupted by {signal.Signals(exc.args[0]).name} while starting; "
+            "stopped what had started"
+        )
+        return 130 if exc.args[0] == signal.SIGINT else 143
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -284,9 +423,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "run":
         sys.exit(run(args.standin, args.cluster))
     env = dict(os.environ)
+    Signals()
     with ExitStack() as stack:
         STATE.mkdir(parents=True, exist_ok=True)
-        _start_backing_services(stack, env)
+        pg, vk, _ = _plan_backing_services(env)
+        _start_backing_services(stack, env, pg, vk)
         _migrate(env)
     say("migrations applied")
 

@@ -57,6 +57,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tollgate_dev.k8s_binaries import Binaries, BinariesMissingError, cache_root, repo_root
+from tollgate_dev.services import spawning
 
 __all__ = [
     "DEFAULT_POD_CIDR",
@@ -555,18 +556,21 @@ class LocalCluster:
         with log_path.open("ab") as log_file:
             log_file.write(f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%S')} starting\n".encode())
             log_file.flush()
-            proc = subprocess.Popen(
-                [str(binary), *args],
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                cwd=self.state_dir,
-                env={**os.environ, **(env or {})},
-                start_new_session=True,  # its own process group, stopped as one
-                preexec_fn=_die_with_parent if self.die_with_parent else None,
-            )
-        self._pid_file(component).write_text(json.dumps(asdict(_Pid(proc.pid, str(binary)))) + "\n")
-        self._procs[component] = proc
+            with spawning():
+                proc = subprocess.Popen(
+                    [str(binary), *args],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    cwd=self.state_dir,
+                    env={**os.environ, **(env or {})},
+                    start_new_session=True,  # its own process group, stopped as one
+                    preexec_fn=_die_with_parent if self.die_with_parent else None,
+                )
+                # recorded before a held-back signal acts: `stop` finds it by its pid file
+                pid = _Pid(proc.pid, str(binary))
+                self._pid_file(component).write_text(json.dumps(asdict(pid)) + "\n")
+                self._procs[component] = proc
 
     def _wait(self, what: str, ready: Callable[[], bool], *, timeout: float) -> None:
         deadline = time.monotonic() + timeout

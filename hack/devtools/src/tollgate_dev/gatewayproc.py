@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from tollgate_dev.services import ServiceError, free_port
+from tollgate_dev.services import ServiceError, free_port, spawning
 
 
 def wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
@@ -64,23 +64,24 @@ class StandinProcess:
         if self.port == 0:
             self.port = free_port(self.host)
         out = open(self.log_path, "ab") if self.log_path else None  # noqa: SIM115  (None: inherit)
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tollgate_dev.standin",
-                "--host",
-                self.host,
-                "--port",
-                str(self.port),
-                "--models",
-                self.models,
-                *self.extra,
-            ],
-            stdout=out,
-            stderr=out,
-            start_new_session=True,
-        )
+        with spawning():
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "tollgate_dev.standin",
+                    "--host",
+                    self.host,
+                    "--port",
+                    str(self.port),
+                    "--models",
+                    self.models,
+                    *self.extra,
+                ],
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+            )
         wait_http(self.url + "/api/version", timeout, self.proc)
         return self.url
 
@@ -96,6 +97,7 @@ class GatewayProcess:
     env: dict[str, str]
     host: str = "127.0.0.1"
     port: int = 0
+    metrics_port: int = 0
     log_path: Path | None = None
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
@@ -103,23 +105,37 @@ class GatewayProcess:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
+    @property
+    def metrics_url(self) -> str:
+        """Where /metrics is served: a port of its own, not the serving port."""
+        return f"http://{self.metrics_address}/metrics"
+
+    @property
+    def metrics_address(self) -> str:
+        """host:port of /metrics, as a Prometheus scrape target."""
+        return f"{self.host}:{self.metrics_port}"
+
     def start(self, timeout: float = 60) -> str:
         if self.port == 0:
             self.port = free_port(self.host)
+        if self.metrics_port == 0:
+            self.metrics_port = int(self.env.get("TOLLGATE_METRICS_PORT") or free_port(self.host))
         env = {
             **os.environ,
             **self.env,
             "TOLLGATE_HOST": self.host,
             "TOLLGATE_PORT": str(self.port),
+            "TOLLGATE_METRICS_PORT": str(self.metrics_port),
         }
         out = open(self.log_path, "ab") if self.log_path else None  # noqa: SIM115  (None: inherit)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tollgate_gateway.cli", "serve"],
-            env=env,
-            stdout=out,
-            stderr=out,
-            start_new_session=True,
-        )
+        with spawning():
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "tollgate_gateway.cli", "serve"],
+                env=env,
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+            )
         wait_http(self.url + "/readyz", timeout, self.proc)
         return self.url
 

@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,11 +41,113 @@ class ServiceError(RuntimeError):
     """A local server could not be started."""
 
 
+class _Deferral:
+    depth = 0
+    pending: int | None = None
+    resume: Callable[[int], None] | None = None
+
+
+def deferring(signum: int) -> bool:
+    """For a signal handler: True (and the signal kept for later) while a child process is
+    being spawned, see `spawning`."""
+    if _Deferral.depth == 0:
+        return False
+    _Deferral.pending = signum
+    return True
+
+
+def on_resume(handler: Callable[[int], None] | None) -> None:
+    """What to call with a signal that arrived while spawning, once the spawn is recorded."""
+    _Deferral.resume = handler
+
+
+@contextlib.contextmanager
+def spawning() -> Iterator[None]:
+    """Hold back an interrupting signal (`make run`'s) while a child is spawned and recorded.
+
+    A signal handled inside `Popen()` (or before its result is stored) would leave a child
+    nobody knows to stop; inside this block the handler only notes the signal, and it is
+    acted on once the block ends, with the child recorded.
+    """
+    _Deferral.depth += 1
+    try:
+        yield
+    finally:
+        _Deferral.depth -= 1
+        if _Deferral.depth == 0 and _Deferral.pending is not None:
+            signum, _Deferral.pending = _Deferral.pending, None
+            if _Deferral.resume is not None:
+                _Deferral.resume(signum)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def _listening_inodes(port: int) -> set[str]:
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                local, state, inode = fields[1], fields[3], fields[9]
+                if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
+                    inodes.add(inode)
+    return inodes
+
+
+def port_owner(port: int) -> int | None:
+    """The pid of the process listening on a TCP port, when we may see it (Linux)."""
+    inodes = {f"socket:[{inode}]" for inode in _listening_inodes(port)}
+    if not inodes:
+        return None
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            for fd in (proc / "fd").iterdir():
+                with contextlib.suppress(OSError):
+                    if os.readlink(fd) in inodes:
+                        return int(proc.name)
+    return None
+
+
+def command_of(pid: int) -> str:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return "?"
+    return raw.replace(b"\0", b" ").decode(errors="replace").strip() or "?"
+
+
+def cwd_of(pid: int) -> Path | None:
+    try:
+        return Path(os.readlink(f"/proc/{pid}/cwd")).resolve()
+    except OSError:
+        return None
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen[bytes]) -> None:
@@ -75,6 +178,18 @@ def _stop(
         proc.wait()
 
 
+def _stop_pid(pid: int, sig: int, timeout: float = 15) -> None:
+    """Stop a process that is not our child (one left by an earlier run)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+    deadline = time.monotonic() + timeout
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
 @dataclass
 class LocalPostgres:
     """A PostgreSQL 18 server on loopback with trust auth, data in `data_dir`."""
@@ -86,6 +201,7 @@ class LocalPostgres:
     log_file: Path | None = None
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
     _user: str | None = field(default=None, init=False)
+    _adopted: int | None = field(default=None, init=False)
 
     @property
     def dsn(self) -> str:
@@ -142,6 +258,13 @@ class LocalPostgres:
         if not (self.data_dir / "PG_VERSION").exists():
             self.data_dir.mkdir(mode=0o700, exist_ok=True)
             self._as_user(self.data_dir)
+            self._initdb(bin_dir)
+        self._serve(bin_dir, timeout)
+        return self.dsn
+
+    def _initdb(self, bin_dir: Path) -> None:
+        # A few seconds, not interrupted: initdb's own children would outlive it.
+        with spawning():
             subprocess.run(
                 [
                     str(bin_dir / "initdb"),
@@ -157,35 +280,37 @@ class LocalPostgres:
                 user=self._user,
                 stdout=subprocess.DEVNULL,
             )
+
+    def _serve(self, bin_dir: Path, timeout: float) -> None:
         sock_dir = self.data_dir / "sock"
         sock_dir.mkdir(exist_ok=True)
         self._as_user(sock_dir)
         log = open(self.log_file or self.data_dir.parent / "postgres.log", "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [
-                str(bin_dir / "postgres"),
-                "-D",
-                str(self.data_dir),
-                "-p",
-                str(self.port),
-                "-c",
-                f"listen_addresses={self.host}",
-                "-c",
-                f"unix_socket_directories={sock_dir}",
-                "-c",
-                "max_connections=300",
-                "-c",
-                "fsync=off" if os.environ.get("CI") else "fsync=on",
-            ],
-            user=self._user,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-        )
+        with spawning():
+            self.proc = subprocess.Popen(
+                [
+                    str(bin_dir / "postgres"),
+                    "-D",
+                    str(self.data_dir),
+                    "-p",
+                    str(self.port),
+                    "-c",
+                    f"listen_addresses={self.host}",
+                    "-c",
+                    f"unix_socket_directories={sock_dir}",
+                    "-c",
+                    "max_connections=300",
+                    "-c",
+                    "fsync=off" if os.environ.get("CI") else "fsync=on",
+                ],
+                user=self._user,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
         log.close()
         wait_for_port(self.host, self.port, timeout, self.proc)
         self._ensure_database(timeout)
-        return self.dsn
 
     def _ensure_database(self, timeout: float) -> None:
         import psycopg
@@ -206,10 +331,31 @@ class LocalPostgres:
                     raise
                 time.sleep(0.1)
 
+    def leftover(self) -> tuple[int, int] | None:
+        """(pid, port) of a server still running on this data folder (an earlier run)."""
+        try:
+            lines = (self.data_dir / "postmaster.pid").read_text().splitlines()
+            pid, port = int(lines[0]), int(lines[3])
+        except (OSError, ValueError, IndexError):
+            return None
+        if not alive(pid) or cwd_of(pid) not in (None, self.data_dir.resolve()):
+            return None
+        return pid, port
+
+    def adopt(self, pid: int, port: int) -> str:
+        """Use (and, at stop, stop) a server left running on this data folder."""
+        self.port = port
+        self._adopted = pid
+        self._ensure_database(10)
+        return self.dsn
+
     def stop(self) -> None:
         # SIGINT is PostgreSQL's "fast shutdown": sessions end, data is flushed.
         _stop(self.proc, signal.SIGINT)
         self.proc = None
+        if self._adopted is not None:
+            _stop_pid(self._adopted, signal.SIGINT)
+            self._adopted = None
 
 
 @dataclass
@@ -221,6 +367,7 @@ class LocalValkey:
     host: str = "127.0.0.1"
     persist: bool = False
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    _adopted: int | None = field(default=None, init=False)
 
     @property
     def url(self) -> str:
@@ -234,25 +381,37 @@ class LocalValkey:
             ["--appendonly", "yes"] if self.persist else ["--save", "", "--appendonly", "no"]
         )
         log = open(self.data_dir / "valkey.log", "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [
-                str(_VALKEY_BIN),
-                "--port",
-                str(self.port),
-                "--bind",
-                self.host,
-                "--dir",
-                str(self.data_dir),
-                "--protected-mode",
-                "no",
-                *persistence,
-            ],
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-        )
+        with spawning():
+            self.proc = subprocess.Popen(
+                [
+                    str(_VALKEY_BIN),
+                    "--port",
+                    str(self.port),
+                    "--bind",
+                    self.host,
+                    "--dir",
+                    str(self.data_dir),
+                    "--protected-mode",
+                    "no",
+                    *persistence,
+                ],
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
         log.close()
         wait_for_port(self.host, self.port, timeout, self.proc)
+        return self.url
+
+    def leftover(self) -> int | None:
+        """The pid of a Valkey still running on this port and data folder (an earlier run)."""
+        pid = port_owner(self.port) if self.port else None
+        if pid is None or cwd_of(pid) != self.data_dir.resolve():
+            return None
+        return pid
+
+    def adopt(self, pid: int) -> str:
+        self._adopted = pid
         return self.url
 
     def kill(self) -> None:
@@ -263,3 +422,6 @@ class LocalValkey:
     def stop(self) -> None:
         _stop(self.proc)
         self.proc = None
+        if self._adopted is not None:
+            _stop_pid(self._adopted, signal.SIGTERM)
+            self._adopted = None
