@@ -167,8 +167,11 @@ def test_an_unexpected_error_is_a_500_with_a_body_a_log_line_and_a_usage_row(
         time.sleep(0.1)
     assert rows == [(500, "server_error")]
     assert gateway.log_path is not None
-    logged = [line for line in gateway.log_path.read_text().splitlines() if request_id in line]
-    assert len(logged) == 1, logged
+    lines = [line for line in gateway.log_path.read_text().splitlines() if request_id in line]
+    access = [line for line in lines if "tollgate_gateway.access" in line]
+    logged = [line for line in lines if "tollgate_gateway.access" not in line]
+    assert len(logged) == 1, logged  # one error line, not a traceback per request
+    assert len(access) == 1 and " 500 " in access[0], access  # and its access-log line
 
 
 # -- the admin API ----------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from operator_harness import (
 )
 
 from tollgate_dev.gatewayproc import GatewayProcess
+from tollgate_dev.jaeger import JaegerServer
 from tollgate_dev.pytest_cluster import ClusterHandle
 from tollgate_dev.pytest_services import Gateways
 
@@ -72,11 +73,11 @@ def operator(
     op_gateway: GatewayProcess,
     fake_cluster: FakeCluster,
     service_dir: Path,
+    jaeger: JaegerServer,
 ) -> Iterator[OperatorProcess]:
-    proc = OperatorProcess(
-        operator_env(k8s_cluster, migrated_dsn, op_gateway.url),
-        log_path=service_dir / "operator.log",
-    )
+    env = operator_env(k8s_cluster, migrated_dsn, op_gateway.url)
+    env["TOLLGATE_OTLP_ENDPOINT"] = jaeger.otlp_endpoint  # reconciles are traced
+    proc = OperatorProcess(env, log_path=service_dir / "operator.log")
     proc.start()
     wait_for("the operator to lead", proc.leading)
     _session_cluster["operator"] = proc

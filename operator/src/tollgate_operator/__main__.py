@@ -24,7 +24,7 @@ import kopf
 from aiohttp import web
 
 from tollgate_gateway.storage.db import SchemaNotAtHead
-from tollgate_operator import metrics
+from tollgate_operator import metrics, tracing
 from tollgate_operator.db import Database
 from tollgate_operator.k8s import Kube
 from tollgate_operator.leader import LeaderElector
@@ -208,10 +208,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings.identity,
         ", ".join(namespaces) if namespaces else "all namespaces",
     )
+    tracing.setup(settings.otlp_endpoint, settings.trace_sample_ratio, settings.otel_service_name)
     try:
         return asyncio.run(run(settings, namespaces, liveness or None))
     except KeyboardInterrupt:
         return 130
+    finally:
+        tracing.shutdown()
 
 
 if __name__ == "__main__":

@@ -35,6 +35,20 @@ class Settings(BaseSettings):
     # How long to wait for Postgres at start before giving up (the Pod is restarted).
     startup_db_timeout_seconds: float = 60.0
     key_pepper: SecretStr = SecretStr("")
+    # Traces of reconciles over OTLP/HTTP; off when unset.
+    otlp_endpoint: str | None = Field(
+        None,
+        validation_alias=AliasChoices(
+            "TOLLGATE_OTLP_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+        ),
+    )
+    trace_sample_ratio: float = Field(1.0, ge=0.0, le=1.0)
+    otel_service_name: str = Field(
+        "tollgate-operator",
+        validation_alias=AliasChoices("OTEL_SERVICE_NAME", "TOLLGATE_OTEL_SERVICE_NAME"),
+    )
     # Local development only: allows running without a pepper.
     dev_mode: bool = False
 

@@ -18,7 +18,7 @@ KIND = "ModelAlias"
 @kopf.on.create(GROUP, VERSION, MODELALIASES)
 @kopf.on.update(GROUP, VERSION, MODELALIASES)
 async def alias_changed(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
-    async with reconciling(KIND, "change", retry):
+    async with reconciling(KIND, "change", retry, body):
         await context(memo).aliases.apply_spec(ObjectRef.of(MODELALIASES, body))
 
 
@@ -43,5 +43,5 @@ async def alias_daemon(
 
 @kopf.on.delete(GROUP, VERSION, MODELALIASES)
 async def alias_deleted(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
-    async with reconciling(KIND, "delete", retry):
+    async with reconciling(KIND, "delete", retry, body):
         await context(memo).aliases.delete(ObjectRef.of(MODELALIASES, body), retry)

@@ -17,7 +17,7 @@ KIND = "ApiKey"
 @kopf.on.create(GROUP, VERSION, APIKEYS)
 @kopf.on.update(GROUP, VERSION, APIKEYS)
 async def apikey_changed(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
-    async with reconciling(KIND, "change", retry):
+    async with reconciling(KIND, "change", retry, body):
         await context(memo).apikeys.reconcile(ObjectRef.of(APIKEYS, body))
 
 
@@ -26,13 +26,13 @@ async def apikey_resync(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """Drift (a row or the Secret changed by hand) and the end of rotation grace periods."""
     ctx = context(memo)
     ref = ObjectRef.of(APIKEYS, body)
-    await resync(KIND, lambda: ctx.apikeys.reconcile(ref), ctx.settings.apikey_resync_seconds)
+    await resync(KIND, lambda: ctx.apikeys.reconcile(ref), ctx.settings.apikey_resync_seconds, body)
 
 
 @kopf.on.delete(GROUP, VERSION, APIKEYS)
 async def apikey_deleted(
     body: kopf.Body, memo: kopf.Memo, logger: Any, retry: int, **_: Any
 ) -> None:
-    async with reconciling(KIND, "delete", retry):
+    async with reconciling(KIND, "delete", retry, body):
         count = await context(memo).apikeys.revoke(ObjectRef.of(APIKEYS, body))
     logger.info("revoked %d key(s) at the gateway", count)

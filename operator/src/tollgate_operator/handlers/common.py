@@ -10,8 +10,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import kopf
+from opentelemetry.trace import Status, StatusCode
 
-from tollgate_operator import metrics
+from tollgate_operator import metrics, tracing
 from tollgate_operator.factory import Context
 from tollgate_operator.services.common import Key
 from tollgate_operator.services.errors import InvalidSpec, ReconcileError, Unavailable, Waiting
@@ -33,10 +34,14 @@ def backoff(base: float, retry: int) -> float:
 
 
 @contextlib.asynccontextmanager
-async def reconciling(kind: str, trigger: str, retry: int = 0) -> AsyncIterator[None]:
-    """Count and time a reconcile; turn our errors into kopf's (retry later, or never)."""
+async def reconciling(
+    kind: str, trigger: str, retry: int = 0, body: Any = None
+) -> AsyncIterator[None]:
+    """Count, time and trace a reconcile; turn our errors into kopf's (retry later, or
+    never)."""
     began = time.monotonic()
     result = "ok"
+    span = tracing.start_reconcile(kind, trigger, body, retry)
     try:
         yield
     except (Unavailable, Waiting) as err:
@@ -58,14 +63,27 @@ async def reconciling(kind: str, trigger: str, retry: int = 0) -> AsyncIterator[
     finally:
         metrics.RECONCILES.labels(kind, trigger, result).inc()
         metrics.RECONCILE_SECONDS.labels(kind).observe(time.monotonic() - began)
+        _end(span, result)
 
 
-async def resync(kind: str, step: Callable[[], Awaitable[Any]], retry_after: float) -> float:
+def _end(span: Any, result: str) -> None:
+    span.set_attribute("tollgate.reconcile.result", result)
+    if result != "ok":
+        span.set_attribute("error.type", result)
+    if result in ("error", "invalid"):
+        span.set_status(Status(StatusCode.ERROR, result))
+    span.end()
+
+
+async def resync(
+    kind: str, step: Callable[[], Awaitable[Any]], retry_after: float, body: Any = None
+) -> float:
     """A timer's or daemon's pass: errors are logged and counted, never raised (the status
     already says what is wrong; the next pass tries again). Returns the delay it suggests."""
     began = time.monotonic()
     result = "ok"
     delay = retry_after
+    span = tracing.start_reconcile(kind, "resync", body, 0)
     try:
         value = await step()
         if isinstance(value, int | float):
@@ -88,6 +106,7 @@ async def resync(kind: str, step: Callable[[], Awaitable[Any]], retry_after: flo
     finally:
         metrics.RECONCILES.labels(kind, "resync", result).inc()
         metrics.RECONCILE_SECONDS.labels(kind).observe(time.monotonic() - began)
+        _end(span, result)
     return delay
 
 

@@ -21,7 +21,7 @@ KIND = "OllamaPool"
 async def pool_changed(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
     ctx = context(memo)
     ref = ObjectRef.of(OLLAMAPOOLS, body)
-    async with reconciling(KIND, "change", retry):
+    async with reconciling(KIND, "change", retry, body):
         await ctx.pools.reconcile(ref)
     ctx.wakers.wake(pool_key(ref.namespace, ref.name))
 
