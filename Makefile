@@ -115,7 +115,7 @@ images: ## Build the gateway, operator and Ollama images (CONTAINER_ENGINE=podma
 	 IMAGE_TAG=$(IMAGE_TAG) hack/build-images.sh
 
 .PHONY: base-images
-base-images: ## Build only the local base images (Debian bookworm + Python, uv, Ollama) the images build on
+base-images: ## Build only the local base images (Debian + Python, uv, Node.js, Ollama) the images build on
 	@CONTAINER_ENGINE=$(CONTAINER_ENGINE) hack/build-base-images.sh
 
 .PHONY: images-push

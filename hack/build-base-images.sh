@@ -11,6 +11,10 @@
 #   OLLAMA_IMAGE  localhost/tollgate-base/ollama:<version>
 #                 Debian bookworm minbase with the ollama binary that hack/build-ollama.sh
 #                 builds from source, at /usr/bin/ollama as in the official image.
+#   NODE_IMAGE    localhost/tollgate-base/node:20-trixie
+#                 Debian trixie minbase with Debian's nodejs (20.19) and npm, for the
+#                 gateway's console stage: the console needs Node.js >= 20, which bookworm
+#                 lacks (18.19). Only the console's static files leave that stage.
 #
 # Prints the build arguments (NAME=image, one a line) on stdout; everything else goes to
 # stderr. The root filesystems are kept as tarballs in $TOLLGATE_CACHE/images/ and imported
@@ -19,9 +23,10 @@
 #
 # The images trust the certificate authorities Debian ships plus any this machine adds to
 # /etc/ssl/certs/ca-certificates.crt (e.g. a proxy's), so that builds reach the package
-# indexes the way this machine does; uv is told to use that store (UV_SYSTEM_CERTS).
+# indexes the way this machine does; uv is told to use that store (UV_SYSTEM_CERTS), and so is
+# Node.js (NODE_EXTRA_CA_CERTS), for npm.
 #
-# Usage: hack/build-base-images.sh [python] [uv] [ollama]      (default: all three)
+# Usage: hack/build-base-images.sh [python] [uv] [ollama] [node]      (default: all four)
 # Environment: TOLLGATE_CACHE, CONTAINER_ENGINE (podman or docker), DEBIAN_MIRROR
 # (default http://deb.debian.org/debian), HOST_CA_BUNDLE (default
 # /etc/ssl/certs/ca-certificates.crt; empty: Debian's authorities only).
@@ -37,6 +42,7 @@ IMAGES_CACHE="$CACHE/images"
 MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 HOST_CA_BUNDLE="${HOST_CA_BUNDLE-/etc/ssl/certs/ca-certificates.crt}"
 SUITE=bookworm
+NODE_SUITE=trixie
 UV_VERSION="$(sed -n 's/^UV_VERSION=//p' hack/bootstrap.sh)"
 PREFIX=localhost/tollgate-base
 
@@ -44,10 +50,12 @@ PREFIX=localhost/tollgate-base
 ROOTFS_REVISION=2
 MINBASE_TAR="debian-$SUITE-minbase-r$ROOTFS_REVISION.tar"
 PYTHON_TAR="python-3.11-$SUITE-r$ROOTFS_REVISION.tar"
+NODE_TAR="node-20-$NODE_SUITE-r$ROOTFS_REVISION.tar"
 
 PYTHON_IMAGE="$PREFIX/python:3.11-$SUITE"
 UV_IMAGE="$PREFIX/uv:$UV_VERSION"
 OLLAMA_IMAGE="$PREFIX/ollama:$OLLAMA_VERSION"
+NODE_IMAGE="$PREFIX/node:20-$NODE_SUITE"
 
 log() { echo "base-images: $*" >&2; }
 temporary=()
@@ -60,14 +68,14 @@ scratch() {
 die() { log "error: $*"; exit 1; }
 
 wanted=("$@")
-[ ${#wanted[@]} -gt 0 ] || wanted=(python uv ollama)
+[ ${#wanted[@]} -gt 0 ] || wanted=(python uv ollama node)
 for name in "${wanted[@]}"; do
-  case "$name" in python | uv | ollama) ;; *) die "unknown base image $name" ;; esac
+  case "$name" in python | uv | ollama | node) ;; *) die "unknown base image $name" ;; esac
 done
 want() { [[ " ${wanted[*]} " == *" $1 "* ]]; }
 
 need=()
-{ want python || want ollama; } && need+=(debootstrap)
+{ want python || want ollama || want node; } && need+=(debootstrap)
 ensure_engine "${need[@]}"
 mkdir -p "$IMAGES_CACHE"
 
@@ -157,34 +165,47 @@ pack() {
   sha256sum "$tarball" >"$tarball.sha256"
 }
 
+# A slimmed Debian $1 minbase (with ca-certificates and this machine's extra authorities) in $2.
+minbase_rootfs() {
+  local suite="$1" root="$2"
+  log "debootstrap --variant=minbase $suite from $MIRROR (the first time takes a few minutes)"
+  mkdir -p "$IMAGES_CACHE/debs" "$root"
+  if ! nice -n 10 debootstrap --variant=minbase --include=ca-certificates \
+    --cache-dir="$IMAGES_CACHE/debs" "$suite" "$root" "$MIRROR" >"$root.debootstrap.log" 2>&1; then
+    tail -n 30 "$root.debootstrap.log" >&2
+    die "debootstrap of $suite failed"
+  fi
+  slim "$root"
+  local added
+  added="$(add_host_authorities "$root")"
+  if [ "$added" != 0 ]; then
+    log "adding $added certificate authorities of this machine"
+    chroot "$root" update-ca-certificates >/dev/null 2>&1
+  fi
+}
+
+# Debian packages $2... into root filesystem $1, with the package lists debootstrap left there.
+apt_install() {
+  local root="$1"
+  shift
+  log "installing $* into $(basename "$root")"
+  if ! chroot "$root" env DEBIAN_FRONTEND=noninteractive \
+    nice -n 10 apt-get install -y -qq --no-install-recommends "$@" >"$root.apt.log" 2>&1; then
+    tail -n 30 "$root.apt.log" >&2
+    die "apt-get install $* failed"
+  fi
+}
+
 build_rootfs() {
   local minbase="$IMAGES_CACHE/$MINBASE_TAR" python="$IMAGES_CACHE/$PYTHON_TAR"
   local work
   { [ -f "$minbase.sha256" ] && [ -f "$python.sha256" ]; } && return
   scratch rootfs
   work="$scratch_dir"
-  log "debootstrap --variant=minbase $SUITE from $MIRROR (the first time takes a few minutes)"
-  mkdir -p "$IMAGES_CACHE/debs" "$work/minbase"
-  if ! nice -n 10 debootstrap --variant=minbase --include=ca-certificates \
-    --cache-dir="$IMAGES_CACHE/debs" "$SUITE" "$work/minbase" "$MIRROR" >"$work/debootstrap.log" 2>&1; then
-    tail -n 30 "$work/debootstrap.log" >&2
-    die "debootstrap failed"
-  fi
-  slim "$work/minbase"
-  local added
-  added="$(add_host_authorities "$work/minbase")"
-  if [ "$added" != 0 ]; then
-    log "adding $added certificate authorities of this machine"
-    chroot "$work/minbase" update-ca-certificates >/dev/null 2>&1
-  fi
-  # python3 into a copy, with the package lists debootstrap left behind.
+  minbase_rootfs "$SUITE" "$work/minbase"
+  # python3 into a copy.
   cp -a "$work/minbase" "$work/python"
-  log "installing python3 into the Python base"
-  if ! chroot "$work/python" env DEBIAN_FRONTEND=noninteractive \
-    apt-get install -y -qq --no-install-recommends python3 >"$work/apt.log" 2>&1; then
-    tail -n 30 "$work/apt.log" >&2
-    die "apt-get install python3 failed"
-  fi
+  apt_install "$work/python" python3
   ln -sf /usr/bin/python3.11 "$work/python/usr/local/bin/python3.11"
   ln -sf python3.11 "$work/python/usr/local/bin/python3"
   ln -sf python3 "$work/python/usr/local/bin/python"
@@ -192,6 +213,20 @@ build_rootfs() {
   scrub "$work/python"
   pack "$work/minbase" "$minbase"
   pack "$work/python" "$python"
+}
+
+node_rootfs() {
+  local tarball="$IMAGES_CACHE/$NODE_TAR" work
+  [ -f "$tarball.sha256" ] && return
+  scratch node
+  work="$scratch_dir"
+  minbase_rootfs "$NODE_SUITE" "$work/node"
+  apt_install "$work/node" nodejs npm
+  local version
+  version="$(chroot "$work/node" node --version)"
+  [[ "$version" == v20.* ]] || die "$NODE_SUITE's nodejs is $version, not 20"
+  scrub "$work/node"
+  pack "$work/node" "$tarball"
 }
 
 # --- the images -----------------------------------------------------------------------------
@@ -245,6 +280,13 @@ ENTRYPOINT ["/usr/bin/ollama"]
 CMD ["serve"]
 EOF
   echo "OLLAMA_IMAGE=$OLLAMA_IMAGE"
+}
+
+node_base() {
+  node_rootfs
+  import_tarball "$IMAGES_CACHE/$NODE_TAR" "$NODE_IMAGE" "${ENV_BASE[@]}" \
+    "ENV NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt" 'CMD ["node"]'
+  echo "NODE_IMAGE=$NODE_IMAGE"
 }
 
 for name in "${wanted[@]}"; do

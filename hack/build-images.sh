@@ -11,11 +11,13 @@
 #   IMAGE_BASES       local (default): base images made here by hack/build-base-images.sh
 #                     (Debian packages, uv's PyPI wheel, Ollama built from source);
 #                     official: the Dockerfiles' own defaults (python:3.11-slim-bookworm,
-#                     ghcr.io/astral-sh/uv, ollama/ollama), which need their registries
+#                     ghcr.io/astral-sh/uv, node:20-bookworm-slim, ollama/ollama), which
+#                     need their registries
 #   IMAGE_REGISTRY    repository prefix of the images (default ghcr.io/tollgate-dev)
 #   IMAGE_TAG         their tag (default: git describe --tags --always --dirty)
 #   IMAGE_OUT         where the lists, SBOMs and build logs go (default .state/images)
-#   PYTHON_IMAGE, UV_IMAGE, OLLAMA_IMAGE   other bases (build arguments), whatever IMAGE_BASES says
+#   PYTHON_IMAGE, UV_IMAGE, NODE_IMAGE, OLLAMA_IMAGE
+#                     other bases (build arguments), whatever IMAGE_BASES says
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=container-engine.sh
@@ -47,12 +49,13 @@ declare -A base=()
 if [ "$BASES" = local ]; then
   wanted=()
   { has gateway || has operator; } && wanted+=(python uv)
+  has gateway && wanted+=(node)
   has ollama && wanted+=(ollama)
   while IFS='=' read -r key value; do
     base[$key]="$value"
   done < <(hack/build-base-images.sh "${wanted[@]}")
 fi
-for key in PYTHON_IMAGE UV_IMAGE OLLAMA_IMAGE; do
+for key in PYTHON_IMAGE UV_IMAGE NODE_IMAGE OLLAMA_IMAGE; do
   [ -n "${!key:-}" ] && base[$key]="${!key}"
 done
 base_args() {
@@ -86,7 +89,7 @@ build() {
   log "built $image in $((SECONDS - started))s"
 }
 
-has gateway && build gateway . gateway/Dockerfile PYTHON_IMAGE UV_IMAGE
+has gateway && build gateway . gateway/Dockerfile PYTHON_IMAGE UV_IMAGE NODE_IMAGE
 has operator && build operator . operator/Dockerfile PYTHON_IMAGE UV_IMAGE
 has ollama && build ollama ollama ollama/Dockerfile OLLAMA_IMAGE
 

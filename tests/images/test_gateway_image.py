@@ -6,6 +6,7 @@ the chart's emptyDirs as tmpfs mounts."""
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 import uuid
@@ -133,6 +134,20 @@ def test_gateway_image_migrates_waits_for_the_schema_and_serves_a_chat(
     assert body["usage"]["completion_tokens"] > 0
     seen = httpx.get(standin.url + "/_standin/requests?path=/v1/chat", timeout=5).json()
     assert any(r["body"]["model"] == "llama3:8b" for r in seen["requests"])
+    # The image ships the console's static export and the gateway serves it: the page, with
+    # its inline scripts allowed by hash, and the hashed assets it loads.
+    page = httpx.get(url + "/console/", timeout=10)
+    assert page.status_code == 200, page.text[:300]
+    assert page.headers["content-type"].startswith("text/html")
+    assert page.text.lstrip().lower().startswith("<!doctype html>")
+    assert "'sha256-" in page.headers["content-security-policy"]
+    assets = re.findall(r'(?:src|href)="(/console/_next/static/[^"]+)"', page.text)
+    assert assets, page.text[:500]
+    for asset in assets[:3]:
+        loaded = httpx.get(url + asset, timeout=10)
+        assert loaded.status_code == 200, asset
+        assert "immutable" in loaded.headers["cache-control"]
+        assert loaded.content
     # The logs are JSON lines (the chart's default), never the key.
     logs = gateway.logs()
     assert '"level"' in logs and key not in logs

@@ -21,6 +21,13 @@ MAX_MB = {"gateway": 350, "operator": 400, "ollama": 350}
 # Nothing that builds software or fetches packages for Python stays in the final stage.
 BUILD_TOOLS = ("uv", "uvx", "pip", "pip3", "gcc", "cc", "c++", "make", "git", "go")
 LEFTOVERS = ("/root/.cache", "/root/.cache/uv", "/usr/local/bin/uv", "/app/.venv/bin/pip")
+# The console is built with Node.js in a stage of its own; only its static export is copied.
+CONSOLE_LEFTOVERS = (
+    "/root/.npm",
+    "/app/gateway/console/node_modules",
+    "/app/gateway/console/.next",
+    "/app/gateway/console/package.json",
+)
 
 
 def findings(image: str, script: str) -> list[str]:
@@ -30,9 +37,11 @@ def findings(image: str, script: str) -> list[str]:
     return [line for line in result.stdout.splitlines() if line.strip()]
 
 
-def leftovers(image: str, extra_tools: tuple[str, ...] = ()) -> list[str]:
+def leftovers(
+    image: str, extra_tools: tuple[str, ...] = (), extra_paths: tuple[str, ...] = ()
+) -> list[str]:
     tools = " ".join((*BUILD_TOOLS, *extra_tools))
-    paths = " ".join(LEFTOVERS)
+    paths = " ".join((*LEFTOVERS, *extra_paths))
     return findings(
         image,
         f"for t in {tools}; do command -v $t; done; "
@@ -50,7 +59,9 @@ def test_python_images_hold_no_build_tools_caches_or_tests(images: BuiltImages, 
     size = images.size(name)
     print(f"{images.ref(name)}: {size / 1e6:.0f} MB")
     assert size < MAX_MB[name] * 1e6, f"{name} grew to {size / 1e6:.0f} MB"
-    assert leftovers(images.ref(name), ("curl", "wget")) == []
+    assert (
+        leftovers(images.ref(name), ("curl", "wget", "node", "npm", "npx"), CONSOLE_LEFTOVERS) == []
+    )
 
 
 def test_ollama_image_holds_no_build_tools_or_caches(ollama_image: BuiltImages) -> None:
