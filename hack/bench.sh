@@ -6,6 +6,7 @@
 #
 #   BENCH_SOAK_SECONDS=60 make bench      # shorter soak (default 600)
 #   BENCH_PROFILE=0 make bench            # skip the py-spy profiles of the gateway
+#   BENCH_USAGE_QUERY=0 make bench        # skip the 10M-row usage-explorer query
 #   other knobs: BENCH_ROUNDS, BENCH_SECONDS, BENCH_STREAMS, BENCH_SYSTEMS, BENCH_PHASES …
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,6 +47,12 @@ export BENCH_SOAK_SECONDS="${BENCH_SOAK_SECONDS:-600}"
 export BENCH_LITELLM_VENV="$BENCH_CACHE/litellm-venv"
 .venv/bin/python bench/run.py --streamload "$BENCH_CACHE/streamload" --out bench/results
 "$BENCH_CACHE/tools-venv/bin/python" bench/report.py bench/results/results.json
+
+# The console's usage explorer over 10 million usage rows (BENCH_USAGE_QUERY=0 skips it).
+if [ "${BENCH_USAGE_QUERY:-1}" = "1" ]; then
+  .venv/bin/python bench/usage_query.py --rows "${BENCH_USAGE_ROWS:-10000000}" \
+    --out bench/results/usage-query.json
+fi
 
 if [ "${BENCH_PROFILE:-1}" = "1" ]; then
   for workload in chat-c1 chat-c32 stream-c100; do
