@@ -11,7 +11,7 @@ import functools
 import logging
 import os
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -335,12 +335,24 @@ class ProxyService:
             raise
         call = Call(request_id, endpoint, key, alias, parsed, admission, estimate)
         call.trace = trace
+        return await self.serve(call, self._forward(call))
+
+    async def serve(
+        self,
+        call: Call,
+        forward: Awaitable[Reply],
+        on_error: Callable[[ApiError], None] | None = None,
+    ) -> Reply:
+        """Await an admitted call's reply; every way it can fail is recorded once (usage
+        row, metrics, settlement). Shared by every API's path."""
         try:
-            response = await self._forward(call)
+            response = await forward
         except ApiError as exc:
+            if on_error is not None:
+                on_error(exc)  # an API's own status for an error (Anthropic's 529)
             call.status, call.error_class = exc.status, exc.code or exc.type
             self.finish(call)
-            exc.headers = {**admission.headers, **exc.headers}
+            exc.headers = {**call.admission.headers, **exc.headers}
             raise
         except asyncio.CancelledError:  # the client left while we waited for the model
             call.status, call.error_class = 499, "client_disconnected"
@@ -353,8 +365,8 @@ class ProxyService:
             call.status, call.error_class = 500, "server_error"
             self.finish(call)
             raise
-        if admission.headers:
-            response.headers.extend(_raw(admission.headers))
+        if call.admission.headers:
+            response.headers.extend(_raw(call.admission.headers))
         return response
 
     async def _forward(self, call: Call) -> Reply:

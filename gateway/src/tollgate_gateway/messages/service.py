@@ -15,7 +15,6 @@ from tollgate_gateway.chat.service import (
     Call,
     ProxyService,
     Reply,
-    _raw,
     json_reply,
     new_id,
 )
@@ -64,22 +63,7 @@ class MessagesService:
             self.proxy.refused(Endpoint.MESSAGES, request_id, exc, key, model, started)
             raise
         call = Call(request_id, Endpoint.MESSAGES, key, alias, parsed, admission, estimate)
-        try:
-            reply = await self._forward(call)
-        except ApiError as exc:
-            if exc.code == "upstream_overloaded":
-                exc.status = 529  # Anthropic's "overloaded"; its clients retry it
-            call.status, call.error_class = exc.status, exc.code or exc.type
-            self.proxy.finish(call)
-            exc.headers = {**admission.headers, **exc.headers}
-            raise
-        except BaseException:
-            call.status, call.error_class = 499, "cancelled"
-            self.proxy.finish(call)
-            raise
-        if admission.headers:
-            reply.headers.extend(_raw(admission.headers))
-        return reply
+        return await self.proxy.serve(call, self._forward(call), _overloaded_is_529)
 
     async def _forward(self, call: Call) -> Reply:
         body = call.parsed.body
@@ -132,6 +116,11 @@ def _count_body(raw: bytes) -> dict[str, Any]:
     if isinstance(body, dict) and "max_tokens" not in body:
         raw = orjson.dumps({**body, "max_tokens": 1})
     return parse_request(raw).body
+
+
+def _overloaded_is_529(exc: ApiError) -> None:
+    if exc.code == "upstream_overloaded":
+        exc.status = 529  # Anthropic's "overloaded"; its clients retry it
 
 
 class _Stream:

@@ -23,7 +23,6 @@ from tollgate_gateway.chat.service import (
     Call,
     ProxyService,
     Reply,
-    _raw,
     json_reply,
     new_id,
 )
@@ -85,20 +84,7 @@ class ResponsesService:
             self.proxy.refused(Endpoint.RESPONSES, request_id, exc, key, model, started)
             raise
         call = Call(request_id, Endpoint.RESPONSES, key, alias, parsed, admission, estimate)
-        try:
-            reply = await self._forward(call, request, items)
-        except ApiError as exc:
-            call.status, call.error_class = exc.status, exc.code or exc.type
-            self.proxy.finish(call)
-            exc.headers = {**admission.headers, **exc.headers}
-            raise
-        except BaseException:
-            call.status, call.error_class = 499, "cancelled"
-            self.proxy.finish(call)
-            raise
-        if admission.headers:
-            reply.headers.extend(_raw(admission.headers))
-        return reply
+        return await self.proxy.serve(call, self._forward(call, request, items))
 
     async def _conversation(self, key: KeyRecord, request: ResponsesRequest) -> list[Any]:
         previous_id = request.previous_response_id
