@@ -136,7 +136,11 @@ def test_postgres_outage_under_load(
     assert {status for (name, status) in during if name == "revoked"} == {401}, during
     assert retry_after and all(v.isdigit() for v in retry_after)
     assert readiness == {(200, "degraded")}, readiness
-    log_lines = gateway.log_path.read_text().splitlines()[log_lines_before:]
+    log_lines = [  # the access log's one line per request is not what this bounds
+        line
+        for line in gateway.log_path.read_text().splitlines()[log_lines_before:]
+        if "tollgate_gateway.access" not in line
+    ]
     assert len(log_lines) < 20, log_lines[:40]  # was one traceback per request (~60 MB/30 s)
 
     # Postgres is back: everything is as it was, and no usage row is missing.
