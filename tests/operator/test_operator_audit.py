@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from operator_harness import Kube, OperatorProcess, wait_for
+from operator_harness import FakeCluster, Kube, OperatorProcess, wait_for
 
 from tollgate_dev.gatewayproc import GatewayProcess
 from tollgate_dev.pytest_services import ADMIN_EMAIL, ADMIN_PASSWORD
@@ -83,3 +83,58 @@ def test_apikey_lifecycle_is_audited_with_the_resource_as_actor(
         listed = http.get("/admin/audit", params={"actor": actor, "limit": 500}).json()["events"]
     assert [e["action"] for e in reversed(listed)] == actions
     assert {e["source"] for e in listed} == {"operator"}
+
+
+def test_modelalias_lifecycle_is_audited(
+    kube: Kube,
+    namespace: str,
+    operator: OperatorProcess,
+    fake_cluster: FakeCluster,
+    db: psycopg.Connection[Any],
+) -> None:
+    actor = f"operator:{namespace}/audited-chat"
+    kube.create(
+        {
+            "apiVersion": "tollgate.dev/v1alpha1",
+            "kind": "OllamaPool",
+            "metadata": {"name": "llm", "namespace": namespace},
+            "spec": {"replicas": 1, "gpus": 1, "storage": {"size": "1Gi"}},
+        }
+    )
+    kube.create(
+        {
+            "apiVersion": "tollgate.dev/v1alpha1",
+            "kind": "ModelAlias",
+            "metadata": {"name": "audited-chat", "namespace": namespace},
+            "spec": {
+                "alias": f"audited-{namespace}",
+                "model": "llama3.2:1b",
+                "poolRef": {"name": "llm"},
+            },
+        }
+    )
+    wait_for(
+        "alias audited-chat to be Ready",
+        lambda: kube.ready("modelaliases", namespace, "audited-chat"),
+        timeout=90,
+    )
+    kube.patch(
+        "modelaliases", namespace, "audited-chat", {"prices": {"inputPerMillionTokens": "0.5"}}
+    )
+    wait_for(
+        "the price change in the audit log",
+        lambda: any(
+            a == "model.update" and "input_price_per_mtok" in (after or {})
+            for a, _, after in audit_actions(db, actor)
+        ),
+    )
+    kube.delete("modelaliases", namespace, "audited-chat")
+    wait_for("the alias to be gone", lambda: kube.gone("modelaliases", namespace, "audited-chat"))
+    actions = [a for a, _, _ in audit_actions(db, actor)]
+    assert actions[0] == "model.create" and actions[-1] == "model.delete"
+    enabled = [
+        (before, after)
+        for a, before, after in audit_actions(db, actor)
+        if a == "model.update" and "enabled" in (after or {})
+    ]
+    assert ({"enabled": False}, {"enabled": True}) in enabled  # pulled everywhere: enabled
