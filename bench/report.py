@@ -206,6 +206,8 @@ def markdown(doc: dict[str, Any], png: str) -> str:
     ]
     for item in doc["headline"].values():
         met = {True: "yes", False: "**no**", None: "not measured"}[item["met"]]
+        if item["target"] == "reported" and item["value"] is not None:
+            met = "(no target)"
         out.append(f"| {item['label']} | {fmt(item['value'], 3)} | {item['target']} | {met} |")
     out += [
         "",

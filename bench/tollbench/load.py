@@ -109,6 +109,7 @@ def streamload(
     seconds: float,
     warmup: float,
     cpus: str,
+    api: str = "openai",
 ) -> Generated:
     argv = [
         "taskset",
@@ -128,6 +129,8 @@ def streamload(
         "-ramp",
         f"{min(2.0, warmup / 2):g}s",
     ]
+    if api != "openai":
+        argv += ["-api", api]
     if key:
         argv += ["-key", key]
     before = _children_cpu()

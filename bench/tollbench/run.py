@@ -373,9 +373,38 @@ class Bench:
                             f"{r['inter_chunk_ms']['p99']:.2f} ms  errors {r['errors']}"
                         )
                         time.sleep(1)  # let closed streams drain before the next system
+            self._messages_streams([s for s in systems if s.name in ("direct", "tollgate")], urls)
         finally:
             for system in systems:
                 system.stop()
+
+    def _messages_streams(self, systems: list[System], urls: dict[str, str]) -> None:
+        """Streamed Anthropic Messages (/v1/messages) through Tollgate against the stand-in's
+        own /v1/messages: the time to first token Tollgate adds on that path."""
+        streams = 100
+        workload = f"messages-stream-c{streams}"
+        meta = {"kind": "stream", "concurrency": streams, "upstream": "standin", "api": "anthropic"}
+        for round_ in range(1, self.p.stream_rounds + 1):
+            for system in systems:
+                run = functools.partial(
+                    load.streamload,
+                    self.streamload_bin,
+                    urls[system.name] + "/v1/messages",
+                    system.key,
+                    CHAT_MODEL,
+                    streams,
+                    self.p.stream_seconds,
+                    self.p.stream_warmup,
+                    self.p.side_cpus,
+                    "anthropic",
+                )
+                r = self.measure(workload, system, round_, run, meta)["result"]
+                say(
+                    f"{workload} r{round_} {system.name:9s} "
+                    f"{r['completed_per_s']:7.1f} streams/s  "
+                    f"ttft p50 {r['ttft_ms']['p50']:.2f} ms  errors {r['errors']}"
+                )
+                time.sleep(1)
 
     def soak(self, tollgate: Tollgate) -> None:
         """Tollgate under steady load (whole responses + streams) while RSS is sampled."""
@@ -638,6 +667,17 @@ def headline(
                 TARGETS["soak_rss_growth_pct"],
             )
         )
+    out["added_messages_ttft_p50_ms"] = {  # reported, no target set
+        "label": (
+            "added median time to first token, 100 /v1/messages streams, Tollgate - direct (ms)"
+        ),
+        "value": diff(
+            get("messages-stream-c100", "tollgate", "ttft_p50_ms"),
+            get("messages-stream-c100", "direct", "ttft_p50_ms"),
+        ),
+        "target": "reported",
+        "met": None,
+    }
     for key, label, value, op, target in items:
         met = None
         if value is not None:

@@ -5,7 +5,10 @@
 // `data:` event), gaps between consecutive events, and completed streams per second
 // (streams that ended inside the measured window). A stream is an error when its status is
 // not 200, it carries an error event, it ends without `data: [DONE]`, or (with
-// -want-usage) it has no usage chunk. Standard library only; prints one JSON object.
+// -want-usage) it has no usage chunk. With -api anthropic it speaks the Messages API instead:
+// the key goes in x-api-key, the first token is the first content_block_delta, the end is
+// message_stop, and the usage is message_delta's. Standard library only; prints one JSON
+// object.
 package main
 
 import (
@@ -99,7 +102,14 @@ var (
 	doneData   = []byte("[DONE]")
 	errorData  = []byte(`{"error"`)
 	usageMark  = []byte(`"usage":{`)
+	// the Messages API (-api anthropic)
+	deltaMark = []byte(`"type":"content_block_delta"`)
+	stopMark  = []byte(`"type":"message_stop"`)
+	aErrMark  = []byte(`"type":"error"`)
+	aUsage    = []byte(`"type":"message_delta"`)
 )
+
+var anthropic bool
 
 func oneStream(ctx context.Context, client *http.Client, url, key string, body []byte,
 	wantUsage bool, begin time.Time) streamResult {
@@ -111,7 +121,10 @@ func oneStream(ctx context.Context, client *http.Client, url, key string, body [
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Accept", "text/event-stream")
-	if key != "" {
+	if key != "" && anthropic {
+		req.Header.Set("x-api-key", key)
+		req.Header.Set("anthropic-version", "2023-06-01")
+	} else if key != "" {
 		req.Header.Set("Authorization", "Bearer "+key)
 	}
 	t0 := time.Now()
@@ -140,7 +153,19 @@ func oneStream(ctx context.Context, client *http.Client, url, key string, body [
 		if len(line) > 0 && bytes.HasPrefix(line, dataPrefix) {
 			now := time.Now()
 			data := bytes.TrimSpace(line[len(dataPrefix):])
-			if bytes.Equal(data, doneData) {
+			if anthropic {
+				if bytes.Contains(data, aErrMark) {
+					res.err = "error event: " + string(data[:min(len(data), 160)])
+					break
+				}
+				if bytes.Contains(data, aUsage) && bytes.Contains(data, usageMark) {
+					usage = true
+				}
+				if bytes.Contains(data, stopMark) {
+					done = true
+					break
+				}
+			} else if bytes.Equal(data, doneData) {
 				done = true
 				break
 			}
@@ -148,16 +173,19 @@ func oneStream(ctx context.Context, client *http.Client, url, key string, body [
 				res.err = "error event: " + string(data[:min(len(data), 160)])
 				break
 			}
-			if bytes.Contains(data, usageMark) {
+			if !anthropic && bytes.Contains(data, usageMark) {
 				usage = true
 			}
-			if res.chunks == 0 {
-				res.ttft = now.Sub(t0)
-			} else {
-				res.gaps = append(res.gaps, now.Sub(last))
+			// Messages API: only content_block_delta carries tokens (not message_start, ping)
+			if !anthropic || bytes.Contains(data, deltaMark) {
+				if res.chunks == 0 {
+					res.ttft = now.Sub(t0)
+				} else {
+					res.gaps = append(res.gaps, now.Sub(last))
+				}
+				last = now
+				res.chunks++
 			}
-			last = now
-			res.chunks++
 		}
 		if err != nil {
 			if errors.Is(err, bufio.ErrBufferFull) {
@@ -174,7 +202,7 @@ func oneStream(ctx context.Context, client *http.Client, url, key string, body [
 	res.ended = time.Since(begin)
 	if res.err == "" && !res.canceled {
 		if !done {
-			res.err = "stream ended without [DONE]"
+			res.err = "stream ended without its last event ([DONE] / message_stop)"
 		} else if wantUsage && !usage {
 			res.err = "no usage chunk"
 		}
@@ -192,7 +220,9 @@ func main() {
 	ramp := flag.Duration("ramp", time.Second, "spread the workers' first requests over this")
 	maxTokens := flag.Int("max-tokens", 0, "max_tokens to send (0: omit)")
 	wantUsage := flag.Bool("want-usage", true, "send include_usage and require a usage chunk")
+	api := flag.String("api", "openai", "openai (chat completions) or anthropic (messages)")
 	flag.Parse()
+	anthropic = *api == "anthropic"
 	if *url == "" {
 		fmt.Fprintln(os.Stderr, "streamload: -url is required")
 		os.Exit(2)
@@ -203,11 +233,13 @@ func main() {
 		"stream":   true,
 		"messages": []map[string]string{{"role": "user", "content": "Say something short."}},
 	}
-	if *wantUsage {
+	if *wantUsage && !anthropic {
 		request["stream_options"] = map[string]bool{"include_usage": true}
 	}
 	if *maxTokens > 0 {
 		request["max_tokens"] = *maxTokens
+	} else if anthropic {
+		request["max_tokens"] = 256 // required by the Messages API
 	}
 	body, _ := json.Marshal(request)
 
