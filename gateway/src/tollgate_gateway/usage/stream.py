@@ -72,6 +72,7 @@ class UsageStream:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._failing = False
+        self._own_pending = True  # entries we read before a failure (or a restart of ours)
 
     async def start(self) -> None:
         try:
@@ -107,6 +108,8 @@ class UsageStream:
         claimed_at = 0.0
         while not self._stopping:
             try:
+                if self._own_pending:
+                    await self._retry_own()
                 if time.monotonic() - claimed_at >= self._reclaim_ms / 2000:
                     claimed_at = time.monotonic()
                     await self.reclaim()
@@ -127,7 +130,21 @@ class UsageStream:
             except Exception as exc:  # Redis or Postgres: entries stay pending, retried later
                 await self._trouble(exc)
 
+    async def _retry_own(self) -> None:
+        """Write again what this consumer read but could not commit (Postgres refused):
+        at once once it answers, not after the idle time that claims others' entries."""
+        while True:
+            reply: Any = await self._redis.xreadgroup(
+                GROUP, self._me, {self._stream: "0"}, count=self._batch
+            )
+            entries = [e for _, batch in reply or [] for e in batch]
+            if not entries:
+                break
+            await self._commit(entries, redelivered=True)
+        self._own_pending = False
+
     async def _trouble(self, exc: Exception) -> None:
+        self._own_pending = True
         if not self._failing:
             log.warning("usage stream cannot drain (%s); entries wait in redis", exc)
             self._failing = True
