@@ -105,6 +105,9 @@ class Settings(BaseSettings):
     # Usage rows go to a Redis stream with the settlement (durable from then on) and the
     # writers drain it; off, they wait in the process's buffer until written.
     usage_via_redis: bool = True
+    # The Redis stream the usage rows go through. Gateways that share a Redis but write to
+    # different databases (two installations, a test bed) need different names.
+    usage_stream: str = Field("tg:usage", min_length=1, max_length=200)
     usage_reclaim_seconds: float = Field(30.0, gt=0)
 
     metrics_per_key: bool = False

@@ -81,7 +81,11 @@ class Services:
         feed = ChangeFeed(settings.psycopg_dsn, keys, catalog)
         usage = UsageService(engine)
         limiter = Limiter(
-            redis, usage, settings.redis_failure_policy, settings.concurrency_lease_seconds
+            redis,
+            usage,
+            settings.redis_failure_policy,
+            settings.concurrency_lease_seconds,
+            usage_stream=settings.usage_stream,
         )
         writer = UsageWriter(
             engine,
@@ -104,6 +108,7 @@ class Services:
                 settings.usage_batch_size,
                 block,
                 settings.usage_reclaim_seconds,
+                stream=settings.usage_stream,
             )
         upstream = Upstream(
             settings.upstream_connect_timeout_seconds,

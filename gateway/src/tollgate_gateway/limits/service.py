@@ -379,8 +379,10 @@ class Limiter:
         policy: RedisFailurePolicy,
         lease_seconds: float,
         breaker: Breaker | None = None,
+        usage_stream: str = USAGE_STREAM,
     ) -> None:
         self._redis = redis
+        self._usage_stream = usage_stream
         self.breaker = breaker or Breaker()
         self._spend = spend
         self._policy = policy
@@ -646,7 +648,7 @@ class Limiter:
         if limits:
             names = self._keys(key)
             script = self._settle_script
-            keys = [names[1], names[2], names[3], names[4], names[5], USAGE_STREAM]
+            keys = [names[1], names[2], names[3], names[4], names[5], self._usage_stream]
             args: list[Any] = [
                 int(time.time() * 1000),
                 admission.member,
@@ -658,7 +660,7 @@ class Limiter:
                 usage or "",
             ]
         else:
-            script, keys, args = self._usage_script, [USAGE_STREAM], [usage]
+            script, keys, args = self._usage_script, [self._usage_stream], [usage]
         job = _Settlement(admission.request_id, script, keys, args, lost, usage is not None)
         if self._client is None:
             task = asyncio.ensure_future(self._settle_redis_py(job))

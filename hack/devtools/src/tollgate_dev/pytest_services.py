@@ -5,6 +5,7 @@ A service that cannot start fails the test; nothing is skipped.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import tempfile
 from collections.abc import Callable, Iterator
@@ -73,7 +74,11 @@ def standin(service_dir: Path) -> Iterator[StandinProcess]:
 
 
 def gateway_env(dsn: str, redis_url: str, ollama: str, **extra: str) -> dict[str, str]:
+    # Gateways of one database share a usage stream; a test's own database gets its own (the
+    # session's Valkey is shared, and a stream's rows go to the database of whoever drains it).
+    stream = "tg:usage:" + hashlib.sha256(dsn.encode()).hexdigest()[:12]
     return {
+        "TOLLGATE_USAGE_STREAM": stream,
         "POSTGRES_DSN": dsn,
         "REDIS_URL": redis_url,
         "OLLAMA_BASE_URL": ollama,
