@@ -81,7 +81,9 @@ def traffic(gateway: GatewayProcess, key: str, limited_key: str, model: str) -> 
 
 @pytest.fixture(scope="module")
 def per_key_gateway(gateways: Gateways) -> GatewayProcess:
-    return gateways.start(TOLLGATE_METRICS_PER_KEY="true")
+    # A usage stream of its own: its rows are drained (and its flush histogram filled) by
+    # this gateway, not by another gateway of the session's database.
+    return gateways.start(TOLLGATE_METRICS_PER_KEY="true", TOLLGATE_USAGE_STREAM="tg:usage:boards")
 
 
 @pytest.fixture(scope="module")
