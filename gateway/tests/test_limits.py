@@ -17,9 +17,9 @@ import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tollgate_dev.gatewayproc import GatewayProcess, StandinProcess
-from tollgate_dev.pytest_services import Admin, Gateways
-from tollgate_dev.services import LocalValkey
+from tollgate_dev.plugins.services import Admin, Gateways
+from tollgate_dev.servers.backing import LocalValkey
+from tollgate_dev.servers.programs import GatewayProcess, StandinProcess
 
 SAME_ID = {"x-request-id": "same-id-every-time"}
 

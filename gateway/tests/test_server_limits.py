@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tollgate_dev.gatewayproc import GatewayProcess
-from tollgate_dev.pytest_services import Gateways
+from tollgate_dev.plugins.services import Gateways
+from tollgate_dev.servers.programs import GatewayProcess
 
 MiB = 1024 * 1024
 
