@@ -6,6 +6,8 @@ another method) and stand in should a request ever reach them."""
 
 from __future__ import annotations
 
+import asyncio
+
 import orjson
 from starlette.background import BackgroundTask
 from starlette.requests import Request
@@ -28,8 +30,11 @@ def _proxy(request: Request) -> ProxyService:
     return proxy
 
 
-def to_response(reply: Reply) -> Response:
+async def to_response(reply: Reply) -> Response:
     response: Response
+    if reply.settle is not None:  # settled before the answer leaves (see `Reply.settle`)
+        reply.settle()
+        await asyncio.sleep(0)
     if reply.stream is None:
         after = BackgroundTask(reply.after) if reply.after is not None else None
         response = Response(reply.body, reply.status, background=after)
@@ -45,7 +50,7 @@ def _endpoint(endpoint: Endpoint):  # type: ignore[no-untyped-def]
         reply = await _proxy(request).handle(
             endpoint, raw, request.headers.get("authorization"), request.state.request_id
         )
-        return to_response(reply)
+        return await to_response(reply)
 
     handler.__name__ = f"openai_{endpoint.name.lower()}"
     return handler
