@@ -766,9 +766,13 @@ def main() -> None:
     path.write_text(scrub(json.dumps(document, indent=1)))
     say(f"wrote {path}")
     for key, item in document["headline"].items():
-        say(
-            f"{key}: {item['value']} (target {item['target']}) {'MET' if item['met'] else 'MISSED'}"
-        )
+        if item["value"] is None:
+            verdict = "NOT MEASURED"
+        elif item["target"] == "reported":
+            verdict = "(no target)"
+        else:
+            verdict = "MET" if item["met"] else "MISSED"
+        say(f"{key}: {item['value']} (target {item['target']}) {verdict}")
     if os.environ.get("BENCH_KEEP_WORK") != "1":
         shutil.rmtree(bench.work, ignore_errors=True)
 
