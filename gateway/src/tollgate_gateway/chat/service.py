@@ -29,6 +29,8 @@ from tollgate_gateway.errors import (
     invalid_key,
     missing_key,
     model_not_found,
+    upstream_error,
+    upstream_failure,
 )
 from tollgate_gateway.keys.service import KeyRecord, KeyService
 from tollgate_gateway.limits.service import (
@@ -39,7 +41,7 @@ from tollgate_gateway.limits.service import (
     nanos_per_token,
     prompt_estimate,
 )
-from tollgate_gateway.storage.upstream import Upstream, read_body, upstream_error
+from tollgate_gateway.storage.upstream import Upstream, UpstreamError, read_body
 from tollgate_gateway.tracing import RequestTrace, Tracing, now_ns
 from tollgate_gateway.usage.writer import UsageRow, UsageWriter, copy_line
 
@@ -363,7 +365,10 @@ class ProxyService:
         """Await an admitted call's reply; every way it can fail is recorded once (usage
         row, metrics, settlement). Shared by every API's path."""
         try:
-            response = await forward
+            try:
+                response = await forward
+            except UpstreamError as failure:  # the adapter's own error, told as ours
+                raise upstream_failure(failure) from failure
         except ApiError as exc:
             if on_error is not None:
                 on_error(exc)  # an API's own status for an error (Anthropic's 529)

@@ -19,7 +19,7 @@ from tollgate_gateway.chat.service import (
     new_id,
     upstream_json,
 )
-from tollgate_gateway.errors import ApiError
+from tollgate_gateway.errors import ApiError, upstream_error
 from tollgate_gateway.keys.service import KeyRecord
 from tollgate_gateway.messages.schemas import (
     StreamState,
@@ -30,7 +30,7 @@ from tollgate_gateway.messages.schemas import (
     rewrite_message,
 )
 from tollgate_gateway.sse import relay
-from tollgate_gateway.storage.upstream import read_body, upstream_error
+from tollgate_gateway.storage.upstream import read_body
 
 UPSTREAM_PATH = "/v1/messages"
 
