@@ -424,14 +424,19 @@ def no_monitoring_crds(k8s_cluster: ClusterHandle) -> Iterator[None]:
 def test_monitoring_without_the_prometheus_crds_is_refused_plainly(
     no_monitoring_crds: None, api: client.ApiClient, helm: Helm, namespace: str
 ) -> None:
-    values = ["--set", "secrets.create=true", "-f", str(CI / "monitoring-on.yaml")]
+    secrets = [
+        "--set", "secrets.create=true",
+        "--set", "secrets.postgresDsn=postgresql://tollgate@postgres.example/tollgate",
+        "--set", "secrets.redisUrl=redis://redis.example:6379/0",
+    ]  # fmt: skip
+    values = [*secrets, "-f", str(CI / "monitoring-on.yaml")]
     result = helm("install", "tollgate", str(CHART), "-n", namespace, *values, check=False)
     assert result.returncode != 0
     assert "metrics.prometheusRule.enabled needs the PrometheusRule CRD" in result.stderr
     assert "no matches for kind" not in result.stderr
     assert not client.AppsV1Api(api).list_namespaced_deployment(namespace).items
     # Without monitoring the same install goes ahead.
-    helm("install", "tollgate", str(CHART), "-n", namespace, "--set", "secrets.create=true")
+    helm("install", "tollgate", str(CHART), "-n", namespace, *secrets)
 
 
 def test_missing_secret_is_reported_before_anything_is_created(
