@@ -37,7 +37,7 @@ from typing import Any
 import psycopg
 from sqlalchemy.dialects import postgresql
 
-from tollgate_dev.services import LocalPostgres
+from tollgate_dev.servers.backing import LocalPostgres
 from tollgate_gateway.cli import migrate
 from tollgate_gateway.config import Settings, to_sqlalchemy_dsn
 from tollgate_gateway.storage.db import create_engine

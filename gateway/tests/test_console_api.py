@@ -20,8 +20,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tollgate_dev.gatewayproc import GatewayProcess
-from tollgate_dev.pytest_services import Admin
+from tollgate_dev.plugins.services import Admin
+from tollgate_dev.servers.programs import GatewayProcess
 from tollgate_gateway.usage.rollup import ceil_hour, floor_hour, percentile
 
 NewKey = Callable[..., dict[str, Any]]

@@ -13,7 +13,7 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy import text
 
-from tollgate_dev.services import LocalValkey
+from tollgate_dev.servers.backing import LocalValkey
 from tollgate_gateway.chat.service import Reply
 from tollgate_gateway.config import to_sqlalchemy_dsn
 from tollgate_gateway.limits.breaker import Breaker

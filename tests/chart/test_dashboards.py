@@ -23,10 +23,10 @@ import openai
 import pytest
 from chart_helpers import CHART, board, panel_queries
 
-from tollgate_dev.gatewayproc import GatewayProcess
-from tollgate_dev.prometheus import PrometheusServer
-from tollgate_dev.pytest_services import Admin, Gateways
-from tollgate_dev.services import free_port
+from tollgate_dev.plugins.services import Admin, Gateways
+from tollgate_dev.proc import free_port
+from tollgate_dev.servers.programs import GatewayProcess
+from tollgate_dev.servers.prometheus import PrometheusServer
 
 JOB = "tollgate-gateway"
 DOWN_ALIAS = "model-with-upstream-down"

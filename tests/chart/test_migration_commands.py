@@ -17,7 +17,8 @@ import psycopg
 import pytest
 from chart_helpers import Render, one, pod_spec
 
-from tollgate_dev.services import LocalPostgres, free_port
+from tollgate_dev.proc import free_port
+from tollgate_dev.servers.backing import LocalPostgres
 from tollgate_gateway.storage.db import head_revision
 
 

@@ -31,10 +31,11 @@ from chart_helpers import CHART, ROOT, panel_queries
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from tollgate_dev.cluster import FakeNode, LocalCluster
-from tollgate_dev.gatewayproc import StandinProcess, stop_process, wait_http
-from tollgate_dev.prometheus import PrometheusServer
-from tollgate_dev.services import LocalPostgres, free_port
+from tollgate_dev.controlplane.cluster import FakeNode, LocalCluster
+from tollgate_dev.proc import free_port, stop_process, wait_http
+from tollgate_dev.servers.backing import LocalPostgres
+from tollgate_dev.servers.programs import StandinProcess
+from tollgate_dev.servers.prometheus import PrometheusServer
 from tollgate_gateway.cli import migrate
 from tollgate_gateway.config import Settings
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import pytest
 from image_helpers import OUT, ROOT, Manifest, chart_container, image_values, workload
 
-from tollgate_dev.images import BuiltImages, Container
+from tollgate_dev.servers.images import BuiltImages, Container
 
 pytestmark = pytest.mark.timeout(900)  # the first test builds the images
 

@@ -13,8 +13,8 @@ import pytest
 from kubernetes import client
 from operator_harness import OLLAMA_PORT, FakeCluster, Kube, OperatorProcess, wait_for
 
-from tollgate_dev.gatewayproc import GatewayProcess
-from tollgate_dev.pytest_cluster import ClusterHandle
+from tollgate_dev.plugins.cluster import ClusterHandle
+from tollgate_dev.servers.programs import GatewayProcess
 
 pytestmark = pytest.mark.cluster
 

@@ -109,6 +109,7 @@ class Services:
                 block,
                 settings.usage_reclaim_seconds,
                 stream=settings.usage_stream,
+                pause_seconds=settings.usage_flush_interval_seconds,
             )
         upstream = Upstream(
             settings.upstream_connect_timeout_seconds,

@@ -163,6 +163,20 @@ def redact_show(data: Any, alias: Alias) -> dict[str, Any]:
     return shown
 
 
+def upstream_json(payload: bytes) -> Any:
+    """A whole upstream answer parsed, or the 502 every endpoint gives for an unreadable one."""
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        metrics.UPSTREAM_ERRORS.labels("protocol").inc()
+        raise ApiError(
+            502,
+            "The model server sent an unreadable response.",
+            type="server_error",
+            code="upstream_error",
+        ) from exc
+
+
 def new_id() -> str:
     """`new_id()`, the same 32 hex digits with version and variant bits, at a
     third of the cost (a request needs two)."""
@@ -447,16 +461,7 @@ class ProxyService:
 
     # -- whole responses ---------------------------------------------------------------
     def _rewrite_whole(self, call: Call, payload: bytes) -> bytes:
-        try:
-            data = orjson.loads(payload)
-        except orjson.JSONDecodeError as exc:
-            metrics.UPSTREAM_ERRORS.labels("protocol").inc()
-            raise ApiError(
-                502,
-                "The model server sent an unreadable response.",
-                type="server_error",
-                code="upstream_error",
-            ) from exc
+        data = upstream_json(payload)
         if call.endpoint is Endpoint.OLLAMA_SHOW:
             return orjson.dumps(redact_show(data, call.alias))
         data["model"] = call.alias.alias

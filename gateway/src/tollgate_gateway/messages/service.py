@@ -17,6 +17,7 @@ from tollgate_gateway.chat.service import (
     Reply,
     json_reply,
     new_id,
+    upstream_json,
 )
 from tollgate_gateway.errors import ApiError
 from tollgate_gateway.keys.service import KeyRecord
@@ -80,13 +81,7 @@ class MessagesService:
         if not call.parsed.stream:
             payload = await read_body(resp)
             resp.release()
-            try:
-                data = orjson.loads(payload)
-            except orjson.JSONDecodeError as exc:
-                metrics.UPSTREAM_ERRORS.labels("protocol").inc()
-                raise ApiError(
-                    502, "The model server sent an unreadable response.", type="server_error"
-                ) from exc
+            data = upstream_json(payload)
             call.prompt_tokens, call.completion_tokens = rewrite_message(
                 data, message_id, call.alias.alias
             )

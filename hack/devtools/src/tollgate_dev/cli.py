@@ -24,11 +24,8 @@ from pathlib import Path
 
 import httpx
 
-from tollgate_dev.cluster import LocalCluster
-from tollgate_dev.gatewayproc import GatewayProcess, StandinProcess, stop_process, wait_http
-from tollgate_dev.services import (
-    LocalPostgres,
-    LocalValkey,
+from tollgate_dev.controlplane.cluster import LocalCluster
+from tollgate_dev.proc import (
     ServiceError,
     command_of,
     cwd_of,
@@ -37,10 +34,15 @@ from tollgate_dev.services import (
     on_resume,
     port_free,
     port_owner,
+    repo_root,
     spawning,
+    stop_process,
+    wait_http,
 )
+from tollgate_dev.servers.backing import LocalPostgres, LocalValkey
+from tollgate_dev.servers.programs import GatewayProcess, StandinProcess
 
-REPO = Path(__file__).resolve().parents[4]
+REPO = repo_root()
 STATE = Path(os.environ.get("TOLLGATE_STATE_DIR", REPO / ".state")).resolve()
 DEMO_ALIAS = "llama3"
 DEMO_TAG = "llama3:8b"

@@ -34,9 +34,15 @@ from typing import Any, Self
 
 import httpx
 
-from tollgate_dev.gatewayproc import stop_process, wait_http
-from tollgate_dev.k8s_binaries import cache_root, read_env_file
-from tollgate_dev.services import ServiceError, free_port
+from tollgate_dev.proc import (
+    ServiceError,
+    cache_root,
+    free_port,
+    read_env_file,
+    repo_root,
+    stop_process,
+    wait_http,
+)
 
 VERSIONS_FILE = Path("hack") / "ollama-versions.env"
 BUILD_SCRIPT = Path("hack") / "build-ollama.sh"
@@ -58,15 +64,6 @@ TINY_WORDS = (
 
 class RealOllamaMissingError(RuntimeError):
     """Raised when the pinned Ollama or registry binary has not been built."""
-
-
-def repo_root() -> Path:
-    """The repository holding ``hack/ollama-versions.env`` (this file lives inside it)."""
-    for parent in Path(__file__).resolve().parents:
-        if (parent / VERSIONS_FILE).is_file():
-            return parent
-    msg = f"cannot find {VERSIONS_FILE} above {__file__}"
-    raise FileNotFoundError(msg)
 
 
 @dataclass(frozen=True)

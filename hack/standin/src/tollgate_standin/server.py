@@ -32,7 +32,7 @@ from .state import STATE, StandinState
 from .streaming import DROPPED_KEY, pause
 from .wire import BODY_KEY, error_response, json_response
 
-logger = logging.getLogger("tollgate_dev.standin")
+logger = logging.getLogger("tollgate_standin")
 
 CONTROL_PREFIX = "/_standin/"
 MAX_BODY = 64 * 1024 * 1024

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from tollgate_dev.jaeger import JaegerServer
-from tollgate_dev.pytest_services import _serve
+from tollgate_dev.plugins.services import serve
+from tollgate_dev.servers.jaeger import JaegerServer
 
 
 @pytest.fixture(scope="session")
 def jaeger(service_dir: Path) -> Iterator[JaegerServer]:
-    yield from _serve("Jaeger", JaegerServer(service_dir / "jaeger"))
+    yield from serve("Jaeger", JaegerServer(service_dir / "jaeger"))

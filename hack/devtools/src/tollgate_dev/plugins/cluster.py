@@ -1,9 +1,9 @@
 """pytest plugin: a real local Kubernetes control plane for the whole session.
 
-Register it with ``pytest_plugins = ["tollgate_dev.pytest_cluster"]`` and ask
+Register it with ``pytest_plugins = ["tollgate_dev.plugins.cluster"]`` and ask
 for the ``k8s_cluster`` fixture. The first test that needs it starts etcd,
 kube-apiserver, controller-manager, scheduler and kwok (see
-:mod:`tollgate_dev.cluster`) in a private state folder with its own ports and
+:mod:`tollgate_dev.controlplane.cluster`) in a private state folder with its own ports and
 pod IP range; the last one to finish stops every process it started, even when
 tests fail or the run is interrupted (fixture finalizer, ``atexit``, and each
 child asks Linux to end it when pytest exits).
@@ -29,8 +29,9 @@ from typing import cast
 import pytest
 from kubernetes import client, config
 
-from tollgate_dev.cluster import ClusterError, FakeNode, LocalCluster, bin_dir
-from tollgate_dev.k8s_binaries import Binaries, BinariesMissingError, repo_root
+from tollgate_dev.controlplane.binaries import Binaries, BinariesMissingError
+from tollgate_dev.controlplane.cluster import ClusterError, FakeNode, LocalCluster, bin_dir
+from tollgate_dev.proc import repo_root
 
 REUSE_ENV = "TOLLGATE_KUBECONFIG"
 KEEP_ENV = "TOLLGATE_KEEP_CLUSTER_STATE"

@@ -1,4 +1,4 @@
-"""Command line: ``python -m tollgate_dev.standin`` (console script ``ollama-standin``).
+"""Command line: ``python -m tollgate_standin`` (console script ``ollama-standin``).
 
 Runs the Ollama stand-in, a test double that is **not Ollama**.
 """

@@ -24,7 +24,8 @@ from typing import NoReturn
 
 import pytest
 
-from tollgate_dev.realollama import (
+from tollgate_dev.proc import ServiceError
+from tollgate_dev.servers.realollama import (
     TINY_MODEL,
     LocalRegistry,
     RealOllama,
@@ -32,7 +33,6 @@ from tollgate_dev.realollama import (
     publish_tiny,
     require_binaries,
 )
-from tollgate_dev.services import ServiceError
 
 OLLAMA_PORT = 11434
 """Ollama's default port, which a pool Pod listens on."""

@@ -1,6 +1,6 @@
 """A real, local Kubernetes control plane on loopback, for tests and local runs.
 
-``python -m tollgate_dev.cluster up|down|env|status`` (or ``make cluster-up``…)
+``python -m tollgate_dev.controlplane.cluster up|down|env|status`` (or ``make cluster-up``…)
 starts, from the binaries that ``hack/build-k8s.sh`` builds:
 
 * etcd;
@@ -21,7 +21,7 @@ data, logs, pid files and the admin kubeconfig. Every process runs in its own
 process group; ``down`` stops each group it started and removes etcd's data.
 
 The same machinery is a Python API: :class:`LocalCluster` (a context manager),
-used by the pytest plugin :mod:`tollgate_dev.pytest_cluster`.
+used by the pytest plugin :mod:`tollgate_dev.plugins.cluster`.
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -56,8 +55,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tollgate_dev.k8s_binaries import Binaries, BinariesMissingError, cache_root, repo_root
-from tollgate_dev.services import spawning
+from tollgate_dev.controlplane.binaries import Binaries, BinariesMissingError
+from tollgate_dev.proc import cache_root, free_port, repo_root, spawning
 
 __all__ = [
     "DEFAULT_POD_CIDR",
@@ -292,13 +291,6 @@ def _kubeconfig(server: str, pki: _Pki, user: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------- processes
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child after fork
     """Ask Linux to SIGKILL this child when the process that started it dies.
 
@@ -393,7 +385,7 @@ class _Settings:
     def fresh(cls, pod_cidr: str, service_cidr: str) -> _Settings:
         ports: set[int] = set()
         while len(ports) < 5:
-            ports.add(_free_port())
+            ports.add(free_port())
         etcd, peer, api, kcm, sched = sorted(ports)
         return cls(etcd, peer, api, kcm, sched, pod_cidr, service_cidr)
 
@@ -882,7 +874,7 @@ def _env_lines(cluster: LocalCluster) -> Iterator[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m tollgate_dev.cluster",
+        prog="python -m tollgate_dev.controlplane.cluster",
         description="A local Kubernetes control plane (etcd, kube-apiserver, "
         "controller-manager, scheduler, kwok) on loopback.",
     )

@@ -13,8 +13,8 @@ import httpx
 import openai
 import pytest
 
-from tollgate_dev.realollama import RealOllama
-from tollgate_dev.standin import StandinConfig, StandinServer, standin_in_thread
+from tollgate_dev.servers.realollama import RealOllama
+from tollgate_standin import StandinConfig, StandinServer, standin_in_thread
 
 WEATHER: dict[str, Any] = {
     "type": "function",

@@ -15,6 +15,8 @@ import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from tollgate_dev.proc import cache_root, read_env_file, repo_root
+
 VERSIONS_FILE = Path("hack") / "versions.env"
 
 # Binaries that an envtest install (KUBEBUILDER_ASSETS) may provide.
@@ -23,38 +25,6 @@ ENVTEST_BINARIES = ("etcd", "kube-apiserver", "kubectl")
 
 class BinariesMissingError(RuntimeError):
     """Raised when a pinned binary has not been built yet."""
-
-
-def repo_root() -> Path:
-    """The repository holding ``hack/versions.env`` (this file lives inside it)."""
-    for parent in Path(__file__).resolve().parents:
-        if (parent / VERSIONS_FILE).is_file():
-            return parent
-    msg = f"cannot find {VERSIONS_FILE} above {__file__}"
-    raise FileNotFoundError(msg)
-
-
-def cache_root() -> Path:
-    """``$TOLLGATE_CACHE``, else ``${XDG_CACHE_HOME:-~/.cache}/tollgate`` (as the Makefile)."""
-    if explicit := os.environ.get("TOLLGATE_CACHE"):
-        return Path(explicit)
-    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(xdg) / "tollgate"
-
-
-def read_env_file(path: Path) -> dict[str, str]:
-    """``KEY=value`` lines (``#`` starts a comment), as the shell scripts source them."""
-    values: dict[str, str] = {}
-    for raw in path.read_text().splitlines():
-        line = raw.split("#", 1)[0].strip()
-        if not line:
-            continue
-        key, sep, value = line.partition("=")
-        if not sep:
-            msg = f"{path}: not KEY=value: {raw!r}"
-            raise ValueError(msg)
-        values[key.strip()] = value.strip().strip("\"'")
-    return values
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tollgate_dev.gatewayproc import stop_process, wait_http
-from tollgate_dev.services import ServiceError, free_port
+from tollgate_dev.proc import ServiceError, free_port, stop_process, wait_http
 
 # Where clients send requests through the proxy: the paths the chart's Ingress routes.
 STREAM_PATHS = ("/v1/*", "/api/*")

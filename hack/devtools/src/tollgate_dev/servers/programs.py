@@ -3,46 +3,12 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
-
-from tollgate_dev.services import ServiceError, free_port, spawning
-
-
-def wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    last: str = "no answer"
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise ServiceError(f"process exited with {proc.returncode} before {url} answered")
-        try:
-            response = httpx.get(url, timeout=1.0)
-            if response.status_code < 500:
-                return
-            last = f"HTTP {response.status_code}: {response.text[:200]}"
-        except httpx.HTTPError as exc:
-            last = type(exc).__name__
-        time.sleep(0.1)
-    raise ServiceError(f"{url} did not become ready within {timeout:.0f}s ({last})")
-
-
-def stop_process(proc: subprocess.Popen[bytes] | None, grace: float = 20) -> int | None:
-    if proc is None:
-        return None
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.returncode
+from tollgate_dev.proc import free_port, spawning, stop_process, wait_http
 
 
 @dataclass
@@ -69,7 +35,7 @@ class StandinProcess:
                 [
                     sys.executable,
                     "-m",
-                    "tollgate_dev.standin",
+                    "tollgate_standin",
                     "--host",
                     self.host,
                     "--port",

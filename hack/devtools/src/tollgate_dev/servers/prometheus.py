@@ -12,8 +12,7 @@ from typing import Any
 import httpx
 import yaml
 
-from tollgate_dev.gatewayproc import stop_process, wait_http
-from tollgate_dev.services import ServiceError, free_port
+from tollgate_dev.proc import ServiceError, free_port, stop_process, wait_http
 
 
 @dataclass

@@ -3,7 +3,6 @@ receives OTLP over HTTP, keeps traces in memory, answers the query API."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -13,18 +12,13 @@ from typing import Any
 import httpx
 import yaml
 
-from tollgate_dev.gatewayproc import stop_process, wait_http
-from tollgate_dev.services import ServiceError, free_port
+from tollgate_dev.proc import ServiceError, cache_root, free_port, stop_process, wait_http
 
 JAEGER_VERSION = "v1.76.0"
 
 
 def jaeger_binary() -> Path:
-    cache = Path(
-        os.environ.get("TOLLGATE_CACHE")
-        or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tollgate"
-    )
-    return cache / f"jaeger-{JAEGER_VERSION}" / "jaeger"
+    return cache_root() / f"jaeger-{JAEGER_VERSION}" / "jaeger"
 
 
 @dataclass

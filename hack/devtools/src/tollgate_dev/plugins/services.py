@@ -16,8 +16,9 @@ from typing import Any, Protocol, TypeVar
 import httpx
 import pytest
 
-from tollgate_dev.gatewayproc import GatewayProcess, StandinProcess
-from tollgate_dev.services import LocalPostgres, LocalValkey, ServiceError
+from tollgate_dev.proc import ServiceError
+from tollgate_dev.servers.backing import LocalPostgres, LocalValkey
+from tollgate_dev.servers.programs import GatewayProcess, StandinProcess
 
 ADMIN_EMAIL = "admin@tollgate.test"
 ADMIN_PASSWORD = "test-admin-password-" + secrets.token_hex(4)
@@ -31,7 +32,7 @@ class _Server(Protocol):
 S = TypeVar("S", bound=_Server)
 
 
-def _serve(what: str, server: S) -> Iterator[S]:
+def serve(what: str, server: S) -> Iterator[S]:
     """Start a real server for a fixture, fail (never skip) if it cannot start, stop it after."""
     try:
         server.start()
@@ -51,12 +52,12 @@ def service_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def postgres(service_dir: Path) -> Iterator[LocalPostgres]:
-    yield from _serve("PostgreSQL", LocalPostgres(service_dir / "postgres"))
+    yield from serve("PostgreSQL", LocalPostgres(service_dir / "postgres"))
 
 
 @pytest.fixture(scope="session")
 def valkey(service_dir: Path) -> Iterator[LocalValkey]:
-    yield from _serve("Valkey", LocalValkey(service_dir / "valkey"))
+    yield from serve("Valkey", LocalValkey(service_dir / "valkey"))
 
 
 @pytest.fixture(scope="session")
@@ -70,7 +71,7 @@ def migrated_dsn(postgres: LocalPostgres) -> str:
 
 @pytest.fixture(scope="session")
 def standin(service_dir: Path) -> Iterator[StandinProcess]:
-    yield from _serve("Ollama stand-in", StandinProcess(log_path=service_dir / "standin.log"))
+    yield from serve("Ollama stand-in", StandinProcess(log_path=service_dir / "standin.log"))
 
 
 def gateway_env(dsn: str, redis_url: str, ollama: str, **extra: str) -> dict[str, str]:

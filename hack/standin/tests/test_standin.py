@@ -23,11 +23,11 @@ import openai
 import pytest
 import pytest_asyncio
 
-from tollgate_dev.pytest_ollama import RealOllamaPods
-from tollgate_dev.realollama import RealOllama
-from tollgate_dev.standin import StandinConfig, StandinServer, run_standin, standin_in_thread
-from tollgate_dev.standin.__main__ import build_parser, config_from_args
-from tollgate_dev.standin.textgen import seed_of, word_pieces
+from tollgate_dev.plugins.ollama import RealOllamaPods
+from tollgate_dev.servers.realollama import RealOllama
+from tollgate_standin import StandinConfig, StandinServer, run_standin, standin_in_thread
+from tollgate_standin.__main__ import build_parser, config_from_args
+from tollgate_standin.textgen import seed_of, word_pieces
 
 BUSY = "server busy, please try again.  maximum pending requests exceeded"
 
@@ -627,7 +627,7 @@ def test_cli_starts_and_labels_itself() -> None:
         7,
         5.0,
     )
-    command = [sys.executable, "-m", "tollgate_dev.standin", "--port", "0", "--host", "127.0.0.9"]
+    command = [sys.executable, "-m", "tollgate_standin", "--port", "0", "--host", "127.0.0.9"]
     with subprocess.Popen(command, stderr=subprocess.PIPE, text=True) as process:
         try:
             assert process.stderr is not None
@@ -1044,7 +1044,7 @@ async def test_prompt_cache_hits_on_a_shared_prefix_and_dies_with_the_runner() -
 
 
 def test_prompt_cache_slots_take_the_longest_prefix() -> None:
-    from tollgate_dev.standin.promptcache import PromptCache, prompt_words
+    from tollgate_standin.promptcache import PromptCache, prompt_words
 
     cache = PromptCache(slots=2)
     one = prompt_words([("user", "a b c")])

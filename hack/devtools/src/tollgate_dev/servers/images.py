@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tollgate_dev.k8s_binaries import repo_root
+from tollgate_dev.proc import repo_root
 
 PODMAN = ("podman", "--runtime", "runc")
 RUN_FLAGS = ("--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024")
@@ -297,7 +297,7 @@ class Container:
 
 
 def main() -> int:
-    """``python -m tollgate_dev.images``: build the images as the tests do (hack/test.sh)."""
+    """``python -m tollgate_dev.servers.images``: build the images as the tests do (test.sh)."""
     problem = podman_problem()
     if problem:
         print(f"images: podman cannot run containers here: {problem}", file=sys.stderr)
