@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 import psycopg
 
-from tollgate_dev.gatewayproc import GatewayProcess
-from tollgate_dev.pytest_services import Admin
+from tollgate_dev.plugins.services import Admin
+from tollgate_dev.servers.programs import GatewayProcess
 
 MONEY = re.compile(r"^\d+\.\d{8}$")
 

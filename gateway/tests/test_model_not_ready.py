@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 import psycopg
 
-from tollgate_dev.gatewayproc import GatewayProcess, StandinProcess
-from tollgate_dev.pytest_services import Admin
+from tollgate_dev.plugins.services import Admin
+from tollgate_dev.servers.programs import GatewayProcess, StandinProcess
 
 
 def _chat(gateway: GatewayProcess, key: str, model: str, path: str = "/v1/chat/completions") -> Any:

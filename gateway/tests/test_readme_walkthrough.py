@@ -8,8 +8,8 @@ import re
 import subprocess
 from pathlib import Path
 
-from tollgate_dev.gatewayproc import GatewayProcess
-from tollgate_dev.pytest_services import ADMIN_EMAIL, ADMIN_PASSWORD, Admin
+from tollgate_dev.plugins.services import ADMIN_EMAIL, ADMIN_PASSWORD, Admin
+from tollgate_dev.servers.programs import GatewayProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 

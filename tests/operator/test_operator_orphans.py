@@ -16,9 +16,9 @@ import psycopg
 import pytest
 from operator_harness import FakeCluster, Kube, OperatorProcess, operator_env, wait_for
 
-from tollgate_dev.gatewayproc import GatewayProcess, StandinProcess
-from tollgate_dev.pytest_cluster import ClusterHandle
-from tollgate_dev.pytest_services import Admin
+from tollgate_dev.plugins.cluster import ClusterHandle
+from tollgate_dev.plugins.services import Admin
+from tollgate_dev.servers.programs import GatewayProcess, StandinProcess
 
 pytestmark = pytest.mark.cluster
 
