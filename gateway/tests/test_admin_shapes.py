@@ -112,3 +112,25 @@ def test_usage_groups_have_id_and_name_and_count_refusals(
     assert [(r[0], r[1], r[2], r[3], float(r[4]), r[5]) for r in refused] == [
         (429, "limit_requests", 0, 0, 0.0, chat_model)
     ]
+
+
+def test_every_documented_request_body_has_an_example(gateway: GatewayProcess) -> None:
+    doc = httpx.get(gateway.url + "/openapi.json", timeout=10).json()
+    schemas = doc["components"]["schemas"]
+    missing = []
+    for path, item in doc["paths"].items():
+        for method, operation in item.items():
+            body = operation.get("requestBody")
+            if body is None:
+                continue
+            content = body["content"]["application/json"]
+            schema = content.get("schema", {})
+            if "$ref" in schema:
+                schema = schemas[schema["$ref"].rsplit("/", 1)[1]]
+            if not ("example" in content or "examples" in content or "examples" in schema):
+                missing.append(f"{method.upper()} {path}")
+    assert not missing
+    login = doc["paths"]["/admin/login"]["post"]["responses"]["200"]["content"]
+    token = schemas[login["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]]
+    assert token["properties"]["expires_in"]["description"]  # documented, in seconds
+    assert "24 h" in str(doc["paths"]["/admin/usage"]["get"]["parameters"])
