@@ -31,6 +31,11 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from tollgate_dev.controlplane.roles import OLLAMA_PORT as OLLAMA_PORT
+from tollgate_dev.controlplane.roles import POOL_LABEL as POOL_LABEL
+from tollgate_dev.controlplane.roles import PROVISIONER as PROVISIONER
+from tollgate_dev.controlplane.roles import STORAGE_CLASS as STORAGE_CLASS
+from tollgate_dev.controlplane.roles import FakeCluster as FakeCluster
 from tollgate_dev.plugins.cluster import ClusterHandle
 from tollgate_dev.proc import ServiceError, free_port, stop_process, wait_http
 
