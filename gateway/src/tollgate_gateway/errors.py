@@ -44,6 +44,31 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
+# Limit refusals (429) by the limit that refused: the `reason` of the metrics, and (prefixed
+# with `limit_`) the error class of the usage row and of `tollgate_requests_total`.
+_LIMIT_REASONS = {
+    ("rate_limit_exceeded", "requests"): "requests",
+    ("rate_limit_exceeded", "tokens"): "tokens",
+    ("concurrency_limit_exceeded", "requests"): "concurrency",
+    ("insufficient_quota", "insufficient_quota"): "budget",
+}
+
+
+def limit_reason(exc: ApiError) -> str | None:
+    """requests, tokens, concurrency or budget for a key's limit refusal; None otherwise."""
+    if exc.status != 429:
+        return None
+    return _LIMIT_REASONS.get((exc.code or "", exc.type))
+
+
+def error_class(exc: ApiError) -> str:
+    """The class of an error answer in metrics, usage rows and access lines."""
+    reason = limit_reason(exc)
+    if reason is not None:
+        return f"limit_{reason}"
+    return exc.code or exc.type
+
+
 def invalid_key() -> ApiError:
     return ApiError(
         401,
@@ -67,6 +92,20 @@ def model_not_found(alias: str) -> ApiError:
         f"The model `{alias}` does not exist or you do not have access to it.",
         code="model_not_found",
         param="model",
+    )
+
+
+NOT_READY_RETRY_SECONDS = 10
+
+
+def model_not_ready(alias: str) -> ApiError:
+    return ApiError(
+        503,
+        f"The model `{alias}` is not ready yet (its model is still being pulled); "
+        f"try again in a moment.",
+        type="server_error",
+        code="model_not_ready",
+        headers={"retry-after": str(NOT_READY_RETRY_SECONDS)},
     )
 
 

@@ -28,6 +28,7 @@ class Alias:
     input_price_per_mtok: Decimal
     output_price_per_mtok: Decimal
     created: int
+    pending: bool = False  # disabled until its model is ready
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> Decimal:
         return (
@@ -105,6 +106,7 @@ class Catalog:
                 input_price_per_mtok=m.input_price_per_mtok,
                 output_price_per_mtok=m.output_price_per_mtok,
                 created=int(m.created_at.timestamp()),
+                pending=m.pending,
             )
             for m in rows
         }
