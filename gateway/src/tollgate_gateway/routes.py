@@ -3,6 +3,8 @@ Starlette response, a proxy endpoint as a route handler."""
 
 from __future__ import annotations
 
+import asyncio
+
 from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -16,8 +18,11 @@ def proxy_of(request: Request) -> ProxyService:
     return proxy
 
 
-def to_response(reply: Reply) -> Response:
+async def to_response(reply: Reply) -> Response:
     response: Response
+    if reply.settle is not None:  # settled before the answer leaves (see `Reply.settle`)
+        reply.settle()
+        await asyncio.sleep(0)
     if reply.stream is None:
         after = BackgroundTask(reply.after) if reply.after is not None else None
         response = Response(reply.body, reply.status, background=after)
@@ -33,7 +38,7 @@ def proxy_endpoint(endpoint: Endpoint):  # type: ignore[no-untyped-def]
         reply = await proxy_of(request).handle(
             endpoint, raw, request.headers.get("authorization"), request.state.request_id
         )
-        return to_response(reply)
+        return await to_response(reply)
 
     handler.__name__ = f"openai_{endpoint.name.lower()}"
     return handler

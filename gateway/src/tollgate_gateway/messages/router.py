@@ -24,7 +24,7 @@ async def create_message(request: Request) -> Response:
         request.headers.get("authorization"),
         request.state.request_id,
     )
-    return to_response(reply)
+    return await to_response(reply)
 
 
 async def count_tokens(request: Request) -> Response:

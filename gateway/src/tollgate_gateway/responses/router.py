@@ -20,7 +20,7 @@ async def create_response(request: Request) -> Response:
     reply = await _service(request).create(
         raw, request.headers.get("authorization"), request.state.request_id
     )
-    return to_response(reply)
+    return await to_response(reply)
 
 
 async def retrieve_response(request: Request) -> Response:

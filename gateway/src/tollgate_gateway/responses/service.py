@@ -122,7 +122,7 @@ class ResponsesService:
         call.prompt_tokens, call.completion_tokens = usage_tokens(response)
         await saver(response)
         reply = json_reply(orjson.dumps(response))
-        reply.after = functools.partial(self.proxy.finish, call)
+        reply.settle = functools.partial(self.proxy.finish, call, batched=True)
         return reply
 
     async def _save(
