@@ -8,7 +8,7 @@ the official `ollama` client shows the message. Never a stack trace.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from fastapi import FastAPI, Request
@@ -18,8 +18,8 @@ from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from tollgate_gateway import metrics
-from tollgate_gateway.storage.upstream import UpstreamError
+if TYPE_CHECKING:
+    from tollgate_gateway.storage.upstream import UpstreamError
 
 log = logging.getLogger(__name__)
 
@@ -242,6 +242,10 @@ def upstream_failure(exc: UpstreamError) -> ApiError:
 
 def upstream_error(status: int, body: bytes, alias: str) -> ApiError:
     """Map an upstream HTTP error to what our clients should see."""
+    # Imported here: a process that only answers errors (the server's supervisor, which
+    # imports this module) must not create metric files of its own.
+    from tollgate_gateway import metrics
+
     message = _ollama_message(body)
     if status == 503:
         metrics.UPSTREAM_ERRORS.labels("overloaded").inc()
