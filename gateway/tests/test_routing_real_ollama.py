@@ -134,11 +134,18 @@ def test_two_real_ollamas_model_affinity_conversations_and_a_dead_replica(
     # o0 dies: a request for A is refused there, retried on o1 (which loads A) and succeeds;
     # o0 is ejected and gets nothing more.
     pair["o0"].stop()
+    retries = metric(routing_gateway, "tollgate_routing_retries_total", pool=pool, reason="connect")
     before = decisions(routing_gateway, pool)
     result = c.chat.completions.create(
         model=alias_a, messages=[{"role": "user", "content": "hi"}], **SHORT
     )
     assert result.choices[0].message.content is not None
+    went = went_to(routing_gateway, pool, before)
+    # Either the request met the refusal and was retried on o1, or a poll had already found
+    # o0 gone (its stop takes a moment) and it went to o1 at once.
+    assert went in ({"o0": 1, "o1": 1}, {"o1": 1}), went
+    after = metric(routing_gateway, "tollgate_routing_retries_total", pool=pool, reason="connect")
+    assert after == retries + went.get("o0", 0)
     wait_until(
         "o0 ejected",
         lambda: (
@@ -146,6 +153,7 @@ def test_two_real_ollamas_model_affinity_conversations_and_a_dead_replica(
             >= 1
         ),
     )
+    before = decisions(routing_gateway, pool)
     for _ in range(3):
         c.chat.completions.create(
             model=alias_a, messages=[{"role": "user", "content": "hi"}], **SHORT
