@@ -36,7 +36,7 @@ run-cluster: venv ## `make run-standin` plus the local control plane, the operat
 
 .PHONY: standin
 standin: venv ## Serve only the Ollama stand-in on 127.0.0.1:11434 (a test double, not Ollama)
-	@$(PY) -m tollgate_dev.standin
+	@$(PY) -m tollgate_standin
 
 .PHONY: migrate
 migrate: venv ## Apply the gateway's Alembic migrations to POSTGRES_DSN (or the local Postgres)
@@ -67,15 +67,15 @@ k8s-binaries: ## Build (or reuse) etcd, kube-apiserver, controller-manager, sche
 
 .PHONY: cluster-up
 cluster-up: venv k8s-binaries ## Start the local control plane (etcd, apiserver, controller-manager, scheduler, kwok)
-	@$(PY) -m tollgate_dev.cluster up
+	@$(PY) -m tollgate_dev.controlplane.cluster up
 
 .PHONY: cluster-down
 cluster-down: venv ## Stop the local control plane
-	@$(PY) -m tollgate_dev.cluster down
+	@$(PY) -m tollgate_dev.controlplane.cluster down
 
 .PHONY: cluster-env
 cluster-env: ## Print the `export KUBECONFIG=…` line for the local control plane
-	@$(PY) -m tollgate_dev.cluster env
+	@$(PY) -m tollgate_dev.controlplane.cluster env
 
 .PHONY: crds
 crds: ## Apply the CRDs from crds/ to the cluster in KUBECONFIG

@@ -2,8 +2,8 @@
 local Kubernetes control plane."""
 
 pytest_plugins = [
-    "tollgate_dev.pytest_services",
-    "tollgate_dev.pytest_ollama",
-    "tollgate_dev.pytest_cluster",
-    "tollgate_dev.pytest_tracing",
+    "tollgate_dev.plugins.services",
+    "tollgate_dev.plugins.ollama",
+    "tollgate_dev.plugins.cluster",
+    "tollgate_dev.plugins.tracing",
 ]

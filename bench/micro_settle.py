@@ -25,7 +25,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from tollgate_dev.services import LocalValkey
+from tollgate_dev.servers.backing import LocalValkey
 from tollgate_gateway.config import RedisFailurePolicy
 from tollgate_gateway.keys.service import KeyRecord
 from tollgate_gateway.limits.service import Ask, Limiter

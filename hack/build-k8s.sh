@@ -15,7 +15,7 @@
 #
 # If KUBEBUILDER_ASSETS names a folder that already holds envtest's etcd,
 # kube-apiserver and kubectl, those are used and not rebuilt; the other
-# binaries are still built here. The Python side (tollgate_dev.k8s_binaries)
+# binaries are still built here. The Python side (tollgate_dev.controlplane.binaries)
 # resolves binaries the same way.
 #
 # Environment: TOLLGATE_CACHE (cache root), GO (the go command to use),

@@ -14,7 +14,7 @@ echo "== Jaeger (trace backend, built from source)"; hack/build-jaeger.sh
 # The images need podman; where it cannot work the image tests fail and say why.
 echo "== images (podman)"
 if hack/ensure-debs.sh podman runc debootstrap; then
-  if .venv/bin/python -m tollgate_dev.images; then
+  if .venv/bin/python -m tollgate_dev.servers.images; then
     export TOLLGATE_IMAGES_PREBUILT=1  # the image tests use them as built here
   else
     echo "images: not built; tests/images will fail" >&2

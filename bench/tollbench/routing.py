@@ -82,7 +82,7 @@ class Replicas:
         for i in range(self.p.replicas):
             port = free_port()
             argv = [
-                sys.executable, "-m", "tollgate_dev.standin", "--port", str(port),
+                sys.executable, "-m", "tollgate_standin", "--port", str(port),
                 "--models", ",".join(MODELS),
                 "--max-loaded-models", "1",
                 "--load-ms", f"{self.p.load_ms:g}",

@@ -141,7 +141,7 @@ def machine() -> dict[str, Any]:
 
 
 def versions(ctx: Context, streamload_bin: Path) -> dict[str, str]:
-    from tollgate_dev import services
+    from tollgate_dev.servers import backing as services
 
     pg_bin = services._PG_BIN / "postgres"
     out = {
@@ -188,7 +188,7 @@ class Bench:
 
     # infrastructure shared by all systems: on the side CPUs
     def start_infra(self) -> Context:
-        from tollgate_dev.services import LocalPostgres, LocalValkey
+        from tollgate_dev.servers.backing import LocalPostgres, LocalValkey
 
         say(f"work folder {self.work}")
         self.pg = LocalPostgres(self.work / "postgres", log_file=self.work / "logs" / "pg.log")
@@ -807,9 +807,13 @@ def main() -> None:
     path.write_text(scrub(json.dumps(document, indent=1)))
     say(f"wrote {path}")
     for key, item in document["headline"].items():
-        say(
-            f"{key}: {item['value']} (target {item['target']}) {'MET' if item['met'] else 'MISSED'}"
-        )
+        if item["value"] is None:
+            verdict = "NOT MEASURED"
+        elif item["target"] == "reported":
+            verdict = "(no target)"
+        else:
+            verdict = "MET" if item["met"] else "MISSED"
+        say(f"{key}: {item['value']} (target {item['target']}) {verdict}")
     if os.environ.get("BENCH_KEEP_WORK") != "1":
         shutil.rmtree(bench.work, ignore_errors=True)
 

@@ -53,7 +53,7 @@ def wait_ready(url: str, proc: Proc, timeout: float, headers: dict[str, str] | N
 
 
 def free_port() -> int:
-    from tollgate_dev.services import free_port as _free
+    from tollgate_dev.proc import free_port as _free
 
     return _free()
 

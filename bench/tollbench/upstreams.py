@@ -127,7 +127,7 @@ def standin(
     argv = [
         sys.executable,
         "-m",
-        "tollgate_dev.standin",
+        "tollgate_standin",
         "--port",
         str(port),
         "--models",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tollgate_dev.gatewayproc import GatewayProcess
-from tollgate_dev.pytest_services import Gateways
+from tollgate_dev.plugins.services import Gateways
+from tollgate_dev.servers.programs import GatewayProcess
 
 
 @pytest.fixture(scope="session")

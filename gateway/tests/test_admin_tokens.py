@@ -6,8 +6,8 @@ import secrets
 
 import httpx
 
-from tollgate_dev.gatewayproc import GatewayProcess
-from tollgate_dev.pytest_services import Admin
+from tollgate_dev.plugins.services import Admin
+from tollgate_dev.servers.programs import GatewayProcess
 
 
 def login(gateway: GatewayProcess, email: str, password: str) -> httpx.Client:

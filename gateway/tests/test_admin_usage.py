@@ -14,8 +14,8 @@ import openai
 import psycopg
 import pytest
 
-from tollgate_dev.gatewayproc import GatewayProcess
-from tollgate_dev.pytest_services import Admin
+from tollgate_dev.plugins.services import Admin
+from tollgate_dev.servers.programs import GatewayProcess
 
 NewKey = Callable[..., dict[str, Any]]
 
@@ -197,8 +197,8 @@ def test_serves_on_a_newer_schema_and_reports_it(
 ) -> None:
     """After a newer gateway migrated (upgrade in progress, or a rollback), older gateways
     keep serving: migrations are backward compatible. An older schema is refused."""
-    from tollgate_dev.gatewayproc import GatewayProcess
-    from tollgate_dev.pytest_services import gateway_env
+    from tollgate_dev.plugins.services import gateway_env
+    from tollgate_dev.servers.programs import GatewayProcess
     from tollgate_gateway.cli import migrate
     from tollgate_gateway.config import Settings
 

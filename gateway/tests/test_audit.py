@@ -9,8 +9,8 @@ from typing import Any
 import httpx
 import psycopg
 
-from tollgate_dev.gatewayproc import GatewayProcess
-from tollgate_dev.pytest_services import ADMIN_EMAIL, ADMIN_PASSWORD, Admin
+from tollgate_dev.plugins.services import ADMIN_EMAIL, ADMIN_PASSWORD, Admin
+from tollgate_dev.servers.programs import GatewayProcess
 
 
 def events_for(admin: Admin, **params: Any) -> list[dict[str, Any]]:

@@ -18,8 +18,8 @@ import httpx
 import psycopg
 import pytest
 
-from tollgate_dev.gatewayproc import GatewayProcess, StandinProcess
-from tollgate_dev.pytest_services import Admin, gateway_env
+from tollgate_dev.plugins.services import Admin, gateway_env
+from tollgate_dev.servers.programs import GatewayProcess, StandinProcess
 
 NewKey = Callable[..., dict[str, Any]]
 JWT_SECRET = gateway_env("", "", "")["JWT_SECRET"]

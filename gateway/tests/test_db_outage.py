@@ -16,9 +16,9 @@ import httpx
 import psycopg
 import pytest
 
-from tollgate_dev.gatewayproc import GatewayProcess, StandinProcess
-from tollgate_dev.pytest_services import Admin, gateway_env
-from tollgate_dev.services import LocalPostgres, LocalValkey
+from tollgate_dev.plugins.services import Admin, gateway_env
+from tollgate_dev.servers.backing import LocalPostgres, LocalValkey
+from tollgate_dev.servers.programs import GatewayProcess, StandinProcess
 
 OUTAGE_SECONDS = 30
 MODEL = "outage-chat"

@@ -26,9 +26,9 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tollgate_dev.gatewayproc import GatewayProcess, StandinProcess
-from tollgate_dev.pytest_services import Admin, gateway_env
-from tollgate_dev.services import LocalPostgres, LocalValkey
+from tollgate_dev.plugins.services import Admin, gateway_env
+from tollgate_dev.servers.backing import LocalPostgres, LocalValkey
+from tollgate_dev.servers.programs import GatewayProcess, StandinProcess
 
 FUZZ_EXAMPLES = 10
 CHAT, EMBED = "fuzz-chat", "fuzz-embed"

@@ -8,7 +8,7 @@ from typing import Any
 from langchain_ollama import ChatOllama
 from langchain_openai import ChatOpenAI, OpenAIEmbeddings
 
-from tollgate_dev.gatewayproc import GatewayProcess
+from tollgate_dev.servers.programs import GatewayProcess
 
 NewKey = Callable[..., dict[str, Any]]
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import httpx
 
-from tollgate_dev.gatewayproc import GatewayProcess
-from tollgate_dev.pytest_services import Admin, Gateways
+from tollgate_dev.plugins.services import Admin, Gateways
+from tollgate_dev.servers.programs import GatewayProcess
 
 NewKey = Callable[..., dict[str, Any]]
 # Documented bound (README, "Logins"): proxy p99 and /readyz stay under this during a flood.

@@ -10,10 +10,10 @@ import httpx
 import openai
 import pytest
 
-from tollgate_dev.gatewayproc import GatewayProcess
-from tollgate_dev.prometheus import PrometheusServer
-from tollgate_dev.pytest_services import Admin, Gateways
-from tollgate_dev.services import free_port
+from tollgate_dev.plugins.services import Admin, Gateways
+from tollgate_dev.proc import free_port
+from tollgate_dev.servers.programs import GatewayProcess
+from tollgate_dev.servers.prometheus import PrometheusServer
 
 NewKey = Callable[..., dict[str, Any]]
 

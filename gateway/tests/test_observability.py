@@ -12,8 +12,8 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tollgate_dev.gatewayproc import GatewayProcess
-from tollgate_dev.pytest_services import Admin, Gateways
+from tollgate_dev.plugins.services import Admin, Gateways
+from tollgate_dev.servers.programs import GatewayProcess
 
 
 @pytest.fixture(scope="module")

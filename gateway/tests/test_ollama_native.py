@@ -9,7 +9,7 @@ import httpx
 import ollama
 import pytest
 
-from tollgate_dev.gatewayproc import GatewayProcess
+from tollgate_dev.servers.programs import GatewayProcess
 
 NewKey = Callable[..., dict[str, Any]]
 

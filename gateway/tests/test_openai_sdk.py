@@ -9,7 +9,7 @@ from typing import Any
 import openai
 import pytest
 
-from tollgate_dev.gatewayproc import GatewayProcess
+from tollgate_dev.servers.programs import GatewayProcess
 
 NewKey = Callable[..., dict[str, Any]]
 
@@ -252,7 +252,7 @@ def test_oversized_body_is_413(gateway: GatewayProcess, new_key: NewKey, chat_mo
 
 
 def test_unreachable_backend_is_502(gateway: GatewayProcess, new_key: NewKey, admin: Any) -> None:
-    from tollgate_dev.services import free_port
+    from tollgate_dev.proc import free_port
 
     admin.ensure_model("nowhere", "llama3:8b", backend_url=f"http://127.0.0.1:{free_port()}")
     with pytest.raises(openai.InternalServerError) as err:

@@ -20,9 +20,9 @@ import pytest
 from langchain_ollama import ChatOllama
 from langchain_openai import ChatOpenAI
 
-from tollgate_dev.gatewayproc import GatewayProcess
-from tollgate_dev.pytest_services import Admin
-from tollgate_dev.realollama import TINY_MODEL, RealOllama
+from tollgate_dev.plugins.services import Admin
+from tollgate_dev.servers.programs import GatewayProcess
+from tollgate_dev.servers.realollama import TINY_MODEL, RealOllama
 
 NewKey = Callable[..., dict[str, Any]]
 

@@ -24,10 +24,10 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.responses import Response
 from openai.types.shared import ErrorObject
 
-from tollgate_dev.gatewayproc import GatewayProcess, StandinProcess
-from tollgate_dev.pytest_services import Admin
-from tollgate_dev.realollama import TINY_MODEL, TINY_TEMPLATE, RealOllama
-from tollgate_dev.standin import StandinConfig, standin_in_thread
+from tollgate_dev.plugins.services import Admin
+from tollgate_dev.servers.programs import GatewayProcess, StandinProcess
+from tollgate_dev.servers.realollama import TINY_MODEL, TINY_TEMPLATE, RealOllama
+from tollgate_standin import StandinConfig, standin_in_thread
 
 from .conformance import assert_conforms
 

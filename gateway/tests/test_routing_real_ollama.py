@@ -10,11 +10,11 @@ from typing import Any
 import httpx
 import pytest
 
-from tollgate_dev.gatewayproc import GatewayProcess
-from tollgate_dev.pytest_ollama import RealOllamaPods
-from tollgate_dev.pytest_services import Admin
-from tollgate_dev.realollama import RealOllama
-from tollgate_dev.services import free_port
+from tollgate_dev.plugins.ollama import RealOllamaPods
+from tollgate_dev.plugins.services import Admin
+from tollgate_dev.proc import free_port
+from tollgate_dev.servers.programs import GatewayProcess
+from tollgate_dev.servers.realollama import RealOllama
 
 from .test_routing_replicas import client, metric, wait_until
 

@@ -19,8 +19,8 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tollgate_dev.gatewayproc import GatewayProcess, StandinProcess
-from tollgate_dev.pytest_services import Admin
+from tollgate_dev.plugins.services import Admin
+from tollgate_dev.servers.programs import GatewayProcess, StandinProcess
 
 NewKey = Callable[..., dict[str, Any]]
 CHAT = "/v1/chat/completions"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import select
 import socket
 import threading
 import time
@@ -10,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tollgate_dev.gatewayproc import GatewayProcess
-from tollgate_dev.pytest_services import Gateways
+from tollgate_dev.plugins.services import Gateways
+from tollgate_dev.servers.programs import GatewayProcess
 
 MiB = 1024 * 1024
 
@@ -29,17 +30,19 @@ def connect(gateway: GatewayProcess) -> socket.socket:
     return sock
 
 
-def read_all(sock: socket.socket, timeout: float) -> tuple[bytes, float]:
-    """Everything the server sends until it closes; and how long that took."""
+def read_all(sock: socket.socket, timeout: float) -> tuple[bytes, bool]:
+    """Everything the server sends until it closes; and whether it closed the connection
+    (False: still open when `timeout` ran out — far longer than the server's own timeouts)."""
     sock.settimeout(timeout)
-    started = time.monotonic()
     data = b""
     try:
         while chunk := sock.recv(65536):
             data += chunk
     except ConnectionResetError:
         pass
-    return data, time.monotonic() - started
+    except TimeoutError:
+        return data, False
+    return data, True
 
 
 def status(data: bytes) -> int:
@@ -120,34 +123,36 @@ def test_a_normal_request_is_served(strict: GatewayProcess) -> None:
 
 def test_an_idle_connection_is_closed(strict: GatewayProcess) -> None:
     sock = connect(strict)
-    data, waited = read_all(sock, 15)
+    data, closed = read_all(sock, 15)
     assert data == b""  # closed without a word: nothing was asked
-    assert waited < 5
+    assert closed  # by the server, after its 1 s timeout
 
 
 def test_a_partial_head_is_closed_with_408(strict: GatewayProcess) -> None:
     sock = connect(strict)
     sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
-    data, waited = read_all(sock, 15)
+    data, closed = read_all(sock, 15)
     assert status(data) == 408, data
-    assert waited < 5
+    assert closed  # by the server, after its 1 s timeout
 
 
 def test_a_trickled_head_is_closed_with_408(strict: GatewayProcess) -> None:
     """Slowloris: a byte now and then never makes a head, however steady."""
     sock = connect(strict)
-    started = time.monotonic()
-    sock.settimeout(0.5)
+    head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100  # ~37 s at this pace
+    sent = 0
     try:
-        for byte in b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100:
+        for byte in head:
             sock.send(bytes([byte]))
-            time.sleep(0.3)
-            if time.monotonic() - started > 10:
+            sent += 1
+            readable, _, _ = select.select([sock], [], [], 0.3)
+            if readable:  # the server answered or closed while the head was still coming
                 break
     except (BrokenPipeError, ConnectionResetError):
         pass
-    data, _ = read_all(sock, 5)
-    assert time.monotonic() - started < 8
+    data, closed = read_all(sock, 5)
+    assert closed
+    assert sent < len(head), "the server waited for the whole trickled head"
     assert data == b"" or status(data) == 408
 
 
@@ -157,9 +162,9 @@ def test_a_stalled_body_is_closed_with_408(strict: GatewayProcess) -> None:
         b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer tg-x\r\n"
         b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n" + b'{"model": '
     )
-    data, waited = read_all(sock, 15)
+    data, closed = read_all(sock, 15)
     assert status(data) == 408, data
-    assert waited < 5
+    assert closed  # by the server, after its 1 s timeout
 
 
 def test_a_slow_but_steady_body_is_read(strict: GatewayProcess) -> None:
@@ -192,9 +197,9 @@ def test_an_idle_keep_alive_connection_is_closed(strict: GatewayProcess) -> None
     while len(body) < length:  # the body may come in a segment of its own
         body += sock.recv(65536)
     assert status(first) == 200
-    rest, waited = read_all(sock, 15)
+    rest, closed = read_all(sock, 15)
     assert rest == b""
-    assert waited < 5
+    assert closed  # by the server, after its 1 s timeout
 
 
 @pytest.fixture

@@ -8,9 +8,9 @@ from typing import Any
 
 import httpx
 
-from tollgate_dev.gatewayproc import StandinProcess
-from tollgate_dev.jaeger import JaegerServer
-from tollgate_dev.pytest_services import Admin, Gateways
+from tollgate_dev.plugins.services import Admin, Gateways
+from tollgate_dev.servers.jaeger import JaegerServer
+from tollgate_dev.servers.programs import StandinProcess
 from tollgate_gateway.tracing import Tracing, now_ns
 
 

@@ -12,8 +12,8 @@ import ollama
 import openai
 import pytest
 
-from tollgate_dev.gatewayproc import GatewayProcess, StandinProcess
-from tollgate_dev.pytest_services import Admin, Gateways
+from tollgate_dev.plugins.services import Admin, Gateways
+from tollgate_dev.servers.programs import GatewayProcess, StandinProcess
 
 NewKey = Callable[..., dict[str, Any]]
 ALIAS = "faulty"

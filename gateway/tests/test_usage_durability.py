@@ -10,9 +10,9 @@ import httpx
 import openai
 import psycopg
 
-from tollgate_dev.gatewayproc import GatewayProcess, StandinProcess
-from tollgate_dev.pytest_services import Admin, Gateways, gateway_env
-from tollgate_dev.services import LocalPostgres, LocalValkey
+from tollgate_dev.plugins.services import Admin, Gateways, gateway_env
+from tollgate_dev.servers.backing import LocalPostgres, LocalValkey
+from tollgate_dev.servers.programs import GatewayProcess, StandinProcess
 
 SLOW_FLUSH = {
     "TOLLGATE_USAGE_VIA_REDIS": "false",  # rows wait in the buffer, as this file tests

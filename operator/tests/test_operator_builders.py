@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from tollgate_dev.netpol import PodRef, ingress_allowed, selects
+from tollgate_dev.controlplane.netpol import PodRef, ingress_allowed, selects
 from tollgate_operator.builders.labels import POOL_LABEL, pool_selector
 from tollgate_operator.builders.pool import (
     DATA_DIR,

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tollgate_dev.k8s_binaries import repo_root
+from tollgate_dev.proc import repo_root
 
 ROOT = repo_root()
 CHART = ROOT / "charts" / "tollgate"

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from chart_helpers import Manifest, Render, run_helm, template_args
 
-from tollgate_dev.k8s_binaries import Binaries
+from tollgate_dev.controlplane.binaries import Binaries
 
 
 @pytest.fixture(scope="session")

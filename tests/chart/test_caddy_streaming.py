@@ -21,9 +21,9 @@ import httpx
 import openai
 import pytest
 
-from tollgate_dev.caddy import CaddyProcess, ingress_controller_config, streaming_caddyfile
-from tollgate_dev.gatewayproc import GatewayProcess, StandinProcess
-from tollgate_dev.pytest_services import Admin
+from tollgate_dev.plugins.services import Admin
+from tollgate_dev.servers.caddy import CaddyProcess, ingress_controller_config, streaming_caddyfile
+from tollgate_dev.servers.programs import GatewayProcess, StandinProcess
 
 SLOW_ALIAS = "slow-llama"
 PROMPT = [{"role": "user", "content": "Count slowly."}]

@@ -27,7 +27,7 @@ from chart_helpers import CHART, ROOT
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from tollgate_dev.pytest_cluster import ClusterHandle
+from tollgate_dev.plugins.cluster import ClusterHandle
 
 pytestmark = pytest.mark.cluster
 

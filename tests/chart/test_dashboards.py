@@ -23,10 +23,10 @@ import openai
 import pytest
 from chart_helpers import CHART, board, panel_queries
 
-from tollgate_dev.gatewayproc import GatewayProcess, StandinProcess
-from tollgate_dev.prometheus import PrometheusServer
-from tollgate_dev.pytest_services import Admin, Gateways
-from tollgate_dev.services import free_port
+from tollgate_dev.plugins.services import Admin, Gateways
+from tollgate_dev.proc import free_port
+from tollgate_dev.servers.programs import GatewayProcess, StandinProcess
+from tollgate_dev.servers.prometheus import PrometheusServer
 
 JOB = "tollgate-gateway"
 DOWN_ALIAS = "model-with-upstream-down"
@@ -141,12 +141,12 @@ def prometheus(
         for gw in (gateway, per_key_gateway):
             traffic(gw, new_key()["key"], new_key(rate_limit_rpm=1)["key"], chat_model)
             routed_traffic(gw, new_key()["key"], ROUTED_ALIAS, replicas[0])
-        time.sleep(1)
+        server.wait_for_scrape(JOB, time.time())  # the counters as they are now, then more
         for gw in (gateway, per_key_gateway):
             traffic(gw, new_key()["key"], new_key(rate_limit_rpm=1)["key"], chat_model)
             routed_traffic(gw, new_key()["key"], ROUTED_ALIAS, replicas[0])
         assert server.wait_until(f'count_over_time(up{{job="{JOB}"}}[1m]) >= 5', timeout=60)
-        time.sleep(2)  # a couple more scrapes after the last request
+        server.wait_for_scrape(JOB, time.time() + 1)  # a couple more scrapes after the last request
         yield server
     finally:
         server.stop()

@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tollgate_dev.gatewayproc import StandinProcess
-from tollgate_dev.services import free_port
+from tollgate_dev.proc import free_port
+from tollgate_dev.servers.programs import StandinProcess
 
 SCRIPT = Path(__file__).resolve().parents[2] / "ollama" / "bootstrap.sh"
 
@@ -119,7 +119,7 @@ def fake_ollama(tmp_path: Path) -> Path:
     shim.write_text(
         "#!/bin/sh\n"
         '[ "$1" = serve ] || exit 2\n'
-        f"exec {sys.executable} -m tollgate_dev.standin --host 127.0.0.1 "
+        f"exec {sys.executable} -m tollgate_standin --host 127.0.0.1 "
         '--port "${OLLAMA_HOST##*:}" --models llama3:8b\n'
     )
     shim.chmod(0o755)

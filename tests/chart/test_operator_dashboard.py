@@ -31,10 +31,11 @@ from chart_helpers import CHART, ROOT, panel_queries
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from tollgate_dev.cluster import FakeNode, LocalCluster
-from tollgate_dev.gatewayproc import StandinProcess, stop_process, wait_http
-from tollgate_dev.prometheus import PrometheusServer
-from tollgate_dev.services import LocalPostgres, free_port
+from tollgate_dev.controlplane.cluster import FakeNode, LocalCluster
+from tollgate_dev.proc import free_port, stop_process, wait_http
+from tollgate_dev.servers.backing import LocalPostgres
+from tollgate_dev.servers.programs import StandinProcess
+from tollgate_dev.servers.prometheus import PrometheusServer
 from tollgate_gateway.cli import migrate
 from tollgate_gateway.config import Settings
 
@@ -266,7 +267,7 @@ def prometheus(
             "tollgate_operator_keys_minted_total",
         ):
             assert server.wait_until(metric, timeout=90), f"the operator never reported {metric}"
-        time.sleep(3)  # a few more scrapes
+        server.wait_for_scrape(JOB, time.time() + 2)  # a few more scrapes
         yield server
     finally:
         for standin in standins:

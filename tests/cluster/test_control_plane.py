@@ -20,8 +20,8 @@ from aiohttp import web
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from tollgate_dev.k8s_binaries import Versions
-from tollgate_dev.pytest_cluster import ClusterHandle
+from tollgate_dev.controlplane.binaries import Versions
+from tollgate_dev.plugins.cluster import ClusterHandle
 
 pytestmark = pytest.mark.cluster
 

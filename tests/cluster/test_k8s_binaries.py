@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tollgate_dev.k8s_binaries import Binaries, Versions, repo_root
+from tollgate_dev.controlplane.binaries import Binaries, Versions
+from tollgate_dev.proc import repo_root
 
 
 def test_versions_match_what_the_build_script_reads() -> None:

@@ -14,7 +14,7 @@ import pytest
 from console_helpers import Console
 from playwright.sync_api import Browser, Playwright, sync_playwright
 
-from tollgate_dev.gatewayproc import GatewayProcess
+from tollgate_dev.servers.programs import GatewayProcess
 
 REPO = Path(__file__).resolve().parents[2]
 CONSOLE = REPO / "gateway" / "console"

@@ -16,8 +16,8 @@ import pytest
 from console_helpers import Console
 from playwright.sync_api import expect
 
-from tollgate_dev.gatewayproc import GatewayProcess
-from tollgate_dev.pytest_services import ADMIN_EMAIL, ADMIN_PASSWORD, Admin
+from tollgate_dev.plugins.services import ADMIN_EMAIL, ADMIN_PASSWORD, Admin
+from tollgate_dev.servers.programs import GatewayProcess
 
 SCREENS = ["/", "/keys/", "/models/", "/usage/", "/playground/", "/my-key/", "/users/"]
 

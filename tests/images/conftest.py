@@ -12,8 +12,14 @@ import pytest
 import yaml
 from image_helpers import CHART, OUT, Manifest
 
-from tollgate_dev.images import BuiltImages, Container, ImageError, build_images, podman_problem
-from tollgate_dev.k8s_binaries import Binaries
+from tollgate_dev.controlplane.binaries import Binaries
+from tollgate_dev.servers.images import (
+    BuiltImages,
+    Container,
+    ImageError,
+    build_images,
+    podman_problem,
+)
 
 
 def _build(*names: str) -> BuiltImages:
@@ -60,8 +66,8 @@ def render_chart() -> Callable[..., list[Manifest]]:
 
 @pytest.fixture
 def containers() -> Iterator[Callable[..., Container]]:
-    """``containers(image, ...)`` starts a Container (see tollgate_dev.images) and removes it
-    after the test; its logs are printed when the test fails."""
+    """``containers(image, ...)`` starts a Container (see tollgate_dev.servers.images) and
+    removes it after the test; its logs are printed when the test fails."""
     started: list[Container] = []
 
     def start(*args: Any, **kwargs: Any) -> Container:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tollgate_dev.images import TEST_OUT, BuiltImages, pod_flags
-from tollgate_dev.k8s_binaries import repo_root
+from tollgate_dev.proc import repo_root
+from tollgate_dev.servers.images import TEST_OUT, BuiltImages, pod_flags
 
 ROOT = repo_root()
 CHART = ROOT / "charts" / "tollgate"

@@ -18,10 +18,11 @@ import psycopg
 import pytest
 from image_helpers import Manifest, chart_container, image_values, workload
 
-from tollgate_dev.gatewayproc import StandinProcess
-from tollgate_dev.images import BuiltImages, Container
-from tollgate_dev.pytest_services import ADMIN_EMAIL, ADMIN_PASSWORD, Admin
-from tollgate_dev.services import LocalPostgres, LocalValkey, free_port
+from tollgate_dev.plugins.services import ADMIN_EMAIL, ADMIN_PASSWORD, Admin
+from tollgate_dev.proc import free_port
+from tollgate_dev.servers.backing import LocalPostgres, LocalValkey
+from tollgate_dev.servers.images import BuiltImages, Container
+from tollgate_dev.servers.programs import StandinProcess
 
 pytestmark = pytest.mark.timeout(900)  # the first test builds the images
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from image_helpers import Manifest, pod_of
 
-from tollgate_dev.images import BuiltImages, podman
-from tollgate_dev.realollama import LocalRegistry, RealOllamaMissingError, registry_binary
-from tollgate_dev.services import ServiceError
+from tollgate_dev.proc import ServiceError
+from tollgate_dev.servers.images import BuiltImages, podman
+from tollgate_dev.servers.realollama import LocalRegistry, RealOllamaMissingError, registry_binary
 
 pytestmark = pytest.mark.timeout(900)  # the first test builds the images
 

@@ -14,8 +14,8 @@ import pytest
 import yaml
 from image_helpers import ROOT
 
-from tollgate_dev.images import BuiltImages, Container, pod_flags, podman, prepare_volume
-from tollgate_dev.services import free_port
+from tollgate_dev.proc import free_port
+from tollgate_dev.servers.images import BuiltImages, Container, pod_flags, podman, prepare_volume
 from tollgate_operator.builders.pool import DATA_VOLUME, PoolDefaults, build_statefulset
 from tollgate_operator.resources import OllamaPoolSpec
 

@@ -17,10 +17,10 @@ import pytest
 import yaml
 from image_helpers import ROOT, Manifest, chart_container, image_values, workload
 
-from tollgate_dev.images import BuiltImages, Container
-from tollgate_dev.pytest_cluster import ClusterHandle
-from tollgate_dev.pytest_services import Gateways
-from tollgate_dev.services import free_port
+from tollgate_dev.plugins.cluster import ClusterHandle
+from tollgate_dev.plugins.services import Gateways
+from tollgate_dev.proc import free_port
+from tollgate_dev.servers.images import BuiltImages, Container
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]
 

@@ -24,10 +24,10 @@ from operator_harness import (
     wait_for,
 )
 
-from tollgate_dev.gatewayproc import GatewayProcess
-from tollgate_dev.jaeger import JaegerServer
-from tollgate_dev.pytest_cluster import ClusterHandle
-from tollgate_dev.pytest_services import Gateways
+from tollgate_dev.plugins.cluster import ClusterHandle
+from tollgate_dev.plugins.services import Gateways
+from tollgate_dev.servers.jaeger import JaegerServer
+from tollgate_dev.servers.programs import GatewayProcess
 
 # What a failure report needs: set by the `operator` fixture.
 _session_cluster: dict[str, Any] = {}

@@ -35,9 +35,9 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from tollgate_dev.gatewayproc import StandinProcess, stop_process, wait_http
-from tollgate_dev.pytest_cluster import ClusterHandle
-from tollgate_dev.services import ServiceError, free_port
+from tollgate_dev.plugins.cluster import ClusterHandle
+from tollgate_dev.proc import ServiceError, free_port, stop_process, wait_http
+from tollgate_dev.servers.programs import StandinProcess
 
 REPO = Path(__file__).resolve().parents[2]
 CRDS = REPO / "crds"

@@ -18,7 +18,7 @@ import pytest
 from kubernetes import client
 from operator_harness import Kube, OperatorProcess, wait_for
 
-from tollgate_dev.gatewayproc import GatewayProcess, StandinProcess
+from tollgate_dev.servers.programs import GatewayProcess, StandinProcess
 
 pytestmark = pytest.mark.cluster
 

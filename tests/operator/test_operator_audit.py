@@ -9,8 +9,8 @@ import psycopg
 import pytest
 from operator_harness import FakeCluster, Kube, OperatorProcess, wait_for
 
-from tollgate_dev.gatewayproc import GatewayProcess
-from tollgate_dev.pytest_services import ADMIN_EMAIL, ADMIN_PASSWORD
+from tollgate_dev.plugins.services import ADMIN_EMAIL, ADMIN_PASSWORD
+from tollgate_dev.servers.programs import GatewayProcess
 
 pytestmark = pytest.mark.cluster
 

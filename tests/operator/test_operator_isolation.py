@@ -11,7 +11,7 @@ import pytest
 from kubernetes import client
 from operator_harness import OLLAMA_PORT, FakeCluster, Kube, OperatorProcess, wait_for
 
-from tollgate_dev.netpol import PodRef, ingress_allowed, selects
+from tollgate_dev.controlplane.netpol import PodRef, ingress_allowed, selects
 
 pytestmark = pytest.mark.cluster
 

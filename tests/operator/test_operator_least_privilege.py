@@ -28,10 +28,11 @@ from operator_harness import (
     wait_for,
 )
 
-from tollgate_dev.gatewayproc import GatewayProcess
-from tollgate_dev.k8s_binaries import Binaries, repo_root
-from tollgate_dev.pytest_cluster import ClusterHandle
-from tollgate_dev.pytest_services import Admin
+from tollgate_dev.controlplane.binaries import Binaries
+from tollgate_dev.plugins.cluster import ClusterHandle
+from tollgate_dev.plugins.services import Admin
+from tollgate_dev.proc import repo_root
+from tollgate_dev.servers.programs import GatewayProcess
 
 pytestmark = pytest.mark.cluster
 

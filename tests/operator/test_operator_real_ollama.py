@@ -11,8 +11,8 @@ import pytest
 from operator_harness import OLLAMA_PORT, FakeCluster, Kube, OperatorProcess, wait_for
 from test_operator_models import model_alias, new_key, pod_ips, pool
 
-from tollgate_dev.gatewayproc import GatewayProcess
-from tollgate_dev.pytest_ollama import RealOllamaPods
+from tollgate_dev.plugins.ollama import RealOllamaPods
+from tollgate_dev.servers.programs import GatewayProcess
 
 pytestmark = pytest.mark.cluster
 POOL = "real-llm"

@@ -13,9 +13,9 @@ import pytest
 from kubernetes import client
 from operator_harness import PEPPER, FakeCluster, Kube, OperatorProcess, wait_for
 
-from tollgate_dev.gatewayproc import GatewayProcess
-from tollgate_dev.services import LocalPostgres
-from tollgate_gateway.keys.hashing import hash_key
+from tollgate_dev.servers.backing import LocalPostgres
+from tollgate_dev.servers.programs import GatewayProcess
+from tollgate_schema.keys import hash_key
 
 pytestmark = pytest.mark.cluster
 

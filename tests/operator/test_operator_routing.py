@@ -14,7 +14,7 @@ from operator_harness import OLLAMA_PORT, Kube, OperatorProcess, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 from test_operator_models import model_alias, new_key, pod_ips, pool
 
-from tollgate_dev.gatewayproc import GatewayProcess
+from tollgate_dev.servers.programs import GatewayProcess
 
 pytestmark = pytest.mark.cluster
 HOLD = "test.tollgate.dev/hold"  # a finalizer of this test: the Pod stays while terminating

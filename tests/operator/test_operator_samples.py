@@ -14,8 +14,8 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from operator_harness import PLURALS, SAMPLES, FakeCluster, Kube, OperatorProcess, wait_for
 
-from tollgate_dev.gatewayproc import GatewayProcess
-from tollgate_dev.pytest_cluster import ClusterHandle
+from tollgate_dev.plugins.cluster import ClusterHandle
+from tollgate_dev.servers.programs import GatewayProcess
 
 pytestmark = pytest.mark.cluster
 

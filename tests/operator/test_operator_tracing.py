@@ -9,7 +9,7 @@ import httpx
 import pytest
 from operator_harness import Kube, OperatorProcess, wait_for
 
-from tollgate_dev.jaeger import JaegerServer
+from tollgate_dev.servers.jaeger import JaegerServer
 
 pytestmark = pytest.mark.cluster
 

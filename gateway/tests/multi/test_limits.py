@@ -13,9 +13,9 @@ import httpx
 import psycopg
 import pytest
 
-from tollgate_dev.gatewayproc import GatewayProcess, StandinProcess
-from tollgate_dev.pytest_services import Admin, Gateways
-from tollgate_dev.services import LocalValkey
+from tollgate_dev.plugins.services import Admin, Gateways
+from tollgate_dev.servers.backing import LocalValkey
+from tollgate_dev.servers.programs import GatewayProcess, StandinProcess
 
 pytestmark = pytest.mark.multi
 LEASE = "3"

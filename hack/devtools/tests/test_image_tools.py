@@ -1,4 +1,4 @@
-"""tollgate_dev.images without running containers: a Pod's security context and volumes as
+"""tollgate_dev.servers.images without running containers: a Pod's security context and volumes as
 podman flags, and the reason given when podman cannot work."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tollgate_dev.images import pod_flags, podman_problem, prepare_volume
+from tollgate_dev.servers.images import pod_flags, podman_problem, prepare_volume
 
 POD = {
     "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10002,

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tollgate_dev.services import free_port
+from tollgate_dev.proc import free_port
 
 PHASES = [
     "starting PostgreSQL",
@@ -230,7 +230,7 @@ def test_leftovers_of_an_earlier_run_are_reported_or_reused(
     assert blocked.wait() == 1, blocked.output
     # the gateway and the stand-in hold their ports: named, with the command that stops them
     gateway_pid = next(pid for pid, cmd in left.items() if "tollgate_gateway.cli" in cmd)
-    standin_pid = next(pid for pid, cmd in left.items() if "tollgate_dev.standin" in cmd)
+    standin_pid = next(pid for pid, cmd in left.items() if "tollgate_standin" in cmd)
     assert f"in use by pid {gateway_pid}" in blocked.output
     assert f"kill {gateway_pid}" in blocked.output
     assert "earlier `make run`" in blocked.output

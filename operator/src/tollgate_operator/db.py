@@ -20,11 +20,11 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.sql.elements import ColumnElement
 
-from tollgate_gateway.audit import events as audit
-from tollgate_gateway.config import to_sqlalchemy_dsn
-from tollgate_gateway.storage.db import check_schema
-from tollgate_gateway.storage.orm import ApiKey, AuditEvent, Model
-from tollgate_operator.services.errors import Unavailable
+from tollgate_operator.errors import Unavailable
+from tollgate_schema import audit
+from tollgate_schema.db import check_schema
+from tollgate_schema.dsn import to_sqlalchemy_dsn
+from tollgate_schema.orm import ApiKey, AuditEvent, Model
 
 Row = dict[str, Any]
 

@@ -17,8 +17,9 @@ from tollgate_gateway.chat.service import (
     Reply,
     json_reply,
     new_id,
+    upstream_json,
 )
-from tollgate_gateway.errors import ApiError
+from tollgate_gateway.errors import ApiError, upstream_error
 from tollgate_gateway.keys.service import KeyRecord
 from tollgate_gateway.messages.schemas import (
     StreamState,
@@ -29,7 +30,7 @@ from tollgate_gateway.messages.schemas import (
     rewrite_message,
 )
 from tollgate_gateway.sse import relay
-from tollgate_gateway.storage.upstream import read_body, upstream_error
+from tollgate_gateway.storage.upstream import read_body
 
 UPSTREAM_PATH = "/v1/messages"
 
@@ -79,18 +80,12 @@ class MessagesService:
         if not call.parsed.stream:
             payload = await read_body(resp)
             resp.release()
-            try:
-                data = orjson.loads(payload)
-            except orjson.JSONDecodeError as exc:
-                metrics.UPSTREAM_ERRORS.labels("protocol").inc()
-                raise ApiError(
-                    502, "The model server sent an unreadable response.", type="server_error"
-                ) from exc
+            data = upstream_json(payload)
             call.prompt_tokens, call.completion_tokens = rewrite_message(
                 data, message_id, call.alias.alias
             )
             reply = json_reply(orjson.dumps(data))
-            reply.after = functools.partial(self.proxy.finish, call)
+            reply.settle = functools.partial(self.proxy.finish, call, batched=True)
             return reply
         translator = _Stream(call, StreamState(message_id, call.alias.alias))
         return Reply(200, list(SSE_HEADERS), stream=relay(self.proxy, call, resp, translator))

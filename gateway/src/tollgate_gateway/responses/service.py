@@ -16,7 +16,6 @@ from typing import Any
 
 import orjson
 
-from tollgate_gateway import metrics
 from tollgate_gateway.chat.schemas import Endpoint
 from tollgate_gateway.chat.service import (
     SSE_HEADERS,
@@ -25,8 +24,9 @@ from tollgate_gateway.chat.service import (
     Reply,
     json_reply,
     new_id,
+    upstream_json,
 )
-from tollgate_gateway.errors import ApiError
+from tollgate_gateway.errors import ApiError, upstream_error
 from tollgate_gateway.keys.service import KeyRecord
 from tollgate_gateway.responses.schemas import (
     DELTAS,
@@ -43,8 +43,8 @@ from tollgate_gateway.responses.schemas import (
     usage_tokens,
 )
 from tollgate_gateway.sse import frame, relay
-from tollgate_gateway.storage.responses import ResponseStore, ResponseStoreUnavailable
-from tollgate_gateway.storage.upstream import read_body, upstream_error
+from tollgate_gateway.storage.responses import ResponseStore, ResponseStoreUnavailable, Stored
+from tollgate_gateway.storage.upstream import read_body
 
 log = logging.getLogger(__name__)
 
@@ -116,18 +116,12 @@ class ResponsesService:
             return Reply(200, list(SSE_HEADERS), stream=relay(self.proxy, call, resp, translator))
         payload = await read_body(resp)
         resp.release()
-        try:
-            data = orjson.loads(payload)
-        except orjson.JSONDecodeError as exc:
-            metrics.UPSTREAM_ERRORS.labels("protocol").inc()
-            raise ApiError(
-                502, "The model server sent an unreadable response.", type="server_error"
-            ) from exc
+        data = upstream_json(payload)
         response = rewriter.response(data)
         call.prompt_tokens, call.completion_tokens = usage_tokens(response)
         await saver(response)
         reply = json_reply(orjson.dumps(response))
-        reply.after = functools.partial(self.proxy.finish, call)
+        reply.settle = functools.partial(self.proxy.finish, call, batched=True)
         return reply
 
     async def _save(
@@ -148,7 +142,8 @@ class ResponsesService:
             log.warning("response %s not stored: %s", response["id"], exc)
 
     # -- stored responses --------------------------------------------------------------
-    async def retrieve(self, response_id: str, authorization: str | None) -> bytes:
+    async def _stored(self, response_id: str, authorization: str | None) -> Stored:
+        """The stored response of the calling key; 404 for any other key's."""
         key = await self.proxy.authenticate(authorization)
         try:
             stored = await self.store.get(response_id, key.id)
@@ -156,16 +151,13 @@ class ResponsesService:
             raise _store_unavailable() from exc
         if stored is None:
             raise response_not_found(response_id)
-        return orjson.dumps(stored.response)
+        return stored
+
+    async def retrieve(self, response_id: str, authorization: str | None) -> bytes:
+        return orjson.dumps((await self._stored(response_id, authorization)).response)
 
     async def input_items(self, response_id: str, authorization: str | None) -> bytes:
-        key = await self.proxy.authenticate(authorization)
-        try:
-            stored = await self.store.get(response_id, key.id)
-        except ResponseStoreUnavailable as exc:
-            raise _store_unavailable() from exc
-        if stored is None:
-            raise response_not_found(response_id)
+        stored = await self._stored(response_id, authorization)
         prefix = "item_" + response_id.removeprefix("resp_")
         data = [
             listed_item(item, f"{prefix}_{i}") if isinstance(item, dict) else item

@@ -25,12 +25,12 @@ import aiohttp
 import orjson
 
 from tollgate_gateway import metrics
-from tollgate_gateway.errors import ApiError
+from tollgate_gateway.errors import ApiError, upstream_error, upstream_failure
 from tollgate_gateway.routing.health import Ejector
 from tollgate_gateway.routing.model import Policy, Reason, Replica, Target, normalize_model
 from tollgate_gateway.routing.policy import choose
 from tollgate_gateway.routing.retry import RetryBudget, retryable
-from tollgate_gateway.storage.upstream import Upstream, read_body, upstream_error
+from tollgate_gateway.storage.upstream import Upstream, UpstreamError, read_body
 
 log = logging.getLogger(__name__)
 
@@ -109,13 +109,13 @@ def no_replica(alias: str) -> ApiError:
     )
 
 
-def _kind(exc: ApiError) -> str | None:
+def _kind(exc: UpstreamError) -> str | None:
     """The retry rule's name for an upstream failure (None: not one a retry can fix)."""
-    if exc.code == "upstream_unreachable":
+    if exc.kind == "unreachable":
         return "connect"
-    if exc.code == "upstream_error" and exc.status == 502:
+    if exc.kind == "failed":  # reset or closed before any byte of a response
         return "reset_before_response"
-    return None
+    return None  # timeout: the replica may still be working on it
 
 
 def _until(expires_at: Any, now: float, wall: datetime) -> float:
@@ -260,22 +260,25 @@ class Router:
         budget = RetryBudget(self.attempts, now + self.retry_seconds)
         tried: set[str] = set()
         failure: ApiError | None = None
+        last_kind = ""
         while budget.next(now):
             route = self.pick(alias, prefix, tried, now)
             if route is None:
                 break
             if failure is not None:
-                self._child(metrics.ROUTING_RETRIES, alias.pool, _retry_reason(failure)).inc()
+                self._child(metrics.ROUTING_RETRIES, alias.pool, last_kind).inc()
             tried.add(route.url)
             try:
                 resp = await self.upstream.request("POST", route.url + path, body, headers)
-            except ApiError as exc:
+            except UpstreamError as exc:
                 self.release(route)
                 kind = _kind(exc)
                 if kind is None or not retryable(kind, 0):
                     raise
                 self._failed(route.state, hard=kind == "connect")
-                failure = exc
+                failure = upstream_failure(exc)
+                failure.__cause__ = exc
+                last_kind = kind
                 now = time.monotonic()
                 continue
             except BaseException:
@@ -291,6 +294,7 @@ class Router:
                 resp.release()
                 self.release(route)
                 failure = upstream_error(503, payload, alias.alias)
+                last_kind = "busy_503"
                 now = time.monotonic()
                 continue
             self.ejector.success(route.url)
@@ -469,9 +473,3 @@ class SharedLoad:
                         pipe.hdel(key, field)
                     await pipe.execute()
         return out
-
-
-def _retry_reason(failure: ApiError) -> str:
-    if failure.status == 503:
-        return "busy_503"
-    return _kind(failure) or "other"

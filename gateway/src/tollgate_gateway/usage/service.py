@@ -10,7 +10,7 @@ from typing import Literal
 from sqlalchemy import Integer, cast, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tollgate_gateway.storage.orm import UsageEvent
+from tollgate_schema.orm import UsageEvent
 
 GroupBy = Literal["key", "alias", "app"]
 

@@ -61,8 +61,14 @@ class UsageStream:
         block_seconds: float,
         reclaim_seconds: float,
         stream: str = STREAM,
+        pause_seconds: float = 0.0,
     ) -> None:
         self._stream = stream
+        # After a batch that was not full, wait this long before reading again, so that rows
+        # are written in batches (one COPY per interval) rather than one transaction per
+        # request: the entries are durable in Redis meanwhile.
+        self._pause = pause_seconds
+        self._wake = asyncio.Event()
         self._redis = redis
         self._engine = engine
         self._batch = batch_size
@@ -87,6 +93,7 @@ class UsageStream:
     async def stop(self, grace: float = 10.0) -> None:
         """Finish the batch in hand and stop; what is left stays in Redis for the others."""
         self._stopping = True
+        self._wake.set()
         if self._task is None:
             return
         try:
@@ -116,11 +123,16 @@ class UsageStream:
                 reply: Any = await self._redis.xreadgroup(
                     GROUP, self._me, {self._stream: ">"}, count=self._batch, block=self._block_ms
                 )
+                read = 0
                 for _, entries in reply or []:
+                    read += len(entries)
                     await self._commit(entries, redelivered=False)
                 if self._failing:
                     log.warning("usage stream drains again")
                     self._failing = False
+                if 0 < read < self._batch and self._pause > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), self._pause)
             except ResponseError as exc:
                 if "NOGROUP" in str(exc):  # Redis lost the stream (restart without data)
                     with contextlib.suppress(ResponseError):

@@ -24,11 +24,8 @@ from pathlib import Path
 
 import httpx
 
-from tollgate_dev.cluster import LocalCluster
-from tollgate_dev.gatewayproc import GatewayProcess, StandinProcess, stop_process, wait_http
-from tollgate_dev.services import (
-    LocalPostgres,
-    LocalValkey,
+from tollgate_dev.controlplane.cluster import LocalCluster
+from tollgate_dev.proc import (
     ServiceError,
     command_of,
     cwd_of,
@@ -37,10 +34,15 @@ from tollgate_dev.services import (
     on_resume,
     port_free,
     port_owner,
+    repo_root,
     spawning,
+    stop_process,
+    wait_http,
 )
+from tollgate_dev.servers.backing import LocalPostgres, LocalValkey
+from tollgate_dev.servers.programs import GatewayProcess, StandinProcess
 
-REPO = Path(__file__).resolve().parents[4]
+REPO = repo_root()
 STATE = Path(os.environ.get("TOLLGATE_STATE_DIR", REPO / ".state")).resolve()
 DEMO_ALIAS = "llama3"
 DEMO_TAG = "llama3:8b"
@@ -177,10 +179,10 @@ async def _prepare_demo(env: dict[str, str]) -> str:
     from sqlalchemy.ext.asyncio import async_sessionmaker
 
     from tollgate_gateway.admin import schemas, service
-    from tollgate_gateway.config import to_sqlalchemy_dsn
-    from tollgate_gateway.keys.hashing import hash_key
-    from tollgate_gateway.storage.db import create_engine
-    from tollgate_gateway.storage.orm import ApiKey, Model
+    from tollgate_schema.db import create_engine
+    from tollgate_schema.dsn import to_sqlalchemy_dsn
+    from tollgate_schema.keys import hash_key
+    from tollgate_schema.orm import ApiKey, Model
 
     engine = create_engine(to_sqlalchemy_dsn(env["POSTGRES_DSN"]), pool_size=1)
     key_file = STATE / "demo-key"
