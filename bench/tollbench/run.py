@@ -26,7 +26,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from tollbench import load, upstreams
+from tollbench import load, routing, upstreams
 from tollbench.procs import CpuMeter, Watched, descendants, pin, pss_bytes, rss_bytes, wait_quiet
 from tollbench.systems import (
     CHAT_MODEL,
@@ -38,11 +38,12 @@ from tollbench.systems import (
     Minimal,
     System,
     Tollgate,
+    TollgateRouted,
 )
 
 BENCH = Path(__file__).resolve().parents[1]
 REPO = BENCH.parent
-ALL_SYSTEMS = ("direct", "caddy", "minimal", "litellm", "tollgate")
+ALL_SYSTEMS = ("direct", "caddy", "minimal", "litellm", "tollgate", "tollgate-routed")
 
 TARGETS = {
     "throughput_vs_litellm": 25.0,
@@ -92,7 +93,7 @@ class Params:
         self.soak_connections = int(env_float("BENCH_SOAK_CONNECTIONS", 32))
         self.soak_streams = int(env_float("BENCH_SOAK_STREAMS", 50))
         self.systems = os.environ.get("BENCH_SYSTEMS", ",".join(ALL_SYSTEMS)).split(",")
-        self.phases = os.environ.get("BENCH_PHASES", "overhead,streaming,soak").split(",")
+        self.phases = os.environ.get("BENCH_PHASES", "overhead,streaming,soak,routing").split(",")
         self.sut_cpus = os.environ.get("BENCH_SUT_CPUS", "0")
         self.side_cpus = os.environ.get("BENCH_SIDE_CPUS", "1")
         # Tollgate's PostgreSQL and Valkey: on the systems' CPU by default, so that Tollgate
@@ -639,6 +640,20 @@ def headline(
             TARGETS["added_p50_ms_c1"],
         ),
         (
+            "added_p50_ms_c1_routed",
+            "added median latency at 1 concurrent, Tollgate with routing on - direct (ms)",
+            diff(get("chat-c1", "tollgate-routed", "p50_ms"), get("chat-c1", "direct", "p50_ms")),
+            "<=",
+            TARGETS["added_p50_ms_c1"],
+        ),
+        (
+            "throughput_vs_minimal_routed",
+            "non-streaming req/s at 32 concurrent, Tollgate with routing on ÷ minimal proxy",
+            ratio(get("chat-c32", "tollgate-routed", "rps"), mini),
+            ">=",
+            TARGETS["throughput_vs_minimal"],
+        ),
+        (
             "added_ttft_p50_ms",
             "added median time to first token, 100 streams, Tollgate - direct (ms)",
             diff(
@@ -688,6 +703,21 @@ def headline(
             }[op]
         out[key] = {"label": label, "value": value, "target": f"{op} {target:g}", "met": met}
     return out
+
+
+def routing_headline(vs: dict[str, float | None]) -> list[tuple[str, Any, str, bool]]:
+    """The routing scenario's targets, against round robin."""
+    loads, ttft, rate = vs["model_loads_ratio"], vs["ttft_p99_ratio"], vs["throughput_ratio"]
+    return [
+        (
+            "routing_model_loads_vs_round_robin",
+            loads,
+            "<= 0.25",
+            loads is not None and loads <= 0.25,
+        ),
+        ("routing_ttft_p99_vs_round_robin", ttft, "<= 0.333", ttft is not None and ttft <= 1 / 3),
+        ("routing_throughput_vs_round_robin", rate, ">= 1.0", rate is not None and rate >= 1.0),
+    ]
 
 
 def main() -> None:
@@ -740,12 +770,16 @@ def main() -> None:
             elif name == "tollgate":
                 tollgate = Tollgate(ctx, bench.standin_url)
                 systems.append(tollgate)
+            elif name == "tollgate-routed":
+                systems.append(TollgateRouted(ctx, bench.standin_url))
         if "overhead" in params.phases:
             bench.overhead(systems)
         if "streaming" in params.phases:
             bench.streaming(systems)
         if "soak" in params.phases and tollgate is not None and params.soak_seconds > 0:
             bench.soak(tollgate)
+        if "routing" in params.phases:
+            bench.results["routing"] = routing.run(ctx, say)
         info["systems"] = {s.name: s.describe() for s in systems}
     finally:
         bench.stop_infra()
@@ -754,11 +788,18 @@ def main() -> None:
     info["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     table = summarize(bench.samples)
     soak = bench.results.get("soak")
+    heads = headline(table, soak)
+    routed = bench.results.get("routing")
+    if routed and routed.get("vs_round_robin"):
+        for name, value, target, met in routing_headline(routed["vs_round_robin"]):
+            label = "routing scenario, Tollgate modelAware ÷ round robin"
+            heads[name] = {"label": label, "value": value, "target": target, "met": met}
     document = {
         **info,
         "summary": table,
-        "headline": headline(table, soak),
+        "headline": heads,
         "soak": soak,
+        "routing": routed,
         "samples": bench.samples,
     }
     args.out.mkdir(parents=True, exist_ok=True)

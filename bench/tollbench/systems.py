@@ -356,6 +356,7 @@ class Tollgate(System):
 
     def __init__(self, ctx: Context, stream_upstream: str) -> None:
         super().__init__(ctx)
+        self.upstream_url = ""
         self.setup = TollgateSetup()
         self.stream_upstream = stream_upstream
         self.key_fields: dict[str, Any] = {}
@@ -455,3 +456,45 @@ class Tollgate(System):
             "key": {k: v for k, v in self.key_fields.items() if k != "name"},
             "env": env,
         }
+
+
+class TollgateRouted(Tollgate):
+    """Tollgate with routing on: the chat alias is routed over two replicas (both the
+    workload's upstream, under two host names) with the default policy, so the hot path
+    pays for the choice, the in-flight accounting and the polling."""
+
+    name = "tollgate-routed"
+    label = "Tollgate gateway, routing on"
+
+    def _provision(self, url: str) -> None:
+        super()._provision(url)
+        self._route(url, self.upstream_url)
+
+    def start(self, upstream: str, phase: str) -> str:
+        self.upstream_url = upstream
+        url = super().start(upstream, phase)
+        if self.key:
+            self._route(url, upstream)  # each phase has its own upstream
+        return url
+
+    def _route(self, url: str, upstream: str) -> None:
+        other = upstream.replace("127.0.0.1", "localhost")
+        with httpx.Client(base_url=url, timeout=30) as http:
+            login = http.post(
+                "/admin/login",
+                json={"email": self.setup.admin_email, "password": self.setup.admin_password},
+            )
+            login.raise_for_status()
+            http.headers["Authorization"] = f"Bearer {login.json()['access_token']}"
+            for model in http.get("/admin/models").json():
+                if model["alias"] != CHAT_MODEL:
+                    continue
+                http.patch(
+                    f"/admin/models/{model['id']}",
+                    json={
+                        "replicas": [
+                            {"name": "replica-a", "url": upstream},
+                            {"name": "replica-b", "url": other},
+                        ]
+                    },
+                ).raise_for_status()

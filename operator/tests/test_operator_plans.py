@@ -13,12 +13,21 @@ from typing import Any
 import pytest
 
 from tollgate_operator.ollama import PullProgress, normalize_tag
-from tollgate_operator.resources import ApiKeySpec, ModelAliasSpec, ObjectRef
+from tollgate_operator.resources import (
+    ApiKeySpec,
+    ModelAliasSpec,
+    ObjectRef,
+    OllamaPoolSpec,
+    PullState,
+    ReplicaPull,
+)
 from tollgate_operator.services.aliases import (
     AliasTaken,
+    Observation,
     PullMemory,
     desired_model_row,
     plan_model_row,
+    routing_of,
 )
 from tollgate_operator.services.apikeys import desired_row, plan_key_rows
 from tollgate_operator.services.pools import backend_url
@@ -158,6 +167,48 @@ def test_an_alias_is_disabled_until_its_model_is_everywhere() -> None:
     switching = ALIAS_SPEC.model_copy(update={"model": "llama3.2:3b"})
     row = desired_model_row(ALIAS_REF, switching, "http://p:11434", "llama3.2:1b")
     assert (row["enabled"], row["backend_tag"]) == (True, "llama3.2:1b")
+
+
+def _pod(name: str, ip: str, *, ready: bool = True, deleting: bool = False) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "uid": name}
+    if deleting:
+        meta["deletionTimestamp"] = "2026-12-01T12:00:00Z"
+    return {
+        "metadata": meta,
+        "status": {
+            "phase": "Running",
+            "podIP": ip,
+            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+        },
+    }
+
+
+def test_the_row_lists_ready_replicas_whose_pull_finished() -> None:
+    pods = [
+        _pod("p-0", "10.0.0.1"),
+        _pod("p-1", "10.0.0.2"),  # still pulling
+        _pod("p-2", "10.0.0.3", deleting=True),  # scaled down: out before it goes
+        _pod("p-3", "10.0.0.4", ready=False),
+    ]
+    entries = {
+        "p-0": ReplicaPull(name="p-0", state=PullState.PRESENT),
+        "p-1": ReplicaPull(name="p-1", state=PullState.PULLING),
+        "p-2": ReplicaPull(name="p-2", state=PullState.PRESENT),
+        "p-3": ReplicaPull(name="p-3", state=PullState.WAITING),
+    }
+    pool = OllamaPoolSpec.model_validate({"routing": {"policy": "leastLoad"}})
+    seen = Observation(pool, "http://p:11434", pods, entries, [])
+    routing = routing_of(ALIAS_REF, ALIAS_SPEC, seen, "llama3.2:1b", 11434)
+    assert routing.replicas == [{"name": "p-0", "url": "http://10.0.0.1:11434"}]
+    assert routing.routing == {"pool": "ml/p", "policy": "leastLoad", "prefix_chars": 256}
+    row = desired_model_row(ALIAS_REF, ALIAS_SPEC, "http://p:11434", "llama3.2:1b", routing)
+    assert row["replicas"] == routing.replicas
+    # While the tag switches, the pool's Service serves (which replicas hold the old tag
+    # is not observed).
+    switching = ALIAS_SPEC.model_copy(update={"model": "llama3.2:3b"})
+    assert routing_of(ALIAS_REF, switching, seen, "llama3.2:1b", 11434).replicas is None
+    # A pass that did not observe the Pods leaves the columns alone.
+    assert "replicas" not in desired_model_row(ALIAS_REF, ALIAS_SPEC, "http://p:11434", None)
 
 
 def test_model_rows_are_inserted_updated_and_renamed() -> None:

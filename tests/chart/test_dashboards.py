@@ -25,11 +25,12 @@ from chart_helpers import CHART, board, panel_queries
 
 from tollgate_dev.plugins.services import Admin, Gateways
 from tollgate_dev.proc import free_port
-from tollgate_dev.servers.programs import GatewayProcess
+from tollgate_dev.servers.programs import GatewayProcess, StandinProcess
 from tollgate_dev.servers.prometheus import PrometheusServer
 
 JOB = "tollgate-gateway"
 DOWN_ALIAS = "model-with-upstream-down"
+ROUTED_ALIAS = "model-over-replicas"
 VARIABLES = {
     "$namespace": "",
     "$job": JOB,
@@ -79,6 +80,28 @@ def traffic(gateway: GatewayProcess, key: str, limited_key: str, model: str) -> 
     httpx.get(gateway.url + "/readyz", timeout=10)
 
 
+def routed_traffic(gateway: GatewayProcess, key: str, alias: str, flaky: StandinProcess) -> None:
+    """Requests over a pool of replicas: one answers 503 once (a retry), one is a closed
+    port (refused: retried, then ejected)."""
+    httpx.post(
+        flaky.url + "/_standin/faults",
+        json={"kind": "fail", "status": 503, "path": "/v1/chat/completions", "times": 1},
+    ).raise_for_status()
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key, max_retries=0)
+    for _ in range(6):
+        client.chat.completions.create(model=alias, messages=[{"role": "user", "content": "hi"}])
+
+
+@pytest.fixture(scope="module")
+def replicas(service_dir: Path) -> Iterator[list[StandinProcess]]:
+    procs = [StandinProcess(log_path=service_dir / f"dashboards-replica-{i}.log") for i in range(2)]
+    for proc in procs:
+        proc.start()
+    yield procs
+    for proc in procs:
+        proc.stop()
+
+
 @pytest.fixture(scope="module")
 def per_key_gateway(gateways: Gateways) -> GatewayProcess:
     # A usage stream of its own: its rows are drained (and its flush histogram filled) by
@@ -93,10 +116,20 @@ def prometheus(
     admin: Admin,
     chat_model: str,
     service_dir: Path,
+    replicas: list[StandinProcess],
 ) -> Iterator[PrometheusServer]:
     new_key: Callable[..., dict[str, Any]] = admin.create_key
     # An alias whose Ollama is a closed port: connect errors, 5xx answers.
     admin.ensure_model(DOWN_ALIAS, "llama3:8b", backend_url=f"http://127.0.0.1:{free_port()}")
+    # An alias over a pool of replicas, one of them down (the routing row).
+    pool = [{"name": f"replica-{i}", "url": r.url} for i, r in enumerate(replicas)]
+    pool.append({"name": "replica-down", "url": f"http://127.0.0.1:{free_port()}"})
+    admin.ensure_model(
+        ROUTED_ALIAS,
+        "llama3:8b",
+        replicas=pool,
+        routing={"pool": "boards/pool", "policy": "roundRobin"},
+    )
     server = PrometheusServer(
         service_dir / "prometheus-dashboards",
         {JOB: [g.metrics_address for g in (gateway, per_key_gateway)]},
@@ -107,9 +140,11 @@ def prometheus(
         assert server.wait_until(f'count(up{{job="{JOB}"}} == 1) == 2', timeout=60)
         for gw in (gateway, per_key_gateway):
             traffic(gw, new_key()["key"], new_key(rate_limit_rpm=1)["key"], chat_model)
+            routed_traffic(gw, new_key()["key"], ROUTED_ALIAS, replicas[0])
         server.wait_for_scrape(JOB, time.time())  # the counters as they are now, then more
         for gw in (gateway, per_key_gateway):
             traffic(gw, new_key()["key"], new_key(rate_limit_rpm=1)["key"], chat_model)
+            routed_traffic(gw, new_key()["key"], ROUTED_ALIAS, replicas[0])
         assert server.wait_until(f'count_over_time(up{{job="{JOB}"}}[1m]) >= 5', timeout=60)
         server.wait_for_scrape(JOB, time.time() + 1)  # a couple more scrapes after the last request
         yield server

@@ -55,6 +55,7 @@ LAYERS: dict[str, list[tuple[str, list[str]]]] = {
                 "messages.service",
                 "responses.schemas",
                 "responses.service",
+                "routing.service",  # the router: the pure policy fed by the upstream adapter
             ],
         ),
         (

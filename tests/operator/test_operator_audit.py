@@ -137,4 +137,6 @@ def test_modelalias_lifecycle_is_audited(
         for a, before, after in audit_actions(db, actor)
         if a == "model.update" and "enabled" in (after or {})
     ]
-    assert ({"enabled": False}, {"enabled": True}) in enabled  # pulled everywhere: enabled
+    # pulled everywhere: enabled, and routed over the replica that holds the model
+    assert [(b["enabled"], a["enabled"]) for b, a in enabled] == [(False, True)], enabled
+    assert [r["name"] for r in enabled[0][1]["replicas"]] == ["llm-0"]

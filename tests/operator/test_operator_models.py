@@ -112,12 +112,15 @@ def test_pool_children(kube: Kube, namespace: str, k8s_cluster: ClusterHandle) -
             and s
         ),
     )
-    assert status["pods"][0] == {"name": "gpu-0", "ready": True, "models": []}
+    assert status["pods"][0] == {"name": "gpu-0", "ready": True, "models": [], "loaded": []}
+    assert status["loadedModels"] == 0
     assert status["serviceURL"] == f"http://{services['gpu'].spec.cluster_ip}:{OLLAMA_PORT}"
     # `kubectl get` tells the story.
     out = k8s_cluster.kubectl("get", "ollamapools", "-n", namespace).stdout
-    assert out.split("\n")[0].split() == ["NAME", "REPLICAS", "READY", "GPUS", "STATUS", "AGE"]
-    assert out.split("\n")[1].split()[:5] == ["gpu", "1", "1", "1", "ReplicasReady"]
+    assert out.split("\n")[0].split() == [
+        "NAME", "REPLICAS", "READY", "GPUS", "LOADED", "STATUS", "AGE",
+    ]  # fmt: skip
+    assert out.split("\n")[1].split()[:6] == ["gpu", "1", "1", "1", "0", "ReplicasReady"]
 
     # Drift: a StatefulSet changed by hand is put back.
     apps.patch_namespaced_stateful_set("gpu", namespace, {"spec": {"replicas": 3}})

@@ -119,6 +119,21 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         "keepAlive must be a duration",
     ),
     (
+        "routing policy unknown",
+        obj("OllamaPool", {"routing": {"policy": "random"}}),
+        'supported values: "modelAware", "leastLoad", "roundRobin"',
+    ),
+    (
+        "prefixChars without modelAware",
+        obj("OllamaPool", {"routing": {"policy": "roundRobin", "prefixChars": 128}}),
+        "prefixChars applies to policy modelAware only",
+    ),
+    (
+        "prefixChars negative",
+        obj("OllamaPool", {"routing": {"prefixChars": -1}}),
+        "should be greater than or equal to 0",
+    ),
+    (
         "env overriding OLLAMA_HOST",
         obj("OllamaPool", {"env": [{"name": "OLLAMA_HOST", "value": "0.0.0.0:1"}]}),
         "OLLAMA_HOST, OLLAMA_MODELS and HOME are set by the operator",

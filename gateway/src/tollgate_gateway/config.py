@@ -88,6 +88,15 @@ class Settings(BaseSettings):
     upstream_connect_timeout_seconds: float = 5.0
     upstream_read_timeout_seconds: float = 600.0
     upstream_max_connections: int = 1000
+    # Aliases with several replicas (README "Routing"): how often each replica's /api/ps and
+    # /api/tags are read, and the attempts a request may make when replicas fail before
+    # answering (the total time for them capped).
+    routing_poll_seconds: float = Field(2.0, gt=0)
+    routing_attempts: int = Field(3, ge=1, le=10)
+    routing_retry_seconds: float = Field(10.0, gt=0)
+    # Consecutive failures that eject a replica, and its first backoff (doubling to 30 s).
+    routing_eject_failures: int = Field(3, ge=1)
+    routing_eject_seconds: float = Field(1.0, gt=0, le=30)
 
     default_max_tokens: int = 4096
     # Prompt tokens reserved per byte of request body for keys with a TPM limit or budget.

@@ -102,6 +102,52 @@ DB_LATENCY = Histogram(
 )
 
 
+# -- Routing over a pool's replicas (what Ollama itself does not expose)
+REPLICA_IN_FLIGHT = Gauge(
+    "tollgate_replica_in_flight_requests",
+    "Requests this gateway has in flight on a replica, by model.",
+    ["pool", "replica", "model"],
+    multiprocess_mode="livesum",
+)
+REPLICA_UP = Gauge(
+    "tollgate_replica_up",
+    "1 for each replica that may take traffic, 0 while it is ejected.",
+    ["pool", "replica"],
+    multiprocess_mode="max",
+)
+REPLICA_MODEL_LOADED = Gauge(
+    "tollgate_replica_model_loaded",
+    "1 for each model a replica holds in memory (its /api/ps).",
+    ["pool", "replica", "model"],
+    multiprocess_mode="max",
+)
+MODEL_LOADS = Counter(
+    "tollgate_model_loads_total",
+    "Model loads observed on a replica (from /api/ps and responses' load_duration).",
+    ["pool", "replica", "model"],
+)
+MODEL_LOAD_SECONDS = Counter(
+    "tollgate_model_load_seconds_total",
+    "Time replicas spent loading models, from responses' load_duration.",
+    ["pool", "replica", "model"],
+)
+ROUTING_DECISIONS = Counter(
+    "tollgate_routing_decisions_total",
+    "Replica choices by reason (loaded, prefix, least_load, cold, round_robin).",
+    ["pool", "replica", "reason"],
+)
+ROUTING_RETRIES = Counter(
+    "tollgate_routing_retries_total",
+    "Attempts sent to another replica after a failure before any byte reached the client, "
+    "by failure (connect, reset_before_response, busy_503).",
+    ["pool", "reason"],
+)
+REPLICA_EJECTIONS = Counter(
+    "tollgate_replica_ejections_total",
+    "Times a failing replica was taken out of rotation for a backoff.",
+    ["pool", "replica"],
+)
+
 # -- OpenTelemetry GenAI semantic conventions, mapped to Prometheus the documented way:
 # dots become underscores, a unit in seconds adds `_seconds`, an annotation unit
 # (`{token}`) adds nothing; attribute names likewise (`gen_ai.request.model` →

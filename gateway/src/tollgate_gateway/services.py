@@ -20,6 +20,8 @@ from tollgate_gateway.keys.service import KeyService
 from tollgate_gateway.limits.service import Limiter
 from tollgate_gateway.messages.service import MessagesService
 from tollgate_gateway.responses.service import ResponsesService
+from tollgate_gateway.routing.health import Ejector
+from tollgate_gateway.routing.service import Router, SharedLoad
 from tollgate_gateway.storage.changes import ChangeFeed, Listener
 from tollgate_gateway.storage.outage import DatabaseHealth
 from tollgate_gateway.storage.responses import ResponseStore
@@ -118,6 +120,15 @@ class Services:
             settings.upstream_read_timeout_seconds,
             settings.upstream_max_connections,
         )
+        router = Router(
+            upstream,
+            catalog.all,  # also reloads the catalog when the change feed said so
+            poll_seconds=settings.routing_poll_seconds,
+            attempts=settings.routing_attempts,
+            retry_seconds=settings.routing_retry_seconds,
+            ejector=Ejector(settings.routing_eject_failures, settings.routing_eject_seconds),
+            shared=SharedLoad(redis, settings.routing_poll_seconds),
+        )
         proxy = ProxyService(
             keys,
             catalog,
@@ -134,6 +145,7 @@ class Services:
             tracing=Tracing(
                 settings.otlp_endpoint, settings.trace_sample_ratio, settings.otel_service_name
             ),
+            router=router,
         )
         stored = ResponseStore(
             engine,
@@ -187,6 +199,8 @@ class Services:
         if self.stream is not None:
             await self.stream.start()
         await self.catalog.reload()
+        if self.proxy.router is not None:
+            self.proxy.router.start()
         self.responses.store.start()
         self.audit_pruner.start()
 
@@ -201,6 +215,8 @@ class Services:
         await self.writer.stop()
         await self.limiter.stop()
         await self.feed.stop()
+        if self.proxy.router is not None:
+            await self.proxy.router.stop()
         await self.upstream.close()
         self.proxy.tracing.shutdown()
         self.logins.close()

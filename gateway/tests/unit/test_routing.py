@@ -23,6 +23,7 @@ from tollgate_gateway.routing import (
     prefix_hash,
     retryable,
 )
+from tollgate_gateway.routing.model import normalize_model, routing_config
 
 NOW = 1_000.0
 MODEL_AWARE = RoutingConfig()
@@ -247,3 +248,42 @@ def test_retry_only_before_bytes_and_within_budget() -> None:
     late = RetryBudget(attempts=3, deadline=10.0)
     assert late.next(11)  # the first attempt always goes
     assert not late.next(11)
+
+
+def test_a_refused_connection_ejects_at_once() -> None:
+    ejector = Ejector(threshold=3, base=1.0, cap=8.0)
+    assert not ejector.failure("r0", NOW)  # one reset: counts
+    assert ejector.failure("r0", NOW, hard=True)  # refused: nothing listens, out now
+    assert ejector.ejected(NOW) == {"r0"}
+    assert not ejector.failure("r0", NOW, hard=True)  # already out: not ejected twice
+    assert not ejector.due("r0", NOW + 0.5)
+    assert ejector.due("r0", NOW + 1.0)  # backoff over: a probe may restore it
+    ejector.success("r0")
+    assert not ejector.ejected(NOW + 1.0) and not ejector.due("r0", NOW + 1.0)
+
+
+def test_routing_settings_as_the_catalog_stores_them() -> None:
+    assert routing_config(None) == RoutingConfig()
+    config = routing_config({"pool": "ml/p", "policy": "roundRobin", "prefix_chars": 0})
+    assert (config.policy, config.prefix_chars) == (Policy.ROUND_ROBIN, 0)
+    # unknown or broken values take the defaults rather than failing every request
+    odd = routing_config({"policy": "fastest", "prefix_chars": -3})
+    assert (odd.policy, odd.prefix_chars) == (Policy.MODEL_AWARE, 256)
+    assert normalize_model("tiny") == "tiny:latest"
+    assert normalize_model("127.0.0.1:5000/library/tiny") == "127.0.0.1:5000/library/tiny:latest"
+    assert normalize_model("llama3:8b") == "llama3:8b"
+
+
+def test_request_prefix_of_every_api_shape() -> None:
+    from tollgate_gateway.chat.service import request_prefix
+
+    chat = {"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}]}
+    assert request_prefix(chat, 256) == chat_prefix(chat["messages"], 256)
+    later = {"messages": [*chat["messages"], {"role": "assistant", "content": "A"}]}
+    assert request_prefix(later, 256) == request_prefix(chat, 256)
+    anthropic = {"system": "S", "messages": [{"role": "user", "content": "U"}]}
+    assert request_prefix(anthropic, 256) == request_prefix(chat, 256)
+    responses = {"instructions": "S", "input": [{"role": "user", "content": "U"}]}
+    assert request_prefix(responses, 256) == request_prefix(chat, 256)
+    assert request_prefix({"prompt": "P", "system": "S"}, 256) == generate_prefix("P", 256, "S")
+    assert request_prefix({"input": "embed me"}, 256) is None

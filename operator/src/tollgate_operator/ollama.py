@@ -88,15 +88,27 @@ class OllamaClient:
         )
 
     async def tags(self, base_url: str) -> set[str]:
+        """The models on the server's disk."""
+        return await self._names(base_url, "/api/tags")
+
+    async def ps(self, base_url: str) -> set[str]:
+        """The models in the server's memory now."""
+        return await self._names(base_url, "/api/ps")
+
+    async def _names(self, base_url: str, path: str) -> set[str]:
         try:
-            async with self._session.get(f"{base_url}/api/tags", timeout=self._quick) as response:
+            async with self._session.get(f"{base_url}{path}", timeout=self._quick) as response:
                 if response.status != 200:
-                    raise Unavailable("ollama", f"{base_url}/api/tags answered {response.status}")
+                    raise Unavailable("ollama", f"{base_url}{path} answered {response.status}")
                 data = await response.json(content_type=None)
         except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
             raise Unavailable("ollama", f"{base_url}: {type(exc).__name__}") from exc
         models = (data.get("models") or []) if isinstance(data, dict) else []
-        return {normalize_tag(str(m.get("name") or m.get("model"))) for m in models}
+        return {
+            normalize_tag(str(m.get("name") or m.get("model")))
+            for m in models
+            if isinstance(m, dict)
+        }
 
     async def pull(
         self,

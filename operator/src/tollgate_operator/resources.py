@@ -179,6 +179,18 @@ class ResourceRequirements(Resource):
     limits: dict[str, Quantity] = Field(default_factory=dict)
 
 
+class PoolRouting(Resource):
+    """``spec.routing``: how gateways spread requests over the replicas."""
+
+    policy: Literal["modelAware", "leastLoad", "roundRobin"] = "modelAware"
+    prefix_chars: int | None = Field(None, ge=0, le=65536)
+
+    def to_row(self, pool: str) -> dict[str, Any]:
+        """As the gateway's ``models.routing`` column holds it."""
+        chars = 256 if self.prefix_chars is None else self.prefix_chars
+        return {"pool": pool, "policy": self.policy, "prefix_chars": chars}
+
+
 class OllamaPoolSpec(Resource):
     replicas: int = Field(1, ge=0, le=64)
     image: str | None = None
@@ -194,6 +206,7 @@ class OllamaPoolSpec(Resource):
     keep_alive: str | None = None
     num_parallel: int | None = Field(None, ge=1, le=256)
     max_queue: int | None = Field(None, ge=1, le=100_000)
+    routing: PoolRouting = Field(default_factory=PoolRouting)
     env: list[EnvVar] = Field(default_factory=list)
 
 
@@ -201,6 +214,7 @@ class PoolPod(Resource):
     name: str
     ready: bool
     models: list[str] | None = None
+    loaded: list[str] | None = None
     message: str | None = None
 
 
@@ -208,6 +222,7 @@ class OllamaPoolStatus(Resource):
     observed_generation: int | None = None
     replicas: int | None = None
     ready_replicas: int | None = None
+    loaded_models: int | None = None
     selector: str | None = None
     service_url: str | None = Field(None, alias="serviceURL")
     pods: list[PoolPod] = Field(default_factory=list)

@@ -102,6 +102,10 @@ class Model(Base):
     alias: Mapped[str] = mapped_column(String(200), unique=True)
     backend_tag: Mapped[str] = mapped_column(String(300))
     backend_url: Mapped[str | None] = mapped_column(String(500))
+    # The replicas that hold the model and may take traffic ([{"name", "url"}]); NULL: use
+    # backend_url as it is. The pool's spec.routing ({"pool", "policy", "prefix_chars"}).
+    replicas: Mapped[list[dict[str, str]] | None] = mapped_column(JSONB)
+    routing: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     enabled: Mapped[bool] = mapped_column(Boolean, default=True, server_default="true")
     # Disabled only until it is ready (its ModelAlias's model is still being pulled): keys that
     # may use it are told "not ready yet" (503, Retry-After) rather than "does not exist".

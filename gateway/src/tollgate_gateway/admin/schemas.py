@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -202,6 +202,25 @@ class KeyBudget(BaseModel):
     remaining: MoneyOut | None
 
 
+class ReplicaIn(BaseModel):
+    """One Ollama replica of an alias (the operator writes these from a pool's Pods)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
+    url: str = Field(pattern=r"^https?://", max_length=500)
+
+
+class RoutingIn(BaseModel):
+    """How requests are spread over an alias's replicas (an OllamaPool's spec.routing)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pool: str | None = Field(None, max_length=300)
+    policy: Literal["modelAware", "leastLoad", "roundRobin"] = "modelAware"
+    prefix_chars: int = Field(256, ge=0, le=65536)
+
+
 class ModelIn(Input):
     model_config = ConfigDict(
         extra="forbid",
@@ -221,6 +240,9 @@ class ModelIn(Input):
     alias: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
     backend_tag: str = Field(min_length=1, max_length=300)
     backend_url: str | None = Field(None, pattern=r"^https?://", max_length=500)
+    # Several replicas: each request goes to one of them (see README "Routing").
+    replicas: list[ReplicaIn] | None = Field(None, max_length=256)
+    routing: RoutingIn | None = None
     enabled: bool = True
     input_price_per_mtok: Money = Decimal(0)
     output_price_per_mtok: Money = Decimal(0)
@@ -234,6 +256,8 @@ class ModelUpdate(Input):
 
     backend_tag: str | None = Field(None, min_length=1, max_length=300)
     backend_url: str | None = Field(None, pattern=r"^https?://", max_length=500)
+    replicas: list[ReplicaIn] | None = Field(None, max_length=256)
+    routing: RoutingIn | None = None
     enabled: bool | None = None
     input_price_per_mtok: Money | None = None
     output_price_per_mtok: Money | None = None
@@ -246,6 +270,8 @@ class ModelOut(BaseModel):
     alias: str
     backend_tag: str
     backend_url: str | None
+    replicas: list[dict[str, str]] | None = None
+    routing: dict[str, Any] | None = None
     enabled: bool
     pending: bool = Field(
         description="Disabled until its model is ready (a ModelAlias still pulling): keys "

@@ -6,11 +6,13 @@ import asyncio
 import time
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tollgate_gateway.errors import service_unavailable
+from tollgate_gateway.routing.model import DEFAULT_ROUTING, RoutingConfig, Target, routing_config
 from tollgate_gateway.storage.changes import FEED_DOWN_TTL
 from tollgate_gateway.storage.outage import UNAVAILABLE, DatabaseHealth
 from tollgate_schema.orm import Model
@@ -29,6 +31,11 @@ class Alias:
     output_price_per_mtok: Decimal
     created: int
     pending: bool = False  # disabled until its model is ready
+    # Several replicas: each request is routed to one (routing/). None: `backend_url` as it
+    # is (one replica, or a Service); empty: no replica may take traffic now.
+    replicas: tuple[Target, ...] | None = None
+    routing: RoutingConfig = DEFAULT_ROUTING
+    pool: str = ""  # the metrics' pool label
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> Decimal:
         return (
@@ -97,17 +104,38 @@ class Catalog:
         self._stale = False
         async with self._engine.connect() as conn:
             rows = (await conn.execute(select(Model.__table__))).all()
-        self._aliases = {
-            m.alias: Alias(
-                alias=m.alias,
-                backend_tag=m.backend_tag,
-                backend_url=(m.backend_url or self._default_url).rstrip("/"),
-                enabled=m.enabled,
-                input_price_per_mtok=m.input_price_per_mtok,
-                output_price_per_mtok=m.output_price_per_mtok,
-                created=int(m.created_at.timestamp()),
-                pending=m.pending,
-            )
-            for m in rows
-        }
+        self._aliases = {m.alias: self._alias(m) for m in rows}
         self._loaded_at = time.monotonic()
+
+    def _alias(self, m: Any) -> Alias:
+        url = (m.backend_url or self._default_url).rstrip("/")
+        replicas = _targets(m.replicas)
+        if replicas is not None and len(replicas) == 1:
+            # One replica: nothing to choose, so the request path stays the direct one.
+            url, replicas = replicas[0].url, None
+        routing = m.routing if isinstance(m.routing, dict) else None
+        pool = str((routing or {}).get("pool") or m.alias)
+        return Alias(
+            alias=m.alias,
+            backend_tag=m.backend_tag,
+            backend_url=url,
+            enabled=m.enabled,
+            input_price_per_mtok=m.input_price_per_mtok,
+            output_price_per_mtok=m.output_price_per_mtok,
+            created=int(m.created_at.timestamp()),
+            pending=m.pending,
+            replicas=replicas,
+            routing=routing_config(routing),
+            pool=pool,
+        )
+
+
+def _targets(data: Any) -> tuple[Target, ...] | None:
+    if not isinstance(data, list):
+        return None
+    targets: dict[str, Target] = {}
+    for item in data:
+        if isinstance(item, dict) and isinstance(item.get("url"), str):
+            url = item["url"].rstrip("/")
+            targets[url] = Target(str(item.get("name") or url), url)
+    return tuple(sorted(targets.values(), key=lambda t: t.name))

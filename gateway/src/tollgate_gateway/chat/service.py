@@ -45,6 +45,9 @@ from tollgate_gateway.limits.service import (
     nanos_per_token,
     prompt_estimate,
 )
+from tollgate_gateway.routing.model import Policy
+from tollgate_gateway.routing.prefix import chat_prefix, generate_prefix
+from tollgate_gateway.routing.service import Route, Router, no_replica
 from tollgate_gateway.storage.outage import UNAVAILABLE
 from tollgate_gateway.storage.upstream import Upstream, UpstreamError, read_body
 from tollgate_gateway.tracing import RequestTrace, Tracing, now_ns
@@ -201,6 +204,23 @@ def _conform_choices(data: dict[str, Any], endpoint: Endpoint) -> None:
             message.setdefault("refusal", None)
 
 
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) else None
+
+
+def request_prefix(body: dict[str, Any], max_chars: int) -> bytes | None:
+    """The part of a request body that decides prompt-cache affinity (any API's shape)."""
+    messages = body.get("messages")
+    if isinstance(messages, list):  # chat (OpenAI, Ollama), Anthropic Messages
+        return chat_prefix(messages, max_chars, body.get("system"))
+    items = body.get("input")
+    if isinstance(items, list):  # Responses
+        return chat_prefix(items, max_chars, body.get("instructions"))
+    if "prompt" in body:  # completions, generate
+        return generate_prefix(body.get("prompt"), max_chars, body.get("system"))
+    return None
+
+
 def bearer_key(authorization: str | None) -> str | None:
     if not authorization:
         return None
@@ -231,6 +251,12 @@ class Call:
     revoked: bool = False  # the key was revoked or disabled while the response streamed
     resp: aiohttp.ClientResponse | None = None
     trace: RequestTrace | None = None  # only when tracing is on
+    route: Route | None = None  # the replica chosen, when the alias has several
+    load_ns: int | None = None  # the response's load_duration (native API)
+
+    @property
+    def replica_url(self) -> str:
+        return self.alias.backend_url if self.route is None else self.route.url
 
 
 class ProxyService:
@@ -247,8 +273,10 @@ class ProxyService:
         durable_usage: bool = False,
         access_log: AccessLog | None = None,
         tracing: Tracing | None = None,
+        router: Router | None = None,
     ) -> None:
         self.keys = keys
+        self.router = router
         self.catalog = catalog
         self.limiter = limiter
         self.upstream = upstream
@@ -411,6 +439,29 @@ class ProxyService:
             response.headers.extend(_raw(call.admission.headers))
         return response
 
+    async def send_upstream(
+        self,
+        call: Call,
+        path: str,
+        body: dict[str, Any],
+        carrier: dict[str, str] | None = None,
+    ) -> aiohttp.ClientResponse:
+        """POST ``body`` to the alias's backend: its one URL, or the replica the router
+        chooses (retried on another before any byte of an answer, see routing/)."""
+        alias = call.alias
+        if alias.replicas is None:  # one backend: the path of old, nothing to choose
+            return await self.upstream.request(
+                "POST", alias.backend_url + path, orjson.dumps(body), carrier
+            )
+        if self.router is None or not alias.replicas:
+            raise no_replica(alias.alias)
+        prefix = None
+        config = alias.routing
+        if config.policy is Policy.MODEL_AWARE and config.prefix_chars:
+            prefix = request_prefix(body, config.prefix_chars)
+        resp, call.route = await self.router.send(alias, path, orjson.dumps(body), prefix, carrier)
+        return resp
+
     async def _forward(self, call: Call) -> Reply:
         body = call.parsed.body
         body["model"] = call.alias.backend_tag
@@ -431,13 +482,12 @@ class ProxyService:
             body["stream_options"] = {"include_usage": True}
         elif call.endpoint in (Endpoint.OLLAMA_CHAT, Endpoint.OLLAMA_GENERATE):
             body["stream"] = call.parsed.stream
-        url = call.alias.backend_url + UPSTREAM_PATHS[call.endpoint]
         carrier = None
         if call.trace is not None:
             carrier = call.trace.start_upstream(
                 operation(call.endpoint.value), call.alias.backend_tag, call.alias.backend_url
             )
-        resp = await self.upstream.request("POST", url, orjson.dumps(body), carrier)
+        resp = await self.send_upstream(call, UPSTREAM_PATHS[call.endpoint], body, carrier)
         if resp.status != 200 or not call.parsed.stream or call.endpoint in WHOLE:
             try:
                 payload = await read_body(resp)
@@ -474,6 +524,8 @@ class ProxyService:
         if call.endpoint in NATIVE:
             call.prompt_tokens = int(data.get("prompt_eval_count") or 0)
             call.completion_tokens = int(data.get("eval_count") or 0)
+            if call.route is not None:
+                call.load_ns = _int_or_none(data.get("load_duration"))
         else:
             usage = data.get("usage") or {}
             call.prompt_tokens = int(usage.get("prompt_tokens") or 0)
@@ -639,6 +691,8 @@ class ProxyService:
                         done = True
                         call.prompt_tokens = int(event.get("prompt_eval_count") or 0)
                         call.completion_tokens = int(event.get("eval_count") or 0)
+                        if call.route is not None:
+                            call.load_ns = _int_or_none(event.get("load_duration"))
                     else:
                         chunks += 1
                     out.append(orjson.dumps(event) + b"\n")
@@ -723,6 +777,8 @@ class ProxyService:
         if call.finished:
             return
         call.finished = True
+        if call.route is not None and self.router is not None:
+            self.router.release(call.route, call.load_ns)
         elapsed = time.perf_counter() - call.started
         alias = call.alias
         cost = alias.cost(call.prompt_tokens, call.completion_tokens)
@@ -753,7 +809,7 @@ class ProxyService:
                     "app": call.key.app,
                     "alias": name,
                     "backend_model": alias.backend_tag,
-                    "replica": alias.backend_url,
+                    "replica": call.replica_url,
                     "endpoint": endpoint,
                     "status": call.status,
                     "error_class": call.error_class,
@@ -874,7 +930,7 @@ class ProxyService:
             "tollgate.app": call.key.app,
             "tollgate.alias": call.alias.alias,
             "tollgate.endpoint": call.endpoint.value,
-            "tollgate.replica": call.alias.backend_url,
+            "tollgate.replica": call.replica_url,
             "tollgate.streamed": call.parsed.stream,
             "tollgate.ttft_ms": None if call.ttft is None else round(call.ttft * 1000, 3),
         }

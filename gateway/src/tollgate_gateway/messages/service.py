@@ -71,8 +71,7 @@ class MessagesService:
         body["model"] = call.alias.backend_tag
         if call.admission.cap is not None:  # reserved for exactly this many output tokens
             body["max_tokens"] = call.admission.cap
-        url = call.alias.backend_url + UPSTREAM_PATH
-        resp = await self.proxy.upstream.request("POST", url, orjson.dumps(body))
+        resp = await self.proxy.send_upstream(call, UPSTREAM_PATH, body)
         if resp.status != 200:
             payload = await read_body(resp)
             resp.release()

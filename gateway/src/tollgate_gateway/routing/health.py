@@ -47,6 +47,16 @@ class Ejector:
             if s.ejections and s.failures >= self.threshold and (now < s.until or s.probing)
         }
 
+    def due(self, name: str, now: float) -> bool:
+        """Ejected and its backoff over: a successful probe may restore it."""
+        state = self._states.get(name)
+        return (
+            state is not None
+            and state.ejections > 0
+            and state.failures >= self.threshold
+            and now >= state.until
+        )
+
     def success(self, name: str) -> None:
         state = self._states.get(name)
         if state is not None:
@@ -54,10 +64,15 @@ class Ejector:
             state.ejections = 0
             state.probing = False
 
-    def failure(self, name: str, now: float) -> bool:
-        """Record a failure; True when it ejects the replica (a metric and a log line)."""
+    def failure(self, name: str, now: float, hard: bool = False) -> bool:
+        """Record a failure; True when it ejects the replica (a metric and a log line).
+
+        ``hard``: a failure that leaves no doubt (the connection was refused: nothing
+        listens) ejects at once instead of counting towards the threshold."""
         state = self._states.setdefault(name, _State())
-        state.failures += 1
+        if hard and not state.probing and state.failures >= self.threshold:
+            return False  # already ejected
+        state.failures = max(state.failures + 1, self.threshold if hard else 0)
         if state.probing or state.failures == self.threshold:
             state.probing = False
             state.failures = max(state.failures, self.threshold)

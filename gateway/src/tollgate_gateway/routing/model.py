@@ -72,6 +72,38 @@ class RoutingConfig:
             raise ValueError("virtual_nodes must be >= 1")
 
 
+DEFAULT_ROUTING = RoutingConfig()
+
+
+def routing_config(data: Mapping[str, object] | None) -> RoutingConfig:
+    """A pool's routing settings as the catalog stores them (``{"policy", "prefix_chars"}``);
+    anything unknown or missing takes the default."""
+    if not data:
+        return DEFAULT_ROUTING
+    try:
+        policy = Policy(str(data.get("policy") or Policy.MODEL_AWARE.value))
+    except ValueError:
+        policy = Policy.MODEL_AWARE
+    chars = data.get("prefix_chars")
+    prefix_chars = chars if isinstance(chars, int) and chars >= 0 else DEFAULT_ROUTING.prefix_chars
+    return RoutingConfig(policy=policy, prefix_chars=prefix_chars)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A replica an alias may be sent to, as the catalog lists it (``name`` labels metrics;
+    ``url`` identifies the replica's state)."""
+
+    name: str
+    url: str
+
+
+def normalize_model(name: str) -> str:
+    """``tiny`` → ``tiny:latest``, as Ollama names a model in ``/api/ps`` and ``/api/tags``."""
+    last = name.rsplit("/", 1)[-1]
+    return name if ":" in last else name + ":latest"
+
+
 @dataclass(frozen=True, slots=True)
 class Decision:
     replica: Replica

@@ -61,10 +61,45 @@ class AliasTaken(Exception):
         self.owner = owner
 
 
+# Columns the operator keeps current from the Pods: their changes are not hand edits.
+ROUTING_COLUMNS = frozenset({"replicas", "routing"})
+
+
+@dataclass(frozen=True)
+class Routing:
+    """What the gateway routes the alias over: the replicas that hold the served tag and may
+    take traffic (ready, not terminating, pull finished), and the pool's spec.routing.
+    ``replicas`` None: route to ``backend_url`` (the pool's Service)."""
+
+    replicas: list[dict[str, str]] | None
+    routing: dict[str, Any]
+
+
+def routing_of(
+    ref: ObjectRef, spec: ModelAliasSpec, seen: Observation, serving: str | None, port: int
+) -> Routing:
+    rules = seen.pool_spec.routing.to_row(f"{ref.namespace}/{spec.pool_ref.name}")
+    if serving is None or normalize_tag(serving) != normalize_tag(spec.model):
+        # Switching tags: which replicas still hold the old one is not known here.
+        return Routing(None, rules)
+    replicas = [
+        {"name": pod_name(p), "url": pod_url(p, port)}
+        for p in seen.pods
+        if pod_is_ready(p)
+        and (entry := seen.entries.get(pod_name(p))) is not None
+        and entry.state == PullState.PRESENT
+    ]
+    return Routing(sorted(replicas, key=lambda r: r["name"]), rules)
+
+
 def desired_model_row(
-    ref: ObjectRef, spec: ModelAliasSpec, backend_url: str, serving: str | None
+    ref: ObjectRef,
+    spec: ModelAliasSpec,
+    backend_url: str,
+    serving: str | None,
+    routing: Routing | None = None,
 ) -> Row:
-    return {
+    row: Row = {
         "alias": spec.alias,
         "backend_tag": serving or spec.model,
         "backend_url": backend_url,
@@ -75,6 +110,10 @@ def desired_model_row(
         "output_price_per_mtok": spec.prices.output_per_million_tokens,
         "managed_by": ref.managed_by,
     }
+    if routing is not None:  # None: not observed in this pass, the row keeps what it has
+        row["replicas"] = routing.replicas
+        row["routing"] = routing.routing
+    return row
 
 
 def plan_model_row(rows: list[Row], desired: Row, *, create: bool = True) -> RowPlan:
@@ -395,7 +434,8 @@ class AliasService:
             status.conditions, "Pulled", pulled, reason, message, ref.generation, now
         )
 
-        await self._sync_row(ref, spec, seen.backend_url, serving)
+        routing = routing_of(ref, spec, seen, serving, self._settings.ollama_port)
+        await self._sync_row(ref, spec, seen.backend_url, serving, routing)
         if not spec.enabled:
             ready, r_reason, r_message = False, "Disabled", "The alias is disabled (spec.enabled)"
         elif serving is None:
@@ -451,9 +491,14 @@ class AliasService:
         await self._statuses.write(ref, new)
 
     async def _sync_row(
-        self, ref: ObjectRef, spec: ModelAliasSpec, url: str, serving: str | None
+        self,
+        ref: ObjectRef,
+        spec: ModelAliasSpec,
+        url: str,
+        serving: str | None,
+        routing: Routing | None = None,
     ) -> None:
-        desired = desired_model_row(ref, spec, url, serving)
+        desired = desired_model_row(ref, spec, url, serving, routing)
         try:
             plan = await self._db.plan_models(
                 spec.alias, ref.managed_by, lambda rows: plan_model_row(rows, desired)
@@ -468,6 +513,8 @@ class AliasService:
         status = parse_status(ModelAliasStatus, self._statuses.current(ref))
         hand_edit = status.observed_generation == ref.generation and status.serving_model == serving
         for note in plan.notes:
+            if note.startswith("updated:") and set(note[8:].split(",")) <= ROUTING_COLUMNS:
+                continue  # replicas came or went: not a hand edit
             if (
                 hand_edit
                 and status.conditions

@@ -148,6 +148,7 @@ class PoolService:
             observed_generation=ref.generation,
             replicas=spec.replicas,
             ready_replicas=ready,
+            loaded_models=sum(len(e.loaded or ()) for e in entries),
             selector=selector_string(pool_selector(ref.name)),
             service_url=await self.service_url(ref.namespace, ref.name),
             pods=list(entries),
@@ -159,11 +160,12 @@ class PoolService:
     async def _pod_entry(self, pod: dict[str, Any]) -> PoolPod:
         if not pod_is_ready(pod):
             return PoolPod(name=pod_name(pod), ready=False, message=not_ready_message(pod))
+        url = pod_url(pod, self._settings.ollama_port)
         try:
-            models = await self._ollama.tags(pod_url(pod, self._settings.ollama_port))
+            models, loaded = await asyncio.gather(self._ollama.tags(url), self._ollama.ps(url))
         except Unavailable:
             return PoolPod(name=pod_name(pod), ready=True, message="Ollama does not answer")
-        return PoolPod(name=pod_name(pod), ready=True, models=sorted(models))
+        return PoolPod(name=pod_name(pod), ready=True, models=sorted(models), loaded=sorted(loaded))
 
     async def _failed(self, ref: ObjectRef, status: OllamaPoolStatus, err: ReconcileError) -> None:
         conditions = set_condition(
