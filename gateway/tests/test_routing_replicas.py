@@ -323,16 +323,30 @@ def test_a_connection_dropped_before_any_byte_is_retried_on_another_replica(
     wait_until(
         "alpha seen on r0", lambda: knows_loaded(routing_gateway, pool, "r0", "alpha:latest")
     )
-    for path in (CHAT, "/api/chat"):
+
+    def drop_next(path: str) -> None:
         httpx.post(
             replicas["r0"].url + "/_standin/faults",
             json={"kind": "drop", "after_chunks": 0, "path": path},
         ).raise_for_status()
+
+    drop_next(CHAT)
     retries = metric(routing_gateway, "tollgate_routing_retries_total", pool=pool)
     stream = c.chat.completions.create(
         model=alpha, messages=[{"role": "user", "content": "hi"}], stream=True
     )
     assert "".join(e.choices[0].delta.content or "" for e in stream if e.choices)
+    # The retry loaded alpha on another replica: evict it there, so that r0 is again the one
+    # replica holding it and the native request meets r0's fault first.
+    for name in ("r1", "r2"):
+        load(replicas[name], "gamma")
+    wait_until(
+        "alpha seen only on r0",
+        lambda: (
+            not any(knows_loaded(routing_gateway, pool, n, "alpha:latest") for n in ("r1", "r2"))
+        ),
+    )
+    drop_next("/api/chat")
     native = httpx.post(
         routing_gateway.url + "/api/chat",
         headers={"Authorization": f"Bearer {c.api_key}"},
