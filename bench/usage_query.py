@@ -39,9 +39,10 @@ from sqlalchemy.dialects import postgresql
 
 from tollgate_dev.servers.backing import LocalPostgres
 from tollgate_gateway.cli import migrate
-from tollgate_gateway.config import Settings, to_sqlalchemy_dsn
-from tollgate_gateway.storage.db import create_engine
+from tollgate_gateway.config import Settings
 from tollgate_gateway.usage.rollup import RollupService, source
+from tollgate_schema.db import create_engine
+from tollgate_schema.dsn import to_sqlalchemy_dsn
 
 ROOT = Path(__file__).resolve().parent
 MIGRATIONS = ROOT.parent / "gateway" / "alembic" / "versions"
@@ -122,8 +123,8 @@ def explorer_sql(group: str, since: datetime, until: datetime) -> str:
     """The SQL RollupService.explore sends (same builder), with literals bound."""
     from sqlalchemy import func, select
 
-    from tollgate_gateway.storage.orm import ROLLUP_LAT, ROLLUP_TTFT
     from tollgate_gateway.usage.rollup import SUMMED
+    from tollgate_schema.orm import ROLLUP_LAT, ROLLUP_TTFT
 
     src = source(group, since, until)
     col = src.c.value

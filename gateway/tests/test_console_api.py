@@ -306,8 +306,8 @@ def test_migration_backfills_existing_events_and_downgrades(postgres: Any) -> No
     the downgrade removes them and the trigger."""
     from alembic import command
 
-    from tollgate_gateway.config import to_sqlalchemy_dsn
-    from tollgate_gateway.storage.db import alembic_config
+    from tollgate_schema.db import alembic_config
+    from tollgate_schema.dsn import to_sqlalchemy_dsn
 
     name = f"rollup_{secrets.token_hex(3)}"
     with psycopg.connect(postgres.dsn, autocommit=True) as conn:

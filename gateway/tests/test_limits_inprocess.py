@@ -15,13 +15,13 @@ from sqlalchemy import text
 
 from tollgate_dev.servers.backing import LocalValkey
 from tollgate_gateway.chat.service import Reply
-from tollgate_gateway.config import to_sqlalchemy_dsn
 from tollgate_gateway.limits.breaker import Breaker
 from tollgate_gateway.limits.service import Script, ScriptClient
 from tollgate_gateway.middleware import _send_stream
-from tollgate_gateway.storage.db import create_engine
 from tollgate_gateway.usage.stream import GROUP, UsageStream, to_lines
 from tollgate_gateway.usage.writer import UsageRow, copy_line, insert_lines
+from tollgate_schema.db import create_engine
+from tollgate_schema.dsn import to_sqlalchemy_dsn
 
 
 def script(source: str) -> Script:

@@ -11,10 +11,10 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from tollgate_gateway.config import to_sqlalchemy_dsn
-from tollgate_gateway.storage.db import create_engine
-from tollgate_gateway.storage.orm import Base
 from tollgate_gateway.storage.responses import ResponseStore
+from tollgate_schema.db import create_engine
+from tollgate_schema.dsn import to_sqlalchemy_dsn
+from tollgate_schema.orm import Base
 
 DAY = 86400
 

@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 
-from tollgate_gateway.keys.hashing import hash_key, mint_key
 from tollgate_operator.ollama import PullProgress, normalize_tag
 from tollgate_operator.resources import ApiKeySpec, ModelAliasSpec, ObjectRef
 from tollgate_operator.services.aliases import (
@@ -24,6 +23,7 @@ from tollgate_operator.services.aliases import (
 from tollgate_operator.services.apikeys import desired_row, plan_key_rows
 from tollgate_operator.services.pools import backend_url
 from tollgate_operator.settings import Settings
+from tollgate_schema.keys import hash_key, mint_key
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 GRACE_END = NOW + timedelta(minutes=10)

@@ -107,11 +107,11 @@ def prometheus(
         assert server.wait_until(f'count(up{{job="{JOB}"}} == 1) == 2', timeout=60)
         for gw in (gateway, per_key_gateway):
             traffic(gw, new_key()["key"], new_key(rate_limit_rpm=1)["key"], chat_model)
-        time.sleep(1)
+        server.wait_for_scrape(JOB, time.time())  # the counters as they are now, then more
         for gw in (gateway, per_key_gateway):
             traffic(gw, new_key()["key"], new_key(rate_limit_rpm=1)["key"], chat_model)
         assert server.wait_until(f'count_over_time(up{{job="{JOB}"}}[1m]) >= 5', timeout=60)
-        time.sleep(2)  # a couple more scrapes after the last request
+        server.wait_for_scrape(JOB, time.time() + 1)  # a couple more scrapes after the last request
         yield server
     finally:
         server.stop()

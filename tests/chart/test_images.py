@@ -72,8 +72,10 @@ def uv_commands(dockerfile: Path) -> list[list[str]]:
 
 def test_build_context_holds_what_the_images_need_and_nothing_else() -> None:
     files = context_files()
-    assert "gateway/alembic.ini" in files
-    assert any(f.startswith("gateway/alembic/versions/") for f in files)
+    assert "gateway/schema/src/tollgate_schema/alembic.ini" in files
+    assert any(
+        f.startswith("gateway/schema/src/tollgate_schema/migrations/versions/") for f in files
+    )
     assert "uv.lock" in files and "hack/devtools/pyproject.toml" in files
     for unwanted in ("tests/", "gateway/tests/", ".state/", "charts/", "bench/", ".venv/"):
         assert not [f for f in files if f.startswith(unwanted)], unwanted

@@ -1,5 +1,5 @@
 """The commands of the migration Job and of the pods' wait-for-schema init containers, taken
-from the rendered chart and run here against a real Postgres, with the gateway package the
+from the rendered chart and run here against a real Postgres, with the packages the
 images contain: they succeed when they should and exit non-zero, loudly, when they must."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from chart_helpers import Render, one, pod_spec
 
 from tollgate_dev.proc import free_port
 from tollgate_dev.servers.backing import LocalPostgres
-from tollgate_gateway.storage.db import head_revision
+from tollgate_schema.db import head_revision
 
 
 @pytest.fixture(scope="module")
@@ -46,17 +46,20 @@ def fresh_dsn(postgres: LocalPostgres) -> Iterator[str]:
         conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
+def command_of(container: dict[str, Any]) -> list[str]:
+    """The container's command, else the image's entrypoint (tollgate-gateway) + args, found
+    in this environment as the image has them on its PATH."""
+    program, *rest = container.get("command") or ["tollgate-gateway", *container["args"]]
+    found = shutil.which(program, path=str(Path(sys.executable).parent))
+    assert found, f"{program} is not installed in the environment"
+    return [found, *rest]
+
+
 def run(
     container: dict[str, Any], dsn: str, wait: str | None = None, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
     """Run a container's command as the image would: command, else the entrypoint + args."""
-    if "command" in container:
-        argv = [sys.executable if container["command"][0] == "python" else container["command"][0]]
-        argv += container["command"][1:]
-    else:
-        entrypoint = shutil.which("tollgate-gateway", path=str(Path(sys.executable).parent))
-        assert entrypoint, "tollgate-gateway is not installed in the environment"
-        argv = [entrypoint, *container["args"]]
+    argv = command_of(container)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("POSTGRES", "TOLLGATE"))}
     for item in container.get("env", []):
         if "value" in item:
@@ -112,7 +115,7 @@ def test_pods_wait_for_the_migration_then_start(
 
     env = {**os.environ, "POSTGRES_DSN": fresh_dsn, "WAIT_SECONDS": "120"}
     waiting = subprocess.Popen(
-        [sys.executable, "-c", schema_wait["command"][2]],
+        command_of(schema_wait),
         env=env,
         stderr=subprocess.PIPE,
         text=True,

@@ -267,7 +267,7 @@ def prometheus(
             "tollgate_operator_keys_minted_total",
         ):
             assert server.wait_until(metric, timeout=90), f"the operator never reported {metric}"
-        time.sleep(3)  # a few more scrapes
+        server.wait_for_scrape(JOB, time.time() + 2)  # a few more scrapes
         yield server
     finally:
         for standin in standins:

@@ -257,8 +257,8 @@ def test_gateway_waits_for_the_schema_before_it_starts(render: Render) -> None:
     spec = pod_spec(one(render(CI["defaults"]), "Deployment", GATEWAY))
     (init,) = spec["initContainers"]
     assert init["name"] == "wait-for-schema"
-    assert init["command"][:2] == ["python", "-c"]
-    assert init["command"][2] == (CHART / "files" / "wait_for_schema.py").read_text()
+    # The shared package's command, the one the operator's init container runs too.
+    assert init["command"] == ["tollgate-schema", "wait-for-schema"]
     assert set(env_of(init)) == {"WAIT_SECONDS", "POSTGRES_DSN"}
 
 
@@ -307,7 +307,7 @@ def test_migration_job_is_a_hook_that_fails_loudly(render: Render) -> None:
     assert "serviceAccountName" not in spec
     (wait,) = spec["initContainers"]
     assert wait["name"] == "wait-for-database"
-    assert wait["command"][2] == (CHART / "files" / "wait_for_database.py").read_text()
+    assert wait["command"] == ["tollgate-schema", "wait-for-database"]
     assert env_of(wait)["WAIT_SECONDS"] == "300"
     (migrate,) = spec["containers"]
     assert "command" not in migrate  # the image's entrypoint, tollgate-gateway, exits non-zero

@@ -118,8 +118,8 @@ def test_ollama_image_labels_itself_and_its_entrypoint_answers_help(
 @pytest.mark.parametrize(
     ("name", "debian", "python"),
     [
-        ("gateway", "python3.11", ("fastapi", "uvicorn", "tollgate-gateway")),
-        ("operator", "python3.11", ("kopf", "tollgate-operator", "tollgate-gateway")),
+        ("gateway", "python3.11", ("fastapi", "uvicorn", "tollgate-gateway", "tollgate-schema")),
+        ("operator", "python3.11", ("kopf", "tollgate-operator", "tollgate-schema")),
     ],
 )
 def test_package_list_and_sbom_are_written_next_to_the_images(
@@ -144,3 +144,17 @@ def test_package_list_and_sbom_are_written_next_to_the_images(
     purls = {ref["referenceLocator"] for p in sbom["packages"] for ref in p.get("externalRefs", [])}
     assert len(purls) == len(listed) - 1
     assert f"pkg:pypi/tollgate-{name}@0.1.0" in purls
+
+
+def test_operator_image_holds_none_of_the_gateway(images: BuiltImages) -> None:
+    """The operator shares tollgate-schema with the gateway, not the gateway itself."""
+    listed = (OUT / "tollgate-operator.packages.txt").read_text().splitlines()[1:]
+    python = {line.split("\t")[1] for line in listed if line.startswith("pypi\t")}
+    assert not python & {"tollgate-gateway", "fastapi", "uvicorn", "redis", "argon2-cffi"}
+    result = Container(
+        images.ref("operator"),
+        ["-c", "test ! -e /app/gateway/src && ls /app/gateway"],
+        entrypoint="/bin/sh",
+    ).run()
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["pyproject.toml", "schema"]  # no gateway sources

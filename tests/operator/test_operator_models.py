@@ -3,7 +3,6 @@ each Pod's IP, pulls with progress, chats through the gateway to the pool."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import httpx
@@ -15,6 +14,7 @@ from operator_harness import OLLAMA_PORT, FakeCluster, Kube, OperatorProcess, wa
 
 from tollgate_dev.plugins.cluster import ClusterHandle
 from tollgate_dev.servers.programs import GatewayProcess
+from tollgate_operator.services.aliases import RETRY_FIRST_SECONDS
 
 pytestmark = pytest.mark.cluster
 
@@ -313,9 +313,16 @@ def test_a_model_that_cannot_be_pulled(kube: Kube, namespace: str) -> None:
     assert "file does not exist" in cond["message"]
     items = kube.core.list_namespaced_event(namespace, field_selector="involvedObject.name=bad")
     assert "PullFailed" in {e.reason for e in items.items}
-    # No retry storm: the failed pull is retried with a growing delay.
-    time.sleep(3)
-    stats = httpx.get(
-        f"http://{pod_ips(kube, namespace, 'p')['p-0']}:{OLLAMA_PORT}/_standin/stats"
-    ).json()
+    # No retry storm: the failed pull is retried with a growing delay (5 s first). Waits for
+    # the retry itself, then looks at when each pull came.
+    standin = f"http://{pod_ips(kube, namespace, 'p')['p-0']}:{OLLAMA_PORT}/_standin"
+
+    def pulls() -> list[float] | None:
+        entries = httpx.get(f"{standin}/requests", params={"path": "/api/pull"}).json()
+        times = [float(e["time"]) for e in entries["requests"]]
+        return times if len(times) >= 2 else None
+
+    first, second, *_ = wait_for("the failed pull to be retried", pulls, timeout=60)
+    assert second - first >= RETRY_FIRST_SECONDS / 2  # a delay, not a storm
+    stats = httpx.get(f"{standin}/stats").json()
     assert stats["requests"].get("/api/pull", 0) <= 2

@@ -15,7 +15,7 @@ from operator_harness import PEPPER, FakeCluster, Kube, OperatorProcess, wait_fo
 
 from tollgate_dev.servers.backing import LocalPostgres
 from tollgate_dev.servers.programs import GatewayProcess
-from tollgate_gateway.keys.hashing import hash_key
+from tollgate_schema.keys import hash_key
 
 pytestmark = pytest.mark.cluster
 

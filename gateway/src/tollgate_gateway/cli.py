@@ -26,11 +26,9 @@ def _refuse_insecure(settings: Settings) -> None:
 
 
 def migrate(settings: Settings) -> None:
-    from alembic import command
+    from tollgate_schema.db import upgrade
 
-    from tollgate_gateway.storage.db import alembic_config
-
-    command.upgrade(alembic_config(settings.sqlalchemy_dsn), "head")
+    upgrade(settings.sqlalchemy_dsn)
 
 
 async def _preflight(settings: Settings) -> None:
@@ -38,11 +36,11 @@ async def _preflight(settings: Settings) -> None:
     from sqlalchemy.ext.asyncio import async_sessionmaker
 
     from tollgate_gateway.admin.service import ensure_admin
-    from tollgate_gateway.storage.db import check_schema, create_engine
+    from tollgate_schema.db import create_engine, wait_for_schema
 
     engine = create_engine(settings.sqlalchemy_dsn, pool_size=1)
     try:
-        await check_schema(engine)
+        await wait_for_schema(engine, 0, wait_for_migration=False)
         if not settings.admin_email or settings.admin_password is None:
             return
         async with async_sessionmaker(engine)() as session:

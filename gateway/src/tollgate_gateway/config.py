@@ -15,7 +15,8 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from tollgate_gateway.keys.hashing import MIN_PEPPER_LENGTH
+from tollgate_schema.dsn import to_libpq_dsn, to_sqlalchemy_dsn
+from tollgate_schema.keys import MIN_PEPPER_LENGTH
 
 WEAK_SECRETS = frozenset({"", "changeme", "change-me", "secret", "admin", "password", "tollgate"})
 
@@ -143,11 +144,7 @@ class Settings(BaseSettings):
 
     @property
     def psycopg_dsn(self) -> str:
-        dsn = self.postgres_dsn
-        for prefix in ("postgresql+psycopg://", "postgres://"):
-            if dsn.startswith(prefix):
-                return "postgresql://" + dsn[len(prefix) :]
-        return dsn
+        return to_libpq_dsn(self.postgres_dsn)
 
     def insecure_reasons(self) -> list[str]:
         """Why these settings are unfit outside dev mode (empty when fine)."""
@@ -165,13 +162,6 @@ class Settings(BaseSettings):
             if pw.lower() in WEAK_SECRETS or len(pw) < 12:
                 reasons.append("ADMIN_PASSWORD is a default or shorter than 12 characters")
         return reasons
-
-
-def to_sqlalchemy_dsn(dsn: str) -> str:
-    for prefix in ("postgresql://", "postgres://"):
-        if dsn.startswith(prefix):
-            return "postgresql+psycopg://" + dsn[len(prefix) :]
-    return dsn
 
 
 @lru_cache

@@ -14,7 +14,7 @@ from tollgate_gateway.audit.recorder import set_actor
 from tollgate_gateway.config import Settings
 from tollgate_gateway.errors import ApiError
 from tollgate_gateway.services import Services
-from tollgate_gateway.storage.orm import User
+from tollgate_schema.orm import User
 
 
 def get_services(request: Request) -> Services:

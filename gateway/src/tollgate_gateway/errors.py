@@ -18,6 +18,9 @@ from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from tollgate_gateway import metrics
+from tollgate_gateway.storage.upstream import UpstreamError
+
 log = logging.getLogger(__name__)
 
 
@@ -219,3 +222,57 @@ def install_handlers(app: FastAPI) -> None:
     async def _database_down(request: Request, exc: Exception) -> Response:
         log.warning("database unavailable on %s: %s", request.url.path, type(exc).__name__)
         return error_response(request.url.path, service_unavailable("The database"))
+
+
+# --------------------------------------------------------------------------- the model server
+
+_UPSTREAM_FAILURES = {
+    "timeout": (504, "The model server did not answer in time.", "upstream_timeout"),
+    "unreachable": (502, "The model server cannot be reached.", "upstream_unreachable"),
+    "failed": (502, "The model server connection failed: {detail}.", "upstream_error"),
+    "broken": (502, "The model server connection broke.", "upstream_error"),
+}
+
+
+def upstream_failure(exc: UpstreamError) -> ApiError:
+    """What a client is told when the model server gave no answer (502/504)."""
+    status, message, code = _UPSTREAM_FAILURES[exc.kind]
+    return ApiError(status, message.format(detail=exc.detail), type="server_error", code=code)
+
+
+def upstream_error(status: int, body: bytes, alias: str) -> ApiError:
+    """Map an upstream HTTP error to what our clients should see."""
+    message = _ollama_message(body)
+    if status == 503:
+        metrics.UPSTREAM_ERRORS.labels("overloaded").inc()
+        return ApiError(
+            503,
+            f"The model server is busy ({message}); please retry.",
+            type="server_error",
+            code="upstream_overloaded",
+            headers={"retry-after": "1", "retry-after-ms": "1000"},
+        )
+    if status == 404:
+        return ApiError(
+            404,
+            f"The model `{alias}` is not available on its model server yet ({message}).",
+            code="model_not_found",
+            param="model",
+        )
+    if 400 <= status < 500:
+        return ApiError(status if status != 499 else 400, message, param=None)
+    metrics.UPSTREAM_ERRORS.labels("http_5xx").inc()
+    return ApiError(
+        502, f"The model server failed: {message}", type="server_error", code="upstream_error"
+    )
+
+
+def _ollama_message(body: bytes) -> str:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body[:300].decode(errors="replace").strip() or "no details"
+    err = data.get("error") if isinstance(data, dict) else None
+    if isinstance(err, dict):
+        return str(err.get("message", err))
+    return str(err) if err else "no details"

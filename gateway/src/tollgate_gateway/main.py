@@ -29,7 +29,7 @@ from tollgate_gateway.native.router import PROXY_ROUTES as NATIVE_PROXY_ROUTES
 from tollgate_gateway.native.router import routes as native_routes
 from tollgate_gateway.responses.router import routes as responses_routes
 from tollgate_gateway.services import Services
-from tollgate_gateway.storage.db import SchemaState, current_revision, schema_state
+from tollgate_schema.db import SchemaState, current_revision, schema_state
 
 log = logging.getLogger("tollgate_gateway")
 PROXY_ROUTES = {**OPENAI_PROXY_ROUTES, **NATIVE_PROXY_ROUTES}

@@ -20,8 +20,7 @@ from tollgate_gateway.keys.service import KeyService
 from tollgate_gateway.limits.service import Limiter
 from tollgate_gateway.messages.service import MessagesService
 from tollgate_gateway.responses.service import ResponsesService
-from tollgate_gateway.storage.changes import ChangeFeed
-from tollgate_gateway.storage.db import check_schema, create_engine
+from tollgate_gateway.storage.changes import ChangeFeed, Listener
 from tollgate_gateway.storage.outage import DatabaseHealth
 from tollgate_gateway.storage.responses import ResponseStore
 from tollgate_gateway.storage.upstream import Upstream
@@ -29,6 +28,7 @@ from tollgate_gateway.tracing import Tracing
 from tollgate_gateway.usage.service import UsageService
 from tollgate_gateway.usage.stream import UsageStream
 from tollgate_gateway.usage.writer import UsageWriter
+from tollgate_schema.db import create_engine, wait_for_schema
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,9 @@ class Services:
             pool_timeout=settings.db_pool_timeout_seconds,
             connect_timeout=settings.db_connect_timeout_seconds,
         )
-        await check_schema(engine)
+        # No waiting here: a gateway without its schema refuses to start (the init container
+        # of its Pod waits); one attempt, the same check.
+        await wait_for_schema(engine, 0, wait_for_migration=False)
         redis = Redis.from_url(
             settings.redis_url,
             socket_timeout=settings.redis_timeout_seconds,
@@ -78,7 +80,7 @@ class Services:
             health,
         )
         catalog = Catalog(engine, settings.ollama_base_url, health)
-        feed = ChangeFeed(settings.psycopg_dsn, keys, catalog)
+        feed = ChangeFeed(settings.psycopg_dsn, cache_listener(keys, catalog))
         usage = UsageService(engine)
         limiter = Limiter(
             redis,
@@ -205,3 +207,19 @@ class Services:
         await self.redis.aclose()
         await self.admin_engine.dispose()
         await self.engine.dispose()
+
+
+def cache_listener(keys: KeyService, catalog: Catalog) -> Listener:
+    """The change feed's callbacks: drop what changed from the key and alias caches."""
+
+    def everything() -> None:
+        keys.invalidate_all()
+        catalog.invalidate()
+
+    def healthy(up: bool) -> None:
+        keys.feed_healthy = up
+        catalog.feed_healthy = up
+
+    return Listener(
+        key=keys.invalidate, models=catalog.invalidate, everything=everything, healthy=healthy
+    )

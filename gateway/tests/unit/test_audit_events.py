@@ -6,7 +6,7 @@ import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from tollgate_gateway.audit import events
+from tollgate_schema import audit as events
 
 
 def test_snapshot_drops_secrets_and_serialises() -> None:

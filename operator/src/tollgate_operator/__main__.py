@@ -1,7 +1,7 @@
 """``tollgate-operator`` / ``python -m tollgate_operator``: run the operator.
 
 Refuses to start without a key pepper outside dev mode, and unless the database schema is
-at the gateway's Alembic head (run the gateway's migrations first). With leader election on
+at the Alembic head of tollgate-schema (run the migrations first). With leader election on
 (the default), waits for the Lease before handling anything, serving the liveness endpoint
 meanwhile.
 """
@@ -16,19 +16,18 @@ import os
 import re
 import signal
 import sys
-import time
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 import kopf
 from aiohttp import web
 
-from tollgate_gateway.storage.db import SchemaNotAtHead
 from tollgate_operator import metrics, tracing
 from tollgate_operator.db import Database
 from tollgate_operator.k8s import Kube
 from tollgate_operator.leader import LeaderElector
 from tollgate_operator.settings import Settings, get_settings
+from tollgate_schema import db as schema
 
 logger = logging.getLogger("tollgate_operator")
 
@@ -100,23 +99,21 @@ def configure_logging(settings: Settings, verbose: bool) -> None:
 async def wait_for_schema(settings: Settings) -> bool:
     """True once the schema is at head; False (after a clear log line) when it is not."""
     db = Database.connect(settings.postgres_dsn, settings.postgres_connect_timeout_seconds)
-    deadline = time.monotonic() + settings.startup_db_timeout_seconds
     try:
-        while True:
-            try:
-                await db.check_schema()
-                return True
-            except SchemaNotAtHead as exc:
-                logger.error("refusing to start: %s", exc)
-                return False
-            except Exception as exc:  # connection trouble: wait for Postgres a while
-                if time.monotonic() > deadline:
-                    logger.error(
-                        "refusing to start: Postgres is unreachable (%s)", type(exc).__name__
-                    )
-                    return False
-                logger.warning("waiting for Postgres: %s", type(exc).__name__)
-                await asyncio.sleep(2)
+        # Waits for Postgres a while; a schema that is behind refuses at once.
+        await schema.wait_for_schema(
+            db.engine,
+            settings.startup_db_timeout_seconds,
+            wait_for_migration=False,
+            logger=logger,
+        )
+        return True
+    except schema.SchemaNotAtHead as exc:
+        logger.error("refusing to start: %s", exc)
+        return False
+    except Exception as exc:
+        logger.error("refusing to start: Postgres is unreachable (%s)", type(exc).__name__)
+        return False
     finally:
         await db.close()
 

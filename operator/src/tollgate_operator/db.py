@@ -20,14 +20,33 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.sql.elements import ColumnElement
 
-from tollgate_gateway.audit import events as audit
-from tollgate_gateway.config import to_sqlalchemy_dsn
-from tollgate_gateway.storage.db import check_schema
-from tollgate_gateway.storage.orm import ApiKey, AuditEvent, Model
-from tollgate_operator.services.errors import Unavailable
-from tollgate_operator.services.orphans import PREFIX, ManagedRow
+from tollgate_operator.errors import Unavailable
+from tollgate_schema import audit
+from tollgate_schema.db import check_schema
+from tollgate_schema.dsn import to_sqlalchemy_dsn
+from tollgate_schema.orm import ApiKey, AuditEvent, Model
 
 Row = dict[str, Any]
+PREFIX = "operator:"  # managed_by of rows made for a resource: operator:<namespace>/<name>
+
+
+@dataclass(frozen=True)
+class ManagedRow:
+    """A live key or alias row managed for a resource (what the orphan sweep checks)."""
+
+    kind: str  # key or model
+    id: Any
+    name: str  # the key's name or the alias
+    managed_by: str
+
+    @property
+    def resource(self) -> tuple[str, str] | None:
+        """(namespace, name) of the resource named by ``managed_by``; None if malformed."""
+        if not self.managed_by.startswith(PREFIX):
+            return None
+        namespace, _, name = self.managed_by[len(PREFIX) :].partition("/")
+        return (namespace, name) if namespace and name else None
+
 
 API_KEYS: Table = ApiKey.__table__  # type: ignore[assignment]
 MODELS: Table = Model.__table__  # type: ignore[assignment]

@@ -16,8 +16,8 @@ from kubernetes_asyncio.client import ApiClient, Configuration
 from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.config import ConfigException
 
+from tollgate_operator.errors import Unavailable
 from tollgate_operator.resources import API_VERSION
-from tollgate_operator.services.errors import Unavailable
 
 FIELD_MANAGER = "tollgate-operator"
 REQUEST_TIMEOUT = 30.0

@@ -22,8 +22,8 @@ from typing import Any
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from tollgate_operator import metrics
+from tollgate_operator.errors import Unavailable
 from tollgate_operator.k8s import Conflict, Kube
-from tollgate_operator.services.errors import Unavailable
 
 logger = logging.getLogger(__name__)
 

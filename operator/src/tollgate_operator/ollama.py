@@ -10,7 +10,7 @@ from typing import Any
 
 import aiohttp
 
-from tollgate_operator.services.errors import Unavailable
+from tollgate_operator.errors import Unavailable
 
 
 class PullFailed(Exception):

@@ -14,7 +14,7 @@ from functools import lru_cache
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from tollgate_gateway.keys.hashing import MIN_PEPPER_LENGTH
+from tollgate_schema.keys import MIN_PEPPER_LENGTH
 
 BACKEND_URL_FIELDS = ("name", "namespace", "port", "cluster_ip")
 

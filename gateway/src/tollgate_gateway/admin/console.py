@@ -21,7 +21,6 @@ from starlette.responses import Response
 from tollgate_gateway.dependencies import CurrentUser, ServicesDep
 from tollgate_gateway.errors import ApiError
 from tollgate_gateway.limits.service import month_start
-from tollgate_gateway.storage.orm import ApiKey, Model
 from tollgate_gateway.usage.rollup import (
     Bucket,
     GroupBy,
@@ -30,6 +29,7 @@ from tollgate_gateway.usage.rollup import (
     floor_day,
     floor_hour,
 )
+from tollgate_schema.orm import ApiKey, Model
 
 router = APIRouter(prefix="/admin/console", tags=["console"])
 MAX_RANGE = timedelta(days=400)

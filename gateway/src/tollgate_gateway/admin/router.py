@@ -14,8 +14,8 @@ from tollgate_gateway.admin.security import issue_token
 from tollgate_gateway.dependencies import AdminUser, CurrentUser, ServicesDep, SessionDep
 from tollgate_gateway.errors import ApiError
 from tollgate_gateway.limits.service import month_start
-from tollgate_gateway.storage.orm import ApiKey, App, Model, User
 from tollgate_gateway.usage.service import GroupBy
+from tollgate_schema.orm import ApiKey, App, Model, User
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 

@@ -15,8 +15,8 @@ from tollgate_gateway.admin import schemas
 from tollgate_gateway.admin.logins import LoginGuard
 from tollgate_gateway.admin.security import DUMMY_HASH, hash_password
 from tollgate_gateway.errors import ApiError
-from tollgate_gateway.keys.hashing import display_prefix, hash_key, mint_key
-from tollgate_gateway.storage.orm import ApiKey, App, Base, Model, User
+from tollgate_schema.keys import display_prefix, hash_key, mint_key
+from tollgate_schema.orm import ApiKey, App, Base, Model, User
 
 T = TypeVar("T", bound=Base)
 

@@ -12,8 +12,8 @@ from typing import Any
 from sqlalchemy import event, insert, inspect
 from sqlalchemy.orm import Session, UOWTransaction
 
-from tollgate_gateway.audit import events
-from tollgate_gateway.storage.orm import AuditEvent
+from tollgate_schema import audit as events
+from tollgate_schema.orm import AuditEvent
 
 ACTOR = "audit_actor"
 REQUEST_ID = "audit_request_id"

@@ -12,8 +12,8 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from tollgate_gateway.audit import events
-from tollgate_gateway.storage.orm import AuditEvent
+from tollgate_schema import audit as events
+from tollgate_schema.orm import AuditEvent
 
 log = logging.getLogger(__name__)
 

@@ -11,9 +11,9 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tollgate_gateway.errors import service_unavailable
-from tollgate_gateway.keys.service import FEED_DOWN_TTL
-from tollgate_gateway.storage.orm import Model
+from tollgate_gateway.storage.changes import FEED_DOWN_TTL
 from tollgate_gateway.storage.outage import UNAVAILABLE, DatabaseHealth
+from tollgate_schema.orm import Model
 
 PER_MILLION = Decimal(1_000_000)
 MAX_BACKOFF = 30.0

@@ -7,14 +7,13 @@ another method) and stand in should a request ever reach them."""
 from __future__ import annotations
 
 import orjson
-from starlette.background import BackgroundTask
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from tollgate_gateway.chat.schemas import Endpoint
-from tollgate_gateway.chat.service import ProxyService, Reply
 from tollgate_gateway.messages import models
+from tollgate_gateway.routes import proxy_endpoint, proxy_of
 
 PROXY_ROUTES: dict[str, Endpoint] = {
     "/v1/chat/completions": Endpoint.CHAT,
@@ -23,36 +22,8 @@ PROXY_ROUTES: dict[str, Endpoint] = {
 }
 
 
-def _proxy(request: Request) -> ProxyService:
-    proxy: ProxyService = request.app.state.services.proxy
-    return proxy
-
-
-def to_response(reply: Reply) -> Response:
-    response: Response
-    if reply.stream is None:
-        after = BackgroundTask(reply.after) if reply.after is not None else None
-        response = Response(reply.body, reply.status, background=after)
-    else:
-        response = StreamingResponse(reply.stream, reply.status)
-    response.raw_headers = reply.headers
-    return response
-
-
-def _endpoint(endpoint: Endpoint):  # type: ignore[no-untyped-def]
-    async def handler(request: Request) -> Response:
-        raw = await request.body()
-        reply = await _proxy(request).handle(
-            endpoint, raw, request.headers.get("authorization"), request.state.request_id
-        )
-        return to_response(reply)
-
-    handler.__name__ = f"openai_{endpoint.name.lower()}"
-    return handler
-
-
 async def list_models(request: Request) -> Response:
-    proxy = _proxy(request)
+    proxy = proxy_of(request)
     anthropic = models.wants_anthropic(request)
     if anthropic:
         key = await models.anthropic_key(proxy, request)
@@ -69,7 +40,7 @@ async def list_models(request: Request) -> Response:
 
 
 async def get_model(request: Request) -> Response:
-    proxy = _proxy(request)
+    proxy = proxy_of(request)
     anthropic = models.wants_anthropic(request)
     if anthropic:
         key = await models.anthropic_key(proxy, request)
@@ -84,7 +55,7 @@ async def get_model(request: Request) -> Response:
 
 
 routes: list[BaseRoute] = [
-    *(Route(path, _endpoint(ep), methods=["POST"]) for path, ep in PROXY_ROUTES.items()),
+    *(Route(path, proxy_endpoint(ep), methods=["POST"]) for path, ep in PROXY_ROUTES.items()),
     Route("/v1/models", list_models, methods=["GET"]),
     Route("/v1/models/{model:path}", get_model, methods=["GET"]),
 ]

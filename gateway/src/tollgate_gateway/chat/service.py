@@ -33,6 +33,8 @@ from tollgate_gateway.errors import (
     missing_key,
     model_not_found,
     model_not_ready,
+    upstream_error,
+    upstream_failure,
 )
 from tollgate_gateway.keys.service import KeyRecord, KeyService
 from tollgate_gateway.limits.service import (
@@ -44,7 +46,7 @@ from tollgate_gateway.limits.service import (
     prompt_estimate,
 )
 from tollgate_gateway.storage.outage import UNAVAILABLE
-from tollgate_gateway.storage.upstream import Upstream, read_body, upstream_error
+from tollgate_gateway.storage.upstream import Upstream, UpstreamError, read_body
 from tollgate_gateway.tracing import RequestTrace, Tracing, now_ns
 from tollgate_gateway.usage.writer import UsageRow, UsageWriter, copy_line
 
@@ -98,13 +100,16 @@ NDJSON_HEADERS = [
 @dataclass(slots=True)
 class Reply:
     """A response as raw ASGI parts: whole (`body`) or streamed (`stream`). `after`, when
-    set, is called once the whole body has been handed to the server (or could not be)."""
+    set, is called once the whole body has been handed to the server (or could not be).
+    `settle`, for a whole body, is called before it is sent: its settlement then leaves with
+    the other Redis commands of the event-loop turn, before the answer does."""
 
     status: int
     headers: list[tuple[bytes, bytes]]
     body: bytes = b""
     stream: AsyncGenerator[bytes, None] | None = None
     after: Callable[[], None] | None = None
+    settle: Callable[[], None] | None = None
 
 
 def _raw(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
@@ -380,7 +385,10 @@ class ProxyService:
         """Await an admitted call's reply; every way it can fail is recorded once (usage
         row, metrics, settlement). Shared by every API's path."""
         try:
-            response = await forward
+            try:
+                response = await forward
+            except UpstreamError as failure:  # the adapter's own error, told as ours
+                raise upstream_failure(failure) from failure
         except ApiError as exc:
             if on_error is not None:
                 on_error(exc)  # an API's own status for an error (Anthropic's 529)
@@ -440,9 +448,7 @@ class ProxyService:
             if resp.status != 200:
                 raise upstream_error(resp.status, payload, call.alias.alias)
             reply = json_reply(self._rewrite_whole(call, payload))
-            # Accounted once sent: metrics, the usage row and the settlement are not what
-            # the client waits for (and the duration then includes the response, as named).
-            reply.after = functools.partial(self.finish, call)
+            reply.settle = functools.partial(self.finish, call, batched=True)
             return reply
         if call.endpoint in NATIVE:
             reply = Reply(200, list(NDJSON_HEADERS), stream=self._ndjson(call, resp))
@@ -710,8 +716,10 @@ class ProxyService:
             resp.close()  # closing the connection tells Ollama to stop generating
 
     # -- accounting --------------------------------------------------------------------
-    def finish(self, call: Call) -> None:
-        """Record usage, metrics and settle limits; safe to call from a cancelled stream."""
+    def finish(self, call: Call, batched: bool = False) -> None:
+        """Record usage, metrics and settle limits; safe to call from a cancelled stream.
+        `batched`: the settlement may wait for the end of this event-loop turn (the caller
+        yields once before answering, see `Reply.settle`); otherwise it is written at once."""
         if call.finished:
             return
         call.finished = True
@@ -776,7 +784,9 @@ class ProxyService:
         tokens = call.prompt_tokens + call.completion_tokens
         if self._durable:  # the row goes to Redis with the settlement, else to the buffer
             lost = functools.partial(self.usage.record, row)
-            self.limiter.settle(call.admission, tokens, cost, copy_line(row), lost)
+            self.limiter.settle(
+                call.admission, tokens, cost, copy_line(row), lost, urgent=not batched
+            )
             return
         self.usage.record(row)
         if call.admission.tracked or call.key.tpm_limit or call.key.monthly_budget is not None:

@@ -17,8 +17,8 @@ from starlette.routing import BaseRoute, Route
 
 from tollgate_gateway.limits.service import month_start
 from tollgate_gateway.services import Services
-from tollgate_gateway.storage.orm import ApiKey
 from tollgate_gateway.usage.rollup import RollupService
+from tollgate_schema.orm import ApiKey
 
 
 class UsageTotals(BaseModel):

@@ -30,11 +30,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tollgate_gateway import metrics
 from tollgate_gateway.errors import service_unavailable
-from tollgate_gateway.keys.hashing import hash_key, hashes_equal
-from tollgate_gateway.storage.orm import ApiKey
+from tollgate_gateway.storage.changes import FEED_DOWN_TTL
 from tollgate_gateway.storage.outage import UNAVAILABLE, DatabaseHealth
+from tollgate_schema.keys import hash_key, hashes_equal
+from tollgate_schema.orm import ApiKey
 
-FEED_DOWN_TTL = 1.0
 NEGATIVE_TTL = 5.0
 
 

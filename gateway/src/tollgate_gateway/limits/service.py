@@ -626,11 +626,14 @@ class Limiter:
         cost: Decimal,
         usage: str | None = None,
         lost: Callable[[], None] | None = None,
+        urgent: bool = True,
     ) -> None:
         """Free the admission's lease and reservation, charge its tokens and cost, and append
-        its `usage` row (a COPY line) to the usage stream, in one script. Sent at once, not
-        awaited: the request does not wait for it (`drain` does, at shutdown). `lost` is
-        called when the row may not have reached Redis (it then goes elsewhere)."""
+        its `usage` row (a COPY line) to the usage stream, in one script. Not awaited: the
+        request does not wait for it (`drain` does, at shutdown). A row is written to the
+        socket at once unless `urgent` is False (then with the other commands of this
+        event-loop turn: the caller yields before answering). `lost` is called when the row
+        may not have reached Redis (it then goes elsewhere)."""
         if admission.settled:
             return
         admission.settled = True
@@ -661,7 +664,9 @@ class Limiter:
             ]
         else:
             script, keys, args = self._usage_script, [self._usage_stream], [usage]
-        job = _Settlement(admission.request_id, script, keys, args, lost, usage is not None)
+        job = _Settlement(
+            admission.request_id, script, keys, args, lost, urgent and usage is not None
+        )
         if self._client is None:
             task = asyncio.ensure_future(self._settle_redis_py(job))
             self._settling.add(task)

@@ -7,8 +7,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from tollgate_gateway.chat.router import to_response
 from tollgate_gateway.messages.service import MessagesService
+from tollgate_gateway.routes import to_response
 
 
 def _service(request: Request) -> MessagesService:
@@ -24,7 +24,7 @@ async def create_message(request: Request) -> Response:
         request.headers.get("authorization"),
         request.state.request_id,
     )
-    return to_response(reply)
+    return await to_response(reply)
 
 
 async def count_tokens(request: Request) -> Response:

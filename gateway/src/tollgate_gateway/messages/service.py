@@ -19,7 +19,7 @@ from tollgate_gateway.chat.service import (
     new_id,
     upstream_json,
 )
-from tollgate_gateway.errors import ApiError
+from tollgate_gateway.errors import ApiError, upstream_error
 from tollgate_gateway.keys.service import KeyRecord
 from tollgate_gateway.messages.schemas import (
     StreamState,
@@ -30,7 +30,7 @@ from tollgate_gateway.messages.schemas import (
     rewrite_message,
 )
 from tollgate_gateway.sse import relay
-from tollgate_gateway.storage.upstream import read_body, upstream_error
+from tollgate_gateway.storage.upstream import read_body
 
 UPSTREAM_PATH = "/v1/messages"
 
@@ -86,7 +86,7 @@ class MessagesService:
                 data, message_id, call.alias.alias
             )
             reply = json_reply(orjson.dumps(data))
-            reply.after = functools.partial(self.proxy.finish, call)
+            reply.settle = functools.partial(self.proxy.finish, call, batched=True)
             return reply
         translator = _Stream(call, StreamState(message_id, call.alias.alias))
         return Reply(200, list(SSE_HEADERS), stream=relay(self.proxy, call, resp, translator))

@@ -16,13 +16,13 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from tollgate_gateway import __version__
-from tollgate_gateway.chat.router import _endpoint, _proxy
 from tollgate_gateway.chat.schemas import Endpoint
 from tollgate_gateway.errors import ApiError
+from tollgate_gateway.routes import proxy_endpoint, proxy_of
 
 
 async def tags(request: Request) -> Response:
-    proxy = _proxy(request)
+    proxy = proxy_of(request)
     key = await proxy.authenticate(request.headers.get("authorization"))
     models = []
     for a in await proxy.catalog.all():
@@ -49,17 +49,17 @@ async def tags(request: Request) -> Response:
 
 
 async def version(request: Request) -> Response:
-    await _proxy(request).authenticate(request.headers.get("authorization"))
+    await proxy_of(request).authenticate(request.headers.get("authorization"))
     return Response(orjson.dumps({"version": __version__}), media_type="application/json")
 
 
 async def running(request: Request) -> Response:
-    await _proxy(request).authenticate(request.headers.get("authorization"))
+    await proxy_of(request).authenticate(request.headers.get("authorization"))
     return Response(b'{"models":[]}', media_type="application/json")
 
 
 async def managed(request: Request) -> Response:
-    await _proxy(request).authenticate(request.headers.get("authorization"))
+    await proxy_of(request).authenticate(request.headers.get("authorization"))
     raise ApiError(
         403,
         "Models are managed by the platform team through ModelAlias resources; "
@@ -82,7 +82,7 @@ PROXY_ROUTES: dict[str, Endpoint] = {
 
 routes: list[BaseRoute] = [
     Route("/", root, methods=["GET", "HEAD"]),
-    *(Route(path, _endpoint(ep), methods=["POST"]) for path, ep in PROXY_ROUTES.items()),
+    *(Route(path, proxy_endpoint(ep), methods=["POST"]) for path, ep in PROXY_ROUTES.items()),
     Route("/api/tags", tags, methods=["GET"]),
     Route("/api/ps", running, methods=["GET"]),
     Route("/api/version", version, methods=["GET"]),

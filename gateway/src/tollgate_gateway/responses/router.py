@@ -6,8 +6,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from tollgate_gateway.chat.router import to_response
 from tollgate_gateway.responses.service import ResponsesService
+from tollgate_gateway.routes import to_response
 
 
 def _service(request: Request) -> ResponsesService:
@@ -20,7 +20,7 @@ async def create_response(request: Request) -> Response:
     reply = await _service(request).create(
         raw, request.headers.get("authorization"), request.state.request_id
     )
-    return to_response(reply)
+    return await to_response(reply)
 
 
 async def retrieve_response(request: Request) -> Response:

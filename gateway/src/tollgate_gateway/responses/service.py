@@ -26,7 +26,7 @@ from tollgate_gateway.chat.service import (
     new_id,
     upstream_json,
 )
-from tollgate_gateway.errors import ApiError
+from tollgate_gateway.errors import ApiError, upstream_error
 from tollgate_gateway.keys.service import KeyRecord
 from tollgate_gateway.responses.schemas import (
     DELTAS,
@@ -44,7 +44,7 @@ from tollgate_gateway.responses.schemas import (
 )
 from tollgate_gateway.sse import frame, relay
 from tollgate_gateway.storage.responses import ResponseStore, ResponseStoreUnavailable, Stored
-from tollgate_gateway.storage.upstream import read_body, upstream_error
+from tollgate_gateway.storage.upstream import read_body
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ class ResponsesService:
         call.prompt_tokens, call.completion_tokens = usage_tokens(response)
         await saver(response)
         reply = json_reply(orjson.dumps(response))
-        reply.after = functools.partial(self.proxy.finish, call)
+        reply.settle = functools.partial(self.proxy.finish, call, batched=True)
         return reply
 
     async def _save(

@@ -1,8 +1,9 @@
-"""Postgres change feed: LISTEN on `tollgate_changes` and drop cached keys and aliases.
+"""Postgres change feed: LISTEN on `tollgate_changes` and tell the caches what changed.
 
 The triggers (see the initial migration) announce every change to `api_keys` and
-`models`, whoever makes it. While the connection is down, cached entries are checked again
-after a second; on reconnect everything cached is dropped.
+`models`, whoever makes it. The caches (keys, aliases) give the feed their callbacks
+(`Listener`); it knows nothing of them. While the connection is down, cached entries are
+checked again after `FEED_DOWN_TTL`; on reconnect everything cached is dropped.
 """
 
 from __future__ import annotations
@@ -10,21 +11,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import psycopg
 
-from tollgate_gateway.catalog.service import Catalog
-from tollgate_gateway.keys.service import KeyService
-
 CHANNEL = "tollgate_changes"
+FEED_DOWN_TTL = 1.0
+"""Seconds a cached entry is trusted while the feed is down (it may have missed a change)."""
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Listener:
+    """What a cache gives the feed: how to drop one key, the aliases, everything."""
+
+    key: Callable[[str], None]  # one key's hash changed
+    models: Callable[[], None]  # some alias changed
+    everything: Callable[[], None]  # anything may have changed (reconnected, unknown note)
+    healthy: Callable[[bool], None]  # the feed is (not) listening
+
+
 class ChangeFeed:
-    def __init__(self, dsn: str, keys: KeyService, catalog: Catalog) -> None:
+    def __init__(self, dsn: str, listener: Listener) -> None:
         self._dsn = dsn
-        self._keys = keys
-        self._catalog = catalog
+        self._on = listener
         self._task: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
 
@@ -38,8 +49,7 @@ class ChangeFeed:
                 await self._task
 
     def _set_healthy(self, healthy: bool) -> None:
-        self._keys.feed_healthy = healthy
-        self._catalog.feed_healthy = healthy
+        self._on.healthy(healthy)
         if healthy:
             self.connected.set()
         else:
@@ -47,12 +57,11 @@ class ChangeFeed:
 
     def dispatch(self, payload: str) -> None:
         if payload.startswith("key:"):
-            self._keys.invalidate(payload[4:])
+            self._on.key(payload[4:])
         elif payload == "models":
-            self._catalog.invalidate()
+            self._on.models()
         else:
-            self._keys.invalidate_all()
-            self._catalog.invalidate()
+            self._on.everything()
 
     async def _run(self) -> None:
         delay = 0.2
@@ -69,8 +78,7 @@ class ChangeFeed:
                 ) as conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
                     # Anything may have changed while we were not listening.
-                    self._keys.invalidate_all()
-                    self._catalog.invalidate()
+                    self._on.everything()
                     self._set_healthy(True)
                     if lost_logged:
                         log.warning("change feed reconnected")

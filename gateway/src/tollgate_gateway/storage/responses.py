@@ -20,7 +20,7 @@ from sqlalchemy import delete, insert, select, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tollgate_gateway.storage.orm import StoredResponse
+from tollgate_schema.orm import StoredResponse
 
 log = logging.getLogger(__name__)
 

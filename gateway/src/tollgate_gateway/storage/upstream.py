@@ -8,14 +8,24 @@ plain httpx (`make bench` re-measures). One session, keep-alive pooled.
 from __future__ import annotations
 
 import aiohttp
-import orjson
 from multidict import CIMultiDict
 from yarl import URL
 
 from tollgate_gateway import metrics
-from tollgate_gateway.errors import ApiError
 
 JSON_HEADERS = CIMultiDict({"Content-Type": "application/json"})
+
+
+class UpstreamError(Exception):
+    """The model server gave no usable answer. ``kind``: ``timeout`` (silent past the read
+    timeout), ``unreachable`` (no connection), ``failed`` (the connection failed; ``detail``
+    names how), ``broken`` (it broke while the body was read). The service layer decides
+    what the client is told (`tollgate_gateway.errors.upstream_failure`)."""
+
+    def __init__(self, kind: str, detail: str = "") -> None:
+        super().__init__(f"{kind}: {detail}" if detail else kind)
+        self.kind = kind
+        self.detail = detail
 
 
 class Upstream:
@@ -56,7 +66,7 @@ class Upstream:
         body: bytes | None = None,
         extra_headers: dict[str, str] | None = None,
     ) -> aiohttp.ClientResponse:
-        """Send a request; connection failures become 502/504 ApiErrors. ``extra_headers``
+        """Send a request; connection failures raise `UpstreamError`. ``extra_headers``
         carry a trace context (``traceparent``) when tracing is on."""
         headers = JSON_HEADERS if body is not None else None
         if extra_headers:
@@ -77,31 +87,16 @@ class Upstream:
             raise timed_out() from exc
         except aiohttp.ClientConnectorError as exc:
             metrics.UPSTREAM_ERRORS.labels("connect").inc()
-            raise ApiError(
-                502,
-                "The model server cannot be reached.",
-                type="server_error",
-                code="upstream_unreachable",
-            ) from exc
+            raise UpstreamError("unreachable") from exc
         except aiohttp.ClientError as exc:
             metrics.UPSTREAM_ERRORS.labels("connect").inc()
-            raise ApiError(
-                502,
-                f"The model server connection failed: {type(exc).__name__}.",
-                type="server_error",
-                code="upstream_error",
-            ) from exc
+            raise UpstreamError("failed", type(exc).__name__) from exc
 
 
-def timed_out() -> ApiError:
-    """The model server was silent longer than the read timeout (504), counted once."""
+def timed_out() -> UpstreamError:
+    """The model server was silent longer than the read timeout, counted once."""
     metrics.UPSTREAM_ERRORS.labels("timeout").inc()
-    return ApiError(
-        504,
-        "The model server did not answer in time.",
-        type="server_error",
-        code="upstream_timeout",
-    )
+    return UpstreamError("timeout")
 
 
 async def read_body(resp: aiohttp.ClientResponse) -> bytes:
@@ -111,44 +106,4 @@ async def read_body(resp: aiohttp.ClientResponse) -> bytes:
         raise timed_out() from exc
     except aiohttp.ClientError as exc:
         metrics.UPSTREAM_ERRORS.labels("stream").inc()
-        raise ApiError(
-            502, "The model server connection broke.", type="server_error", code="upstream_error"
-        ) from exc
-
-
-def upstream_error(status: int, body: bytes, alias: str) -> ApiError:
-    """Map an upstream HTTP error to what our clients should see."""
-    message = _ollama_message(body)
-    if status == 503:
-        metrics.UPSTREAM_ERRORS.labels("overloaded").inc()
-        return ApiError(
-            503,
-            f"The model server is busy ({message}); please retry.",
-            type="server_error",
-            code="upstream_overloaded",
-            headers={"retry-after": "1", "retry-after-ms": "1000"},
-        )
-    if status == 404:
-        return ApiError(
-            404,
-            f"The model `{alias}` is not available on its model server yet ({message}).",
-            code="model_not_found",
-            param="model",
-        )
-    if 400 <= status < 500:
-        return ApiError(status if status != 499 else 400, message, param=None)
-    metrics.UPSTREAM_ERRORS.labels("http_5xx").inc()
-    return ApiError(
-        502, f"The model server failed: {message}", type="server_error", code="upstream_error"
-    )
-
-
-def _ollama_message(body: bytes) -> str:
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return body[:300].decode(errors="replace").strip() or "no details"
-    err = data.get("error") if isinstance(data, dict) else None
-    if isinstance(err, dict):
-        return str(err.get("message", err))
-    return str(err) if err else "no details"
+        raise UpstreamError("broken") from exc

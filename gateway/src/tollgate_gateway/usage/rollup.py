@@ -19,7 +19,7 @@ from typing import Any, Literal
 from sqlalchemy import ColumnElement, Select, Subquery, Table, func, select, union_all
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tollgate_gateway.storage.orm import (
+from tollgate_schema.orm import (
     ROLLUP_BUCKETS_MS,
     ROLLUP_LAT,
     ROLLUP_TTFT,

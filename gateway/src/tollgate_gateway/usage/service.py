@@ -10,7 +10,7 @@ from typing import Literal
 from sqlalchemy import Integer, cast, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from tollgate_gateway.storage.orm import ApiKey, App, Model, UsageEvent
+from tollgate_schema.orm import ApiKey, App, Model, UsageEvent
 
 GroupBy = Literal["key", "alias", "app"]
 

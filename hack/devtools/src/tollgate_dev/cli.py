@@ -183,10 +183,10 @@ async def _prepare_demo(env: dict[str, str]) -> str:
     from sqlalchemy.ext.asyncio import async_sessionmaker
 
     from tollgate_gateway.admin import schemas, service
-    from tollgate_gateway.config import to_sqlalchemy_dsn
-    from tollgate_gateway.keys.hashing import hash_key
-    from tollgate_gateway.storage.db import create_engine
-    from tollgate_gateway.storage.orm import ApiKey, Model
+    from tollgate_schema.db import create_engine
+    from tollgate_schema.dsn import to_sqlalchemy_dsn
+    from tollgate_schema.keys import hash_key
+    from tollgate_schema.orm import ApiKey, Model
 
     engine = create_engine(to_sqlalchemy_dsn(env["POSTGRES_DSN"]), pool_size=1)
     key_file = STATE / "demo-key"

@@ -16,6 +16,8 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import TracebackType
+from typing import Self
 
 import httpx
 
@@ -66,6 +68,29 @@ def package_dir(name: str) -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise ImportError(f"the {name} wheel is not installed; run `make venv`")
     return Path(next(iter(spec.submodule_search_locations)))
+
+
+class Running:
+    """A server as a context manager: ``with Server(...) as server:`` starts it and stops it
+    on the way out, whatever happened inside."""
+
+    def start(self) -> object:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
 
 
 # --------------------------------------------------------------------------- spawning

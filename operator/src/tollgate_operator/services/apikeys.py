@@ -17,13 +17,6 @@ from typing import Any
 
 import kopf
 
-from tollgate_gateway.keys.hashing import (
-    KEY_PREFIX,
-    display_prefix,
-    hash_key,
-    key_fingerprint,
-    mint_key,
-)
 from tollgate_operator import metrics
 from tollgate_operator.builders.labels import (
     APIKEY_LABEL,
@@ -52,6 +45,7 @@ from tollgate_operator.services.common import (
 )
 from tollgate_operator.services.errors import InvalidSpec, ReconcileError, Unavailable, Waiting
 from tollgate_operator.settings import Settings
+from tollgate_schema.keys import KEY_PREFIX, display_prefix, hash_key, key_fingerprint, mint_key
 
 logger = logging.getLogger(__name__)
 

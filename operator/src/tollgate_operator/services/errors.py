@@ -1,23 +1,13 @@
-"""What can go wrong in a reconcile, in terms the handlers translate for kopf."""
+"""What can go wrong in a reconcile, in terms the handlers translate for kopf.
+
+`ReconcileError` and `Unavailable` (a dependency did not answer) are the adapters' own
+errors (`tollgate_operator.errors`); the outcomes only services decide are here.
+"""
 
 from __future__ import annotations
 
-
-class ReconcileError(Exception):
-    """A reconcile could not finish; `reason` is a CamelCase word for conditions and Events."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-
-
-class Unavailable(ReconcileError):
-    """A dependency (Postgres, Ollama, the API server) did not answer: retry later."""
-
-    def __init__(self, what: str, detail: str, delay: float = 10.0) -> None:
-        super().__init__(f"{what.capitalize()}Unavailable", f"{what} is unavailable: {detail}")
-        self.delay = delay
+from tollgate_operator.errors import ReconcileError as ReconcileError
+from tollgate_operator.errors import Unavailable as Unavailable
 
 
 class Waiting(ReconcileError):

@@ -18,32 +18,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from tollgate_operator import metrics
+from tollgate_operator.db import PREFIX, ManagedRow
 from tollgate_operator.resources import APIKEYS, MODELALIASES
 
 logger = logging.getLogger(__name__)
 
-PREFIX = "operator:"
 PLURALS = {"key": APIKEYS, "model": MODELALIASES}
-
-
-@dataclass(frozen=True)
-class ManagedRow:
-    kind: str  # key or model
-    id: Any
-    name: str  # the key's name or the alias
-    managed_by: str
-
-    @property
-    def resource(self) -> tuple[str, str] | None:
-        """(namespace, name) of the resource named by ``managed_by``; None if malformed."""
-        if not self.managed_by.startswith(PREFIX):
-            return None
-        namespace, _, name = self.managed_by[len(PREFIX) :].partition("/")
-        return (namespace, name) if namespace and name else None
 
 
 class RowStore(Protocol):

@@ -46,7 +46,6 @@ import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 
 import yaml
@@ -56,7 +55,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tollgate_dev.controlplane.binaries import Binaries, BinariesMissingError
-from tollgate_dev.proc import cache_root, free_port, repo_root, spawning
+from tollgate_dev.proc import Running, cache_root, free_port, repo_root, spawning
 
 __all__ = [
     "DEFAULT_POD_CIDR",
@@ -390,7 +389,7 @@ class _Settings:
         return cls(etcd, peer, api, kcm, sched, pod_cidr, service_cidr)
 
 
-class LocalCluster:
+class LocalCluster(Running):
     """etcd + kube-apiserver + controller-manager + scheduler + kwok on loopback.
 
     ``start()`` is idempotent: components already running from the same state
@@ -843,17 +842,6 @@ class LocalCluster:
         self._settings_file().unlink(missing_ok=True)
         if remove_state:
             shutil.rmtree(self.state_dir, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def bin_dir(binaries: Binaries) -> Path:

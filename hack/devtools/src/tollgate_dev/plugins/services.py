@@ -62,10 +62,10 @@ def valkey(service_dir: Path) -> Iterator[LocalValkey]:
 
 @pytest.fixture(scope="session")
 def migrated_dsn(postgres: LocalPostgres) -> str:
-    from tollgate_gateway.cli import migrate
-    from tollgate_gateway.config import Settings
+    from tollgate_schema.db import upgrade
+    from tollgate_schema.dsn import to_sqlalchemy_dsn
 
-    migrate(Settings(postgres_dsn=postgres.dsn))
+    upgrade(to_sqlalchemy_dsn(postgres.dsn))
     return postgres.dsn
 
 

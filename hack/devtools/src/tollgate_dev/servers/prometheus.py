@@ -81,6 +81,12 @@ class PrometheusServer:
                 return result
             time.sleep(0.5)
 
+    def wait_for_scrape(self, job: str, after: float, timeout: float = 30) -> None:
+        """Wait until every target of `job` has been scraped since `after` (a `time.time()`),
+        so that the samples include what happened before it."""
+        if not self.wait_until(f'min(timestamp(up{{job="{job}"}})) > {after:.3f}', timeout):
+            raise ServiceError(f"{job} was not scraped after {after:.3f} within {timeout:.0f}s")
+
     def stop(self) -> None:
         stop_process(self.proc)
         self.proc = None

@@ -29,12 +29,12 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import httpx
 
 from tollgate_dev.proc import (
+    Running,
     ServiceError,
     cache_root,
     free_port,
@@ -243,7 +243,7 @@ def tiny_modelfile(gguf_path: Path, num_predict: int = 16, num_ctx: int = 128) -
 
 
 @dataclass
-class RealOllama:
+class RealOllama(Running):
     """``ollama serve`` on ``host:port`` with its own models folder and ``HOME``.
 
     ``root`` holds ``models/``, ``home/`` and ``ollama.log``; a temporary folder
@@ -320,18 +320,6 @@ class RealOllama:
             shutil.rmtree(self.root, ignore_errors=True)
             self.root = None
             self._own_root = False
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def log_tail(self, lines: int = 40) -> str:
         try:
@@ -443,7 +431,7 @@ class _BlobHandler(SimpleHTTPRequestHandler):
 
 
 @dataclass
-class LocalRegistry:
+class LocalRegistry(Running):
     """CNCF distribution's ``registry`` on ``host:port``, storing under ``root``.
 
     Ollama downloads a GGUF layer only after the registry *redirects* the blob
@@ -541,18 +529,6 @@ class LocalRegistry:
             shutil.rmtree(self.root, ignore_errors=True)
             self.root = None
             self._own_root = False
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def push_from(self, ollama: RealOllama, source: str, name: str | None = None) -> list[Any]:
         """Copy ``source`` in ``ollama`` to this registry's name for it and push it.

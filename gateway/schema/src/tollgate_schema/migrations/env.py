@@ -1,12 +1,14 @@
-"""Alembic environment: the gateway owns the database schema."""
+"""Alembic environment of the schema the gateway and the operator share."""
 
 from __future__ import annotations
+
+import os
 
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-from tollgate_gateway.config import get_settings
-from tollgate_gateway.storage.orm import Base
+from tollgate_schema.dsn import to_sqlalchemy_dsn
+from tollgate_schema.orm import Base
 
 config = context.config
 target_metadata = Base.metadata
@@ -14,7 +16,11 @@ target_metadata = Base.metadata
 
 def _url() -> str:
     url = config.get_main_option("sqlalchemy.url")
-    return url or get_settings().sqlalchemy_dsn
+    if url:
+        return url
+    # As the gateway's settings read it (`tollgate-gateway migrate` passes its own URL).
+    dsn = os.environ.get("POSTGRES_DSN") or os.environ.get("TOLLGATE_POSTGRES_DSN")
+    return to_sqlalchemy_dsn(dsn or "postgresql://postgres@127.0.0.1:5432/tollgate")
 
 
 def run_migrations_offline() -> None:

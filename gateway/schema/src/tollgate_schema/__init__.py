@@ -1,0 +1,3 @@
+"""What the gateway and the operator share, and nothing else: the database schema (ORM models
+and the Alembic migrations, shipped as package data), API key hashing, audit row shapes, DSN
+helpers and the one wait for the database and its schema (`tollgate-schema wait`)."""
