@@ -27,6 +27,26 @@ from tollgate_schema.dsn import to_sqlalchemy_dsn
 from tollgate_schema.orm import ApiKey, AuditEvent, Model
 
 Row = dict[str, Any]
+PREFIX = "operator:"  # managed_by of rows made for a resource: operator:<namespace>/<name>
+
+
+@dataclass(frozen=True)
+class ManagedRow:
+    """A live key or alias row managed for a resource (what the orphan sweep checks)."""
+
+    kind: str  # key or model
+    id: Any
+    name: str  # the key's name or the alias
+    managed_by: str
+
+    @property
+    def resource(self) -> tuple[str, str] | None:
+        """(namespace, name) of the resource named by ``managed_by``; None if malformed."""
+        if not self.managed_by.startswith(PREFIX):
+            return None
+        namespace, _, name = self.managed_by[len(PREFIX) :].partition("/")
+        return (namespace, name) if namespace and name else None
+
 
 PREFIX = "operator:"  # managed_by of the rows this operator manages: operator:<ns>/<name>
 
