@@ -48,25 +48,6 @@ class ManagedRow:
         return (namespace, name) if namespace and name else None
 
 
-PREFIX = "operator:"  # managed_by of the rows this operator manages: operator:<ns>/<name>
-
-
-@dataclass(frozen=True)
-class ManagedRow:
-    kind: str  # key or model
-    id: Any
-    name: str  # the key's name or the alias
-    managed_by: str
-
-    @property
-    def resource(self) -> tuple[str, str] | None:
-        """(namespace, name) of the resource named by ``managed_by``; None if malformed."""
-        if not self.managed_by.startswith(PREFIX):
-            return None
-        namespace, _, name = self.managed_by[len(PREFIX) :].partition("/")
-        return (namespace, name) if namespace and name else None
-
-
 API_KEYS: Table = ApiKey.__table__  # type: ignore[assignment]
 MODELS: Table = Model.__table__  # type: ignore[assignment]
 AUDIT: Table = AuditEvent.__table__  # type: ignore[assignment]
