@@ -270,6 +270,225 @@ GETS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
+ANTHROPIC_ERROR: dict[str, Any] = {
+    "type": "object",
+    "required": ["type", "error"],
+    "properties": {
+        "type": {"const": "error"},
+        "error": {
+            "type": "object",
+            "required": ["type", "message"],
+            "properties": {"type": {"type": "string"}, "message": {"type": "string"}},
+        },
+    },
+}
+ANTHROPIC_MESSAGE = {
+    "type": "object",
+    "required": ["role", "content"],
+    "properties": {
+        "role": {"enum": ["user", "assistant"]},
+        "content": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}]},
+    },
+}
+MESSAGES_REQUEST = {
+    "type": "object",
+    "required": ["model", "max_tokens", "messages"],
+    "properties": {
+        "model": _MODEL,
+        "max_tokens": {"type": "integer", "minimum": 1, "maximum": MAX_INT},
+        "messages": {"type": "array", "minItems": 1, "items": ANTHROPIC_MESSAGE},
+        "system": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}]},
+        "stream": {"type": "boolean"},
+        "tools": {"type": "array", "items": {"type": "object"}},
+    },
+}
+RESPONSES_REQUEST = {
+    "type": "object",
+    "required": ["model", "input"],
+    "properties": {
+        "model": _MODEL,
+        "input": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}]},
+        "instructions": {"type": ["string", "null"]},
+        "max_output_tokens": _COUNT,
+        "previous_response_id": {"type": ["string", "null"]},
+        "store": {"type": ["boolean", "null"]},
+        "stream": {"type": ["boolean", "null"]},
+        "tools": {"type": ["array", "null"], "items": {"type": "object"}},
+    },
+}
+RESPONSE_OBJECT = {
+    "type": "object",
+    "required": ["id", "object", "model", "output"],
+    "properties": {
+        "id": {"type": "string"},
+        "object": {"const": "response"},
+        "model": {"type": "string"},
+        "status": {"type": "string"},
+        "output": {"type": "array"},
+        "usage": {"type": ["object", "null"]},
+    },
+}
+# Anthropic's Messages API and OpenAI's Responses API, served by their own routes: method,
+# path, tag, summary, request (schema, example) or None, the answer's schema, streamed
+# content type, the error shape and statuses.
+EXTRA: list[tuple[str, str, str, str, Any, dict[str, Any], str | None, dict[str, Any]]] = [
+    (
+        "post",
+        "/v1/messages",
+        "Anthropic API",
+        "Messages (Anthropic API; key in x-api-key or as a bearer token)",
+        (
+            MESSAGES_REQUEST,
+            {"model": "chat-small", "max_tokens": 64, "messages": _HI[:1]},
+        ),
+        {
+            "type": "object",
+            "required": ["id", "type", "role", "content", "model"],
+            "properties": {
+                "id": {"type": "string"},
+                "type": {"const": "message"},
+                "role": {"const": "assistant"},
+                "content": {"type": "array"},
+                "model": {"type": "string"},
+                "usage": {"type": "object"},
+            },
+        },
+        "text/event-stream",
+        ANTHROPIC_ERROR,
+    ),
+    (
+        "post",
+        "/v1/messages/count_tokens",
+        "Anthropic API",
+        "Count a request's input tokens (an estimate, see the README)",
+        (
+            {k: v for k, v in MESSAGES_REQUEST.items() if k != "required"}
+            | {"required": ["model", "messages"]},
+            {"model": "chat-small", "messages": _HI[:1]},
+        ),
+        {
+            "type": "object",
+            "required": ["input_tokens"],
+            "properties": {"input_tokens": {"type": "integer"}},
+        },
+        None,
+        ANTHROPIC_ERROR,
+    ),
+    (
+        "post",
+        "/v1/responses",
+        "OpenAI API",
+        "Create a response (OpenAI Responses API; stored and chainable)",
+        (
+            RESPONSES_REQUEST,
+            {"model": "chat-small", "input": "Say hello.", "max_output_tokens": 32},
+        ),
+        RESPONSE_OBJECT,
+        "text/event-stream",
+        OPENAI_ERROR,
+    ),
+    (
+        "get",
+        "/v1/responses/{response_id}",
+        "OpenAI API",
+        "A stored response of this key",
+        None,
+        RESPONSE_OBJECT,
+        None,
+        OPENAI_ERROR,
+    ),
+    (
+        "delete",
+        "/v1/responses/{response_id}",
+        "OpenAI API",
+        "Delete a stored response of this key",
+        None,
+        {
+            "type": "object",
+            "required": ["id", "object", "deleted"],
+            "properties": {
+                "id": {"type": "string"},
+                "object": {"const": "response"},
+                "deleted": {"const": True},
+            },
+        },
+        None,
+        OPENAI_ERROR,
+    ),
+    (
+        "get",
+        "/v1/responses/{response_id}/input_items",
+        "OpenAI API",
+        "The input items of a stored response, newest first",
+        None,
+        {
+            "type": "object",
+            "required": ["object", "data"],
+            "properties": {"object": {"const": "list"}, "data": {"type": "array"}},
+        },
+        None,
+        OPENAI_ERROR,
+    ),
+    (
+        "get",
+        "/v1/models/{model}",
+        "OpenAI API",
+        "One model the key may use (OpenAI API)",
+        None,
+        {
+            "type": "object",
+            "required": ["id", "object"],
+            "properties": {"id": {"type": "string"}, "object": {"const": "model"}},
+        },
+        None,
+        OPENAI_ERROR,
+    ),
+    (
+        "get",
+        "/v1/key",
+        "OpenAI API",
+        "The calling key: its limits, usage this month and allowed models",
+        None,
+        {"type": "object"},
+        None,
+        OPENAI_ERROR,
+    ),
+]
+
+
+def _extra_paths(security: list[dict[str, list[str]]]) -> dict[str, Any]:
+    paths: dict[str, Any] = {}
+    for method, path, tag, summary, request, answer, stream, error in EXTRA:
+        ok: dict[str, Any] = {"application/json": {"schema": answer}}
+        if stream is not None:
+            ok[stream] = {"schema": STREAM_ITEMS[stream]}
+        operation: dict[str, Any] = {
+            "tags": [tag],
+            "summary": summary,
+            "operationId": f"proxy_{method}_"
+            + path.strip("/").replace("/", "_").replace("{", "").replace("}", ""),
+            "security": security,
+            "responses": {
+                "200": {"description": summary, "content": ok},
+                **_errors((400, 401, 404, 413, 429, 500, 502, 503, 504), error),
+            },
+        }
+        params = [part[1:-1] for part in path.split("/") if part.startswith("{")]
+        if params:
+            operation["parameters"] = [
+                {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                for name in params
+            ]
+        if request is not None:
+            schema, example = request
+            operation["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": schema, "example": example}},
+            }
+        paths.setdefault(path, {})[method] = operation
+    return paths
+
+
 def _errors(codes: tuple[int, ...], schema: dict[str, Any]) -> dict[str, Any]:
     return {
         str(code): {
@@ -325,6 +544,8 @@ def proxy_paths() -> dict[str, Any]:
                 },
             }
         }
+    for path, item in _extra_paths(security).items():
+        paths.setdefault(path, {}).update(item)
     return paths
 
 
