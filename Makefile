@@ -31,8 +31,8 @@ run-standin: venv ## Like `make run`, plus the Ollama stand-in and a demo alias 
 	@$(PY) -m tollgate_dev.cli run --standin
 
 .PHONY: run-cluster
-run-cluster: venv ## `make run-standin` plus the local control plane, the operator and a sample ApiKey
-	@$(PY) -m tollgate_dev.cli run --standin --cluster
+run-cluster: venv ## `make run-standin` plus the local control plane (storage, kube-proxy and Ollama roles played), the operator and manifests/samples/ (REAL_OLLAMA=1: the real Ollama on Pod IPs)
+	@$(PY) -m tollgate_dev.cli run --standin --cluster $(if $(REAL_OLLAMA),--real-ollama)
 
 .PHONY: standin
 standin: venv ## Serve only the Ollama stand-in on 127.0.0.1:11434 (a test double, not Ollama)

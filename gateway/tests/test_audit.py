@@ -35,7 +35,7 @@ def test_scripted_admin_sequence_is_recorded_in_order(
     http = admin.http
     key = http.post("/admin/keys", json={"name": f"audit-{tag}", "rate_limit_rpm": 5}).json()
     assert http.patch(f"/admin/keys/{key['id']}", json={"rate_limit_rpm": 9}).status_code == 200
-    assert http.delete(f"/admin/keys/{key['id']}").status_code == 200
+    assert http.delete(f"/admin/keys/{key['id']}").status_code == 204
     model = http.post("/admin/models", json={"alias": f"a-{tag}", "backend_tag": "x:1"}).json()
     assert http.patch(f"/admin/models/{model['id']}", json={"enabled": False}).status_code == 200
     assert http.delete(f"/admin/models/{model['id']}").status_code == 204

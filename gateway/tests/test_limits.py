@@ -469,7 +469,7 @@ def test_revoked_key_ends_its_open_stream(
         lines = response.iter_lines()
         assert next(lines)
         if how == "revoke":
-            assert admin.http.delete(f"/admin/keys/{key['id']}").status_code == 200
+            assert admin.http.delete(f"/admin/keys/{key['id']}").status_code == 204
         else:
             disabled = admin.http.patch(f"/admin/keys/{key['id']}", json={"disabled": True})
             assert disabled.status_code == 200

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -77,7 +79,7 @@ def test_prometheus_scrapes_documented_metrics(
             'status="200"}'
         )
         assert float(ok[0]["value"][1]) >= 4
-        refused = prometheus.query('tollgate_limit_refusals_total{reason="rate_limit_exceeded"}')
+        refused = prometheus.query('tollgate_limit_refusals_total{reason="requests"}')
         assert float(refused[0]["value"][1]) >= 1
     finally:
         prometheus.stop()
@@ -120,3 +122,98 @@ def test_metrics_are_not_served_on_the_serving_port(gateway: GatewayProcess) -> 
     assert response.status_code == 404
     assert "tollgate_requests_total" not in response.text
     assert "tollgate_requests_total" in httpx.get(gateway.metrics_url).text
+
+
+def samples(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    """Every sample of one metric family in a /metrics text, by its labels."""
+    out: dict[tuple[tuple[str, str], ...], float] = {}
+    for line in text.splitlines():
+        if line.startswith((name + "{", name + " ")):
+            head, _, value = line.rpartition(" ")
+            labels = re.findall(r'(\w+)="([^"]*)"', head)
+            out[tuple(sorted(labels))] = float(value)
+    return out
+
+
+def test_every_answer_is_counted_by_status_and_error_class(
+    gateways: Gateways, new_key: NewKey, chat_model: str, admin: Admin
+) -> None:
+    """A scripted mix of answers: each status (and 429s by limit) with its count; refusals
+    are requests too, and nothing stays in flight afterwards."""
+    gateway = gateways.start()  # its own counters
+    admin.ensure_model("unplugged", "llama3:8b", backend_url=f"http://127.0.0.1:{free_port()}")
+    limited = new_key(rate_limit_rpm=4)["key"]
+    broke = new_key(monthly_budget="0.00000001")["key"]
+    url = gateway.url + "/v1/chat/completions"
+
+    def post(key: str, body: dict[str, Any], stream: bool = False) -> int:
+        headers = {"Authorization": f"Bearer {key}"}
+        if not stream:
+            return httpx.post(url, headers=headers, json=body, timeout=30).status_code
+        with httpx.stream("POST", url, headers=headers, json=body, timeout=30) as response:
+            for _ in response.iter_bytes():
+                pass
+            return response.status_code
+
+    chat = {"model": chat_model, "messages": [{"role": "user", "content": "x"}], "max_tokens": 4}
+    got = [
+        post(limited, chat),
+        post(limited, chat),
+        post(limited, {**chat, "stream": True}, stream=True),
+        post(limited, {**chat, "model": "unplugged"}),  # 502: nothing listens there
+        post(limited, chat),  # 429: 4 a minute
+        post(limited, chat),  # 429
+        post(limited, {"model": chat_model}),  # 400: no messages
+        post(limited, {"messages": []}),  # 400: no model
+        post(limited, {**chat, "model": "no-such-model"}),  # 404
+        post("tg-not-a-key", chat),  # 401
+        post(broke, chat),  # 429: budget
+    ]
+    assert got == [200, 200, 200, 502, 429, 429, 400, 400, 404, 401, 429]
+
+    text = httpx.get(gateway.metrics_url).text
+    counted = {
+        (d["alias"], d["status"], d["error_class"]): v
+        for labels, v in samples(text, "tollgate_requests_total").items()
+        if (d := dict(labels))["endpoint"] == "chat.completions"
+    }
+    assert counted == {
+        (chat_model, "200", ""): 3.0,
+        ("unplugged", "502", "upstream_unreachable"): 1.0,
+        (chat_model, "429", "limit_requests"): 2.0,
+        ("", "400", "missing_required_parameter"): 2.0,
+        ("", "404", "model_not_found"): 1.0,
+        ("", "401", "invalid_api_key"): 1.0,
+        (chat_model, "429", "limit_budget"): 1.0,
+    }
+    refusals = {
+        dict(labels)["reason"]: v
+        for labels, v in samples(text, "tollgate_limit_refusals_total").items()
+    }
+    assert refusals == {"requests": 2.0, "budget": 1.0}
+    assert samples(text, "tollgate_in_flight_requests") == {(): 0.0}
+
+    # A client that leaves mid-stream is not left "in flight" either.
+    with httpx.stream(
+        "POST",
+        gateway.url + "/v1/chat/completions",
+        headers={"Authorization": f"Bearer {new_key()['key']}"},
+        json={**chat, "stream": True, "max_tokens": 2000},
+        timeout=30,
+    ) as response:
+        next(response.iter_bytes())
+    deadline = time.monotonic() + 10
+    while True:
+        text = httpx.get(gateway.metrics_url).text
+        gauge = samples(text, "tollgate_in_flight_requests")
+        if gauge == {(): 0.0} or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert gauge == {(): 0.0}
+    left = samples(text, "tollgate_requests_total")
+    answered = sum(
+        v
+        for k, v in left.items()
+        if ("alias", chat_model) in k and dict(k)["status"] in ("200", "499")
+    )
+    assert answered == 4.0  # counted once, whether it finished before the client left or not

@@ -263,6 +263,16 @@ def test_evaluation_install_upgrade_uninstall_reinstall(
 
         uninstall = helm("uninstall", "tollgate", "-n", namespace, "--wait", "--timeout", "2m")
         assert "tollgate-secrets" in uninstall.stdout  # "kept due to the resource policy"
+        # The chart's own pool and aliases stay too (as the README says): the operator leaves
+        # in the same uninstall and could not finalize their deletion.
+        custom = client.CustomObjectsApi(api)
+        for plural, name in (("ollamapools", "default"), ("modelaliases", "llama3-8b"),
+                             ("modelaliases", "gpt-4o-mini")):  # fmt: skip
+            assert name in uninstall.stdout
+            kept = custom.get_namespaced_custom_object(
+                "tollgate.dev", "v1alpha1", namespace, plural, name
+            )
+            assert not kept["metadata"].get("deletionTimestamp"), (plural, name)
         core = client.CoreV1Api(api)
         assert (
             core.read_namespaced_persistent_volume_claim(
@@ -390,6 +400,43 @@ def test_failed_migration_fails_the_install_and_creates_nothing(
     assert not apps.list_namespaced_deployment(namespace).items
     status = helm("status", "tollgate", "-n", namespace, check=False).stdout
     assert "STATUS: failed" in status
+
+
+@pytest.fixture
+def no_monitoring_crds(k8s_cluster: ClusterHandle) -> Iterator[None]:
+    """A cluster without the prometheus-operator CRDs (put back afterwards if they were)."""
+    crds = [
+        "crd/servicemonitors.monitoring.coreos.com",
+        "crd/prometheusrules.monitoring.coreos.com",
+    ]
+    there = k8s_cluster.kubectl("get", *crds, check=False).returncode == 0
+    k8s_cluster.kubectl("delete", "--ignore-not-found", "--wait", *crds)
+    yield
+    if there:
+        folder = subprocess.run(
+            [str(ROOT / "hack" / "chart" / "prometheus-crds.sh")],
+            capture_output=True, text=True, check=True, timeout=300,
+        ).stdout.strip()  # fmt: skip
+        k8s_cluster.kubectl("apply", "--server-side", "-f", folder)
+        k8s_cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", *crds)
+
+
+def test_monitoring_without_the_prometheus_crds_is_refused_plainly(
+    no_monitoring_crds: None, api: client.ApiClient, helm: Helm, namespace: str
+) -> None:
+    secrets = [
+        "--set", "secrets.create=true",
+        "--set", "secrets.postgresDsn=postgresql://tollgate@postgres.example/tollgate",
+        "--set", "secrets.redisUrl=redis://redis.example:6379/0",
+    ]  # fmt: skip
+    values = [*secrets, "-f", str(CI / "monitoring-on.yaml")]
+    result = helm("install", "tollgate", str(CHART), "-n", namespace, *values, check=False)
+    assert result.returncode != 0
+    assert "metrics.prometheusRule.enabled needs the PrometheusRule CRD" in result.stderr
+    assert "no matches for kind" not in result.stderr
+    assert not client.AppsV1Api(api).list_namespaced_deployment(namespace).items
+    # Without monitoring the same install goes ahead.
+    helm("install", "tollgate", str(CHART), "-n", namespace, *secrets)
 
 
 def test_missing_secret_is_reported_before_anything_is_created(

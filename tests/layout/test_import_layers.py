@@ -19,7 +19,17 @@ LAYERS: dict[str, list[tuple[str, list[str]]]] = {
     "tollgate_gateway": [
         (
             "base",
-            ["", "metrics", "exposition", "logs", "config", "tracing", "routing", "fairqueue"],
+            [
+                "",
+                "metrics",
+                "exposition",
+                "logs",
+                "config",
+                "tracing",
+                "routing",
+                "fairqueue",
+                "requestpolicy",
+            ],
         ),
         ("adapters", ["storage", "usage.writer", "usage.stream"]),
         (

@@ -86,7 +86,7 @@ export interface Key {
   key_prefix: string;
   owner: string | null;
   app: string | null;
-  allowed_models: string;
+  allowed_models: string[];
   rate_limit_rpm: number | null;
   tpm_limit: number | null;
   concurrency_limit: number | null;

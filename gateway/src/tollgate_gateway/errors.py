@@ -8,7 +8,7 @@ the official `ollama` client shows the message. Never a stack trace.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from fastapi import FastAPI, Request
@@ -18,8 +18,8 @@ from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from tollgate_gateway import metrics
-from tollgate_gateway.storage.upstream import UpstreamError
+if TYPE_CHECKING:
+    from tollgate_gateway.storage.upstream import UpstreamError
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,31 @@ class ApiError(Exception):
         self.code = code
         self.param = param
         self.headers = headers or {}
+
+
+# Limit refusals (429) by the limit that refused: the `reason` of the metrics, and (prefixed
+# with `limit_`) the error class of the usage row and of `tollgate_requests_total`.
+_LIMIT_REASONS = {
+    ("rate_limit_exceeded", "requests"): "requests",
+    ("rate_limit_exceeded", "tokens"): "tokens",
+    ("concurrency_limit_exceeded", "requests"): "concurrency",
+    ("insufficient_quota", "insufficient_quota"): "budget",
+}
+
+
+def limit_reason(exc: ApiError) -> str | None:
+    """requests, tokens, concurrency or budget for a key's limit refusal; None otherwise."""
+    if exc.status != 429:
+        return None
+    return _LIMIT_REASONS.get((exc.code or "", exc.type))
+
+
+def error_class(exc: ApiError) -> str:
+    """The class of an error answer in metrics, usage rows and access lines."""
+    reason = limit_reason(exc)
+    if reason is not None:
+        return f"limit_{reason}"
+    return exc.code or exc.type
 
 
 def invalid_key() -> ApiError:
@@ -67,6 +92,20 @@ def model_not_found(alias: str) -> ApiError:
         f"The model `{alias}` does not exist or you do not have access to it.",
         code="model_not_found",
         param="model",
+    )
+
+
+NOT_READY_RETRY_SECONDS = 10
+
+
+def model_not_ready(alias: str) -> ApiError:
+    return ApiError(
+        503,
+        f"The model `{alias}` is not ready yet (its model is still being pulled); "
+        f"try again in a moment.",
+        type="server_error",
+        code="model_not_ready",
+        headers={"retry-after": str(NOT_READY_RETRY_SECONDS)},
     )
 
 
@@ -203,6 +242,10 @@ def upstream_failure(exc: UpstreamError) -> ApiError:
 
 def upstream_error(status: int, body: bytes, alias: str) -> ApiError:
     """Map an upstream HTTP error to what our clients should see."""
+    # Imported here: a process that only answers errors (the server's supervisor, which
+    # imports this module) must not create metric files of its own.
+    from tollgate_gateway import metrics
+
     message = _ollama_message(body)
     if status == 503:
         metrics.UPSTREAM_ERRORS.labels("overloaded").inc()

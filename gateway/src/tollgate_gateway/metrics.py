@@ -16,8 +16,10 @@ FAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
 
 REQUESTS = Counter(
     "tollgate_requests_total",
-    "Requests by model alias, endpoint and HTTP status.",
-    ["alias", "endpoint", "status"],
+    "Every answered proxy request by model alias, endpoint, HTTP status and error class "
+    "(empty on success; 429s by limit: requests, tokens, concurrency, budget). The alias is "
+    "empty when the request never named a model the key may use (401, 404, 400 bodies).",
+    ["alias", "endpoint", "status", "error_class"],
 )
 KEY_REQUESTS = Counter(
     "tollgate_key_requests_total",
@@ -47,7 +49,7 @@ IN_FLIGHT = Gauge(
 )
 LIMIT_REFUSALS = Counter(
     "tollgate_limit_refusals_total",
-    "Requests refused by a limit (requests, tokens, concurrency, budget).",
+    "Requests refused by a limit, by reason (requests, tokens, concurrency, budget).",
     ["reason"],
 )
 UPSTREAM_ERRORS = Counter(

@@ -134,6 +134,7 @@ async def serve_proxy(
     rid = request_id or b"req_" + new_id().encode()
     path: str = scope["path"]
     if length is not None and length > max_body:
+        _count_too_large(endpoint)
         await _send_whole(send, error_reply(path, _too_large_error(max_body)), rid)
         return
     metrics.IN_FLIGHT.inc()
@@ -150,6 +151,7 @@ async def serve_proxy(
                 trace = proxy.tracing.start("POST", path, scope["headers"], rid.decode())
             reply = await proxy.handle(endpoint, body, authorization, rid.decode(), trace)
         except BodyTooLarge:
+            _count_too_large(endpoint)
             reply = error_reply(path, _too_large_error(max_body))
         except ApiError as exc:
             reply = error_reply(path, exc)
@@ -180,6 +182,10 @@ async def serve_proxy(
         if watch is not None:
             watch.stop()
         metrics.IN_FLIGHT.dec()
+
+
+def _count_too_large(endpoint: Endpoint) -> None:
+    metrics.REQUESTS.labels("", endpoint.value, "413", "request_too_large").inc()
 
 
 class _Disconnect:

@@ -209,6 +209,17 @@ RESPONSES: dict[str, dict[str, Any]] = {
         },
     },
 }
+_HI = [{"role": "user", "content": "Say hello."}]
+EXAMPLES: dict[str, dict[str, Any]] = {
+    "/v1/chat/completions": {"model": "chat-small", "messages": _HI, "max_tokens": 32},
+    "/v1/completions": {"model": "chat-small", "prompt": "Say hello.", "max_tokens": 32},
+    "/v1/embeddings": {"model": "text-embedding-3-small", "input": ["Hello", "World"]},
+    "/api/chat": {"model": "chat-small", "messages": _HI, "stream": False},
+    "/api/generate": {"model": "chat-small", "prompt": "Say hello.", "stream": False},
+    "/api/embed": {"model": "text-embedding-3-small", "input": "Hello"},
+    "/api/embeddings": {"model": "text-embedding-3-small", "prompt": "Hello"},
+    "/api/show": {"model": "chat-small"},
+}
 STREAMS = {
     "/v1/chat/completions": "text/event-stream",
     "/v1/completions": "text/event-stream",
@@ -286,7 +297,7 @@ def proxy_paths() -> dict[str, Any]:
                 "security": security,
                 "requestBody": {
                     "required": True,
-                    "content": {"application/json": {"schema": request}},
+                    "content": {"application/json": {"schema": request, "example": EXAMPLES[path]}},
                 },
                 "responses": {
                     "200": {

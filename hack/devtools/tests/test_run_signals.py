@@ -3,6 +3,7 @@ start-up, with leftovers of an earlier run, and with its ports taken."""
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import socket
@@ -17,7 +18,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
 
+from tollgate_dev.controlplane.cluster import LocalCluster
 from tollgate_dev.proc import free_port
 
 PHASES = [
@@ -167,6 +171,7 @@ def env(state: Path) -> dict[str, str]:
         TOLLGATE_DEV_POSTGRES_PORT=str(free_port()),
         TOLLGATE_DEV_REDIS_PORT=str(free_port()),
         TOLLGATE_DEV_STANDIN_PORT=str(free_port()),
+        TOLLGATE_DEV_OPERATOR_METRICS_PORT=str(free_port()),
         TOLLGATE_DEV_MODE="true",
     )
     return env
@@ -253,16 +258,92 @@ def test_leftovers_of_an_earlier_run_are_reported_or_reused(
     assert_nothing_left(state, env)  # the adopted servers were stopped too
 
 
+CLUSTER_PHASES = [
+    "starting the local Kubernetes control plane",
+    "playing the cluster's storage provisioner",
+    "starting the operator",
+    "operator running",
+    "applying manifests/samples/",
+]
+
+
 @pytest.mark.cluster
-@pytest.mark.parametrize(
-    "phase", ["starting the local Kubernetes control plane", "operator running"]
-)
+@pytest.mark.parametrize("phase", CLUSTER_PHASES)
 def test_sigint_while_the_cluster_starts_stops_everything(
     env: dict[str, str], state: Path, phase: str
 ) -> None:
-    """`make run-cluster`: the control plane, kwok and the operator go too."""
+    """`make run-cluster`: the control plane, kwok, the cluster's roles (stand-ins on Pod
+    IPs, forwarders on ClusterIPs) and the operator go too."""
     run = Run(env, ("--cluster",))
     run.wait_for(phase, timeout=600)
     run.signal(signal.SIGINT)
     assert run.wait(120) == 130, run.output
+    assert "interrupted by SIGINT while starting" in run.output
+    assert READY not in run.output
     assert_nothing_left(state, env)
+    assert port_free(int(env["TOLLGATE_DEV_OPERATOR_METRICS_PORT"]))
+
+
+def _ready(custom: client.CustomObjectsApi, plural: str, name: str) -> bool:
+    try:
+        obj = custom.get_namespaced_custom_object("tollgate.dev", "v1alpha1", DEMO, plural, name)
+    except ApiException:
+        return False
+    conditions = (obj.get("status") or {}).get("conditions") or []
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+
+DEMO = "tollgate-demo"
+
+
+@pytest.mark.cluster
+def test_run_cluster_serves_the_samples_through_the_gateway(
+    env: dict[str, str], state: Path
+) -> None:
+    """The whole story of `make run-cluster`: the samples applied, the pool's Pod gets its
+    volume and an Ollama on its IP, the aliases become Ready behind the pool's ClusterIP, and
+    the key from the ApiKey's Secret gets a chat, embeddings and an Ollama-native chat
+    through the gateway."""
+    run = Run(env, ("--cluster",))
+    try:
+        run.wait_for(READY, timeout=600)
+        cluster = LocalCluster(state / "cluster")
+        assert f"export KUBECONFIG={cluster.kubeconfig}" in run.output
+        assert f"PATH={cluster.bin_dir}" in run.output
+        metrics = f"http://127.0.0.1:{env['TOLLGATE_DEV_OPERATOR_METRICS_PORT']}/metrics"
+        assert f"operator metrics on {metrics}" in run.output
+        assert "tollgate_operator_reconciles_total" in httpx.get(metrics, timeout=10).text
+        api = config.new_client_from_config(config_file=str(cluster.kubeconfig))
+        custom = client.CustomObjectsApi(api)
+        for plural, name in (
+            ("ollamapools", "small"),
+            ("modelaliases", "chat-small"),
+            ("modelaliases", "embeddings"),
+            ("modelaliases", "qwen2.5-0.5b"),
+            ("apikeys", "demo-app"),
+        ):
+            deadline = time.monotonic() + 240
+            while not _ready(custom, plural, name):
+                assert time.monotonic() < deadline, f"{plural}/{name} never Ready\n{run.output}"
+                time.sleep(1)
+        secret = client.CoreV1Api(api).read_namespaced_secret("demo-app-api-key", DEMO)
+        key = base64.b64decode(secret.data["api-key"]).decode()
+        api.close()
+        gateway = f"http://127.0.0.1:{env['TOLLGATE_PORT']}"
+        headers = {"Authorization": f"Bearer {key}"}
+        hi = [{"role": "user", "content": "Hi"}]
+        calls = [
+            ("/v1/chat/completions", {"model": "chat-small", "messages": hi, "max_tokens": 8}),
+            ("/v1/embeddings", {"model": "text-embedding-3-small", "input": "hello"}),
+            ("/api/chat", {"model": "qwen2.5:0.5b", "messages": hi, "stream": False}),
+        ]
+        for path, body in calls:
+            response = httpx.post(gateway + path, json=body, headers=headers, timeout=60)
+            assert response.status_code == 200, (path, response.text)
+        assert httpx.post(gateway + "/v1/embeddings", json=calls[1][1], headers=headers,
+                          timeout=60).json()["data"][0]["embedding"]  # fmt: skip
+    finally:
+        run.signal(signal.SIGINT)
+        assert run.wait(120) == 0, run.output
+    assert_nothing_left(state, env)
+    assert port_free(int(env["TOLLGATE_DEV_OPERATOR_METRICS_PORT"]))

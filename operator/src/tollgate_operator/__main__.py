@@ -69,10 +69,17 @@ class QuietSuccesses(logging.Filter):
         r"^(Timer|Daemon) '[^']+' succeeded\.$|^Handler 'pool_pod_event' succeeded\.$"
     )
 
+    # kopf's API client logs every retried request at ERROR, e.g. the 429 "storage is
+    # (re)initializing" a starting API server answers to the first list of each kind: on a
+    # normal start that is not an error. Retries are warnings; giving up stays an error.
+    RETRY = re.compile(r"^Request attempt #\d+/\d+ failed; will retry")
+
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno == logging.INFO and self.ROUTINE.match(record.getMessage()):
             record.levelno, record.levelname = logging.DEBUG, "DEBUG"
             return logging.getLogger().isEnabledFor(logging.DEBUG)
+        if record.levelno == logging.ERROR and self.RETRY.match(record.getMessage()):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
         return True
 
 
@@ -173,6 +180,7 @@ async def run(settings: Settings, namespaces: list[str], liveness: str | None) -
             liveness_endpoint=liveness,
             standalone=True,
             stop_flag=stop,
+            memo=kopf.Memo(namespaces=list(namespaces)),  # for the orphan sweep
         )
     finally:
         if holding is not None:

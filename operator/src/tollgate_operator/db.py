@@ -11,7 +11,7 @@ import asyncio
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Table, delete, insert, select, update
@@ -27,6 +27,25 @@ from tollgate_schema.dsn import to_sqlalchemy_dsn
 from tollgate_schema.orm import ApiKey, AuditEvent, Model
 
 Row = dict[str, Any]
+
+PREFIX = "operator:"  # managed_by of the rows this operator manages: operator:<ns>/<name>
+
+
+@dataclass(frozen=True)
+class ManagedRow:
+    kind: str  # key or model
+    id: Any
+    name: str  # the key's name or the alias
+    managed_by: str
+
+    @property
+    def resource(self) -> tuple[str, str] | None:
+        """(namespace, name) of the resource named by ``managed_by``; None if malformed."""
+        if not self.managed_by.startswith(PREFIX):
+            return None
+        namespace, _, name = self.managed_by[len(PREFIX) :].partition("/")
+        return (namespace, name) if namespace and name else None
+
 
 API_KEYS: Table = ApiKey.__table__  # type: ignore[assignment]
 MODELS: Table = Model.__table__  # type: ignore[assignment]
@@ -217,5 +236,66 @@ class Database:
                     ]
                     await conn.execute(insert(AUDIT), trail)
                 return len(gone)
+        except _UNAVAILABLE as exc:
+            raise Unavailable("postgres", type(exc).__name__) from exc
+
+    # -- orphans -------------------------------------------------------------------------
+    async def live_managed_rows(self) -> list[ManagedRow]:
+        """Unrevoked keys and enabled aliases managed by an operator resource."""
+        keys = select(API_KEYS.c.id, API_KEYS.c.name, API_KEYS.c.managed_by).where(
+            API_KEYS.c.managed_by.startswith(PREFIX), API_KEYS.c.revoked_at.is_(None)
+        )
+        models = select(MODELS.c.id, MODELS.c.alias, MODELS.c.managed_by).where(
+            MODELS.c.managed_by.startswith(PREFIX), MODELS.c.enabled | MODELS.c.pending
+        )
+        try:
+            async with self.engine.connect() as conn:
+                rows = [ManagedRow("key", *r) for r in (await conn.execute(keys)).all()]
+                rows += [ManagedRow("model", *r) for r in (await conn.execute(models)).all()]
+        except _UNAVAILABLE as exc:
+            raise Unavailable("postgres", type(exc).__name__) from exc
+        return rows
+
+    async def release_orphan(self, row: ManagedRow) -> bool:
+        """Revoke the key or disable the alias if it is still live and managed as it was (the
+        resource may have been re-created meanwhile); with its audit row. True if changed."""
+        table = API_KEYS if row.kind == "key" else MODELS
+        live: ColumnElement[bool]
+        if row.kind == "key":
+            changes: Row = {"revoked_at": datetime.now(UTC)}
+            live = API_KEYS.c.revoked_at.is_(None)
+            before: Row = {"revoked_at": None}
+            action = "key.revoke"
+        else:
+            changes = {"enabled": False, "pending": False}
+            live = MODELS.c.enabled | MODELS.c.pending
+            before = {"enabled": True}
+            action = "model.update"
+        try:
+            async with self.engine.begin() as conn:
+                result = await conn.execute(
+                    update(table)
+                    .where(table.c.id == row.id, table.c.managed_by == row.managed_by, live)
+                    .values(**changes)
+                )
+                if not result.rowcount:
+                    return False
+                after = {k: audit.jsonable(v) for k, v in changes.items()}
+                await conn.execute(
+                    insert(AUDIT),
+                    [
+                        audit.row(
+                            actor=row.managed_by,
+                            source="operator",
+                            action=action,
+                            kind=row.kind,
+                            target_id=row.id,
+                            name=row.name,
+                            before=before,
+                            after=after,
+                        )
+                    ],
+                )
+            return True
         except _UNAVAILABLE as exc:
             raise Unavailable("postgres", type(exc).__name__) from exc

@@ -40,6 +40,17 @@ DRIFT_REPAIRS = Counter(
     "Objects found changed by hand and restored, by what (key_row, model_row, secret).",
     ["what"],
 )
+ORPHANS_RELEASED = Counter(
+    "tollgate_operator_orphans_released_total",
+    "Managed rows whose resource was gone for the orphan grace, released by kind (key: "
+    "revoked, model: disabled).",
+    ["kind"],
+)
+ORPHANS_WAITING = Gauge(
+    "tollgate_operator_orphans_waiting",
+    "Managed rows whose resource is missing, within the orphan grace, by kind.",
+    ["kind"],
+)
 LEADER = Gauge("tollgate_operator_leader", "1 while this replica holds the leader Lease.")
 
 

@@ -103,6 +103,11 @@ class Settings(BaseSettings):
     pull_retry_max_seconds: float = 300.0
     # Grace period of the old key after a rotation, unless the ApiKey says otherwise.
     rotation_grace_seconds: int = 3600
+    # Orphan sweep: a managed key or alias whose resource has been missing this long (as
+    # seen by this operator process) is revoked / disabled; the sweep runs at start and
+    # this often (0: never).
+    orphan_grace_seconds: float = 900.0
+    orphan_sweep_seconds: float = 60.0
 
     metrics_port: int = 9090  # 0: no metrics endpoint
     metrics_host: str = "0.0.0.0"

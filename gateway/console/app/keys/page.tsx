@@ -49,7 +49,7 @@ function fromKey(k: Key): Limits {
     name: k.name,
     owner: k.owner ?? "",
     app: k.app ?? "",
-    allowed_models: k.allowed_models,
+    allowed_models: k.allowed_models.join(","),
     rate_limit_rpm: k.rate_limit_rpm?.toString() ?? "",
     tpm_limit: k.tpm_limit?.toString() ?? "",
     concurrency_limit: k.concurrency_limit?.toString() ?? "",
@@ -317,7 +317,7 @@ export default function KeysPage() {
                       <div>{k.owner ?? "—"}</div>
                       <div className="text-xs text-slate-700">{k.app ?? ""}</div>
                     </td>
-                    <td className={`${td} break-all font-mono text-xs`}>{k.allowed_models}</td>
+                    <td className={`${td} break-all font-mono text-xs`}>{k.allowed_models.join(", ")}</td>
                     <td className={`${td} text-xs`}>{limits(k)}</td>
                     <td className={td}>
                       <div className="tabular-nums">

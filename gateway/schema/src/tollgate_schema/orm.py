@@ -107,6 +107,9 @@ class Model(Base):
     replicas: Mapped[list[dict[str, str]] | None] = mapped_column(JSONB)
     routing: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     enabled: Mapped[bool] = mapped_column(Boolean, default=True, server_default="true")
+    # Disabled only until it is ready (its ModelAlias's model is still being pulled): keys that
+    # may use it are told "not ready yet" (503, Retry-After) rather than "does not exist".
+    pending: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
     input_price_per_mtok: Mapped[Decimal] = mapped_column(MONEY, default=0, server_default="0")
     output_price_per_mtok: Mapped[Decimal] = mapped_column(MONEY, default=0, server_default="0")
     managed_by: Mapped[str | None] = mapped_column(String(300))

@@ -70,9 +70,17 @@ async def update_key(
     return schemas.KeyOut.model_validate(await service.update_key(session, key_id, data))
 
 
-@router.delete("/keys/{key_id}")
-async def revoke_key(key_id: uuid.UUID, _: AdminUser, session: SessionDep) -> schemas.KeyOut:
-    return schemas.KeyOut.model_validate(await service.revoke_key(session, key_id))
+@router.delete("/keys/{key_id}", status_code=204)
+async def revoke_key(key_id: uuid.UUID, _: AdminUser, session: SessionDep) -> None:
+    """Revoke the key (its row stays, with `revoked_at`, for usage and audit): 204 like every
+    DELETE of the admin API."""
+    await service.revoke_key(session, key_id)
+
+
+@router.post("/keys/{key_id}/release")
+async def release_key(key_id: uuid.UUID, _: AdminUser, session: SessionDep) -> schemas.KeyOut:
+    """Release a key managed by the operator: afterwards the admin API may edit or revoke it."""
+    return schemas.KeyOut.model_validate(await service.release(session, ApiKey, key_id))
 
 
 @router.get("/keys/{key_id}/budget")
@@ -111,6 +119,12 @@ async def update_model(
     model_id: uuid.UUID, data: schemas.ModelUpdate, _: AdminUser, session: SessionDep
 ) -> schemas.ModelOut:
     return schemas.ModelOut.model_validate(await service.update_model(session, model_id, data))
+
+
+@router.post("/models/{model_id}/release")
+async def release_model(model_id: uuid.UUID, _: AdminUser, session: SessionDep) -> schemas.ModelOut:
+    """Release an alias managed by the operator: afterwards the admin API may edit or delete it."""
+    return schemas.ModelOut.model_validate(await service.release(session, Model, model_id))
 
 
 @router.delete("/models/{model_id}", status_code=204)
@@ -166,10 +180,14 @@ async def delete_app(app_id: uuid.UUID, _: AdminUser, session: SessionDep) -> No
 async def usage(
     _: CurrentUser,
     services: ServicesDep,
-    group_by: Annotated[GroupBy, Query()] = "key",
-    since: Annotated[datetime | None, Query()] = None,
-    until: Annotated[datetime | None, Query()] = None,
+    group_by: Annotated[GroupBy, Query(description="Rows per key, alias or app.")] = "key",
+    since: Annotated[
+        datetime | None, Query(description="Start (with a timezone); default: `until` - 24 h.")
+    ] = None,
+    until: Annotated[datetime | None, Query(description="End (exclusive); default: now.")] = None,
 ) -> schemas.UsageSummary:
+    """Usage per key, alias or app over a window (the last 24 hours by default); refused
+    requests count in `requests`, `errors` and `refused`, with no tokens and no cost."""
     until = until or datetime.now(UTC)
     since = since or until - timedelta(days=1)
     if since.tzinfo is None or until.tzinfo is None:

@@ -7,7 +7,16 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 # Limits are stored as 32-bit integers and 0 would mean "unlimited" to the limiter: a limit
 # is at least 1 (as in the ApiKey CRD); leave it out (or null) for no limit.
@@ -15,6 +24,31 @@ Limit = Annotated[int, Field(ge=1, le=2**31 - 1)]
 # Money columns are NUMERIC(18, 8).
 Money = Annotated[Decimal, Field(ge=0, max_digits=18, decimal_places=8)]
 Name = Annotated[str, Field(max_length=200)]
+SCALE = Decimal("0.00000001")
+
+
+def plain_decimal(value: Decimal) -> str:
+    """A money value as the database keeps it: plain digits, always 8 decimals ("1.00000000",
+    never "1.00" on one answer and "1.00000000" on the next, never "0E-8")."""
+    return format(value.quantize(SCALE), "f")
+
+
+# Money in answers: a JSON string of fixed scale (exact; a float would round).
+MoneyOut = Annotated[
+    Decimal,
+    PlainSerializer(plain_decimal, return_type=str),
+    WithJsonSchema({"type": "string", "pattern": r"^\d+\.\d{8}$", "examples": ["1.50000000"]}),
+]
+
+
+def _split_allowed(value: object) -> object:
+    if isinstance(value, str):
+        return [p.strip() for p in value.split(",") if p.strip()]
+    return value
+
+
+# allowed_models in answers: a list, as it is given.
+AllowedOut = Annotated[list[str], BeforeValidator(_split_allowed)]
 
 
 def _no_nul(value: object, where: str = "") -> None:
@@ -53,18 +87,40 @@ def _allowed(value: str | list[str]) -> str:
 
 
 class LoginIn(Input):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"email": "admin@localhost", "password": "change-me"}]}
+    )
+
     email: str = Field(max_length=320)
     password: str = Field(max_length=1024)
 
 
 class TokenOut(BaseModel):
-    access_token: str
+    access_token: str = Field(
+        description="A JWT: send it as `Authorization: Bearer <token>` to every /admin path."
+    )
     token_type: Literal["bearer"] = "bearer"
-    expires_in: int
+    expires_in: int = Field(
+        description="Seconds until the token expires (JWT_TTL_SECONDS); log in again then.",
+        examples=[86400],
+    )
 
 
 class KeyCreate(Input):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "billing-service",
+                    "app": "billing",
+                    "allowed_models": ["chat-small", "text-embedding-*"],
+                    "rate_limit_rpm": 60,
+                    "monthly_budget": "25.00",
+                }
+            ]
+        },
+    )
 
     name: str = Field(min_length=1, max_length=200)
     owner: Name | None = None
@@ -91,7 +147,9 @@ class KeyCreate(Input):
 
 
 class KeyUpdate(Input):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"rate_limit_rpm": 120}]}
+    )
     not_null = frozenset({"name", "allowed_models", "disabled"})
 
     name: str | None = Field(None, min_length=1, max_length=200)
@@ -119,11 +177,11 @@ class KeyOut(BaseModel):
     key_prefix: str
     owner: str | None
     app: str | None
-    allowed_models: str
+    allowed_models: AllowedOut = Field(examples=[["llama3", "text-embedding-*"]])
     rate_limit_rpm: int | None
     tpm_limit: int | None
     concurrency_limit: int | None
-    monthly_budget: Decimal | None
+    monthly_budget: MoneyOut | None
     expires_at: datetime | None
     disabled: bool
     revoked_at: datetime | None
@@ -139,9 +197,9 @@ class KeyCreated(KeyOut):
 class KeyBudget(BaseModel):
     id: uuid.UUID
     month: str
-    monthly_budget: Decimal | None
-    spent: Decimal
-    remaining: Decimal | None
+    monthly_budget: MoneyOut | None
+    spent: MoneyOut
+    remaining: MoneyOut | None
 
 
 class ReplicaIn(BaseModel):
@@ -164,7 +222,20 @@ class RoutingIn(BaseModel):
 
 
 class ModelIn(Input):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "alias": "chat-small",
+                    "backend_tag": "qwen2.5:0.5b",
+                    "backend_url": "http://127.0.0.1:11434",
+                    "input_price_per_mtok": "0.10",
+                    "output_price_per_mtok": "0.40",
+                }
+            ]
+        },
+    )
 
     alias: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
     backend_tag: str = Field(min_length=1, max_length=300)
@@ -178,7 +249,7 @@ class ModelIn(Input):
 
 
 class ModelUpdate(Input):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"enabled": False}]})
     not_null = frozenset(
         {"backend_tag", "enabled", "input_price_per_mtok", "output_price_per_mtok"}
     )
@@ -202,8 +273,12 @@ class ModelOut(BaseModel):
     replicas: list[dict[str, str]] | None = None
     routing: dict[str, Any] | None = None
     enabled: bool
-    input_price_per_mtok: Decimal
-    output_price_per_mtok: Decimal
+    pending: bool = Field(
+        description="Disabled until its model is ready (a ModelAlias still pulling): keys "
+        "that may use it get 503 model_not_ready with Retry-After."
+    )
+    input_price_per_mtok: MoneyOut
+    output_price_per_mtok: MoneyOut
     managed_by: str | None
     created_at: datetime
 
@@ -212,7 +287,14 @@ Role = Literal["admin", "viewer"]
 
 
 class UserIn(Input):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"email": "ops@example.org", "password": "a-long-passphrase", "role": "viewer"}
+            ]
+        },
+    )
 
     # Internal domains (admin@localhost, team@corp.internal) are fine, so only the shape is checked.
     email: str = Field(pattern=r"^[^@\s]+@[^@\s]+$", max_length=320)
@@ -221,7 +303,7 @@ class UserIn(Input):
 
 
 class UserUpdate(Input):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"role": "admin"}]})
     not_null = frozenset({"password", "role", "disabled"})
 
     password: str | None = Field(None, min_length=12, max_length=1024)
@@ -240,7 +322,10 @@ class UserOut(BaseModel):
 
 
 class AppIn(Input):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"name": "billing", "owner": "team-a"}]},
+    )
 
     name: str = Field(min_length=1, max_length=200)
     owner: Name | None = None
@@ -258,12 +343,21 @@ class AppOut(BaseModel):
 
 
 class UsageRowOut(BaseModel):
-    group: str | None
-    requests: int
-    errors: int
+    group: str | None = Field(
+        description="What the row groups by: the key's id, the alias or the app (kept for "
+        "older clients; `id` and `name` say the same, readably)."
+    )
+    id: str | None = Field(
+        description="The key's, alias's or app's id; null for requests without one, and for an "
+        "alias or app that no longer exists."
+    )
+    name: str | None = Field(description="The key's name, the alias or the app's name.")
+    requests: int = Field(description="Every answered request, refused ones included.")
+    errors: int = Field(description="Answers with status 400 or more (refusals included).")
+    refused: int = Field(description="Requests refused by a limit (429): no tokens, no cost.")
     prompt_tokens: int
     completion_tokens: int
-    cost: Decimal
+    cost: MoneyOut
     latency_p50_ms: float | None
     latency_p95_ms: float | None
     ttft_p50_ms: float | None

@@ -33,8 +33,21 @@ def _guard_managed(row: ApiKey | Model) -> None:
     if row.managed_by:
         raise conflict(
             f"This object is managed by {row.managed_by}; change the Kubernetes resource instead "
-            "(the operator would undo an edit made here)."
+            "(the operator would undo an edit made here). If that resource is gone for good, "
+            "POST .../release takes the object over (the operator also releases orphans itself "
+            "after its grace)."
         )
+
+
+async def release(session: AsyncSession, model: type[ApiKey] | type[Model], id_: uuid.UUID) -> Any:
+    """Take a managed key or alias over from the operator (its resource is gone, e.g. after an
+    etcd restore): it becomes an ordinary row the admin API may edit or delete. Nothing else
+    changes; releasing an unmanaged row is a no-op."""
+    row = await _get(session, model, id_, "Key" if model is ApiKey else "Model")
+    if row.managed_by is not None:
+        row.managed_by = None
+        await session.commit()
+    return row
 
 
 async def _get(session: AsyncSession, model: type[T], id_: uuid.UUID, what: str) -> T:

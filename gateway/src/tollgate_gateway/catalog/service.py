@@ -30,6 +30,7 @@ class Alias:
     input_price_per_mtok: Decimal
     output_price_per_mtok: Decimal
     created: int
+    pending: bool = False  # disabled until its model is ready
     # Several replicas: each request is routed to one (routing/). None: `backend_url` as it
     # is (one replica, or a Service); empty: no replica may take traffic now.
     replicas: tuple[Target, ...] | None = None
@@ -122,6 +123,7 @@ class Catalog:
             input_price_per_mtok=m.input_price_per_mtok,
             output_price_per_mtok=m.output_price_per_mtok,
             created=int(m.created_at.timestamp()),
+            pending=m.pending,
             replicas=replicas,
             routing=routing_config(routing),
             pool=pool,

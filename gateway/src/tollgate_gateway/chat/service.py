@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import aiohttp
@@ -26,9 +27,12 @@ from tollgate_gateway.chat.schemas import NATIVE, Endpoint, Parsed, parse, parse
 from tollgate_gateway.errors import (
     ApiError,
     error_body,
+    error_class,
     invalid_key,
+    limit_reason,
     missing_key,
     model_not_found,
+    model_not_ready,
     upstream_error,
     upstream_failure,
 )
@@ -44,6 +48,7 @@ from tollgate_gateway.limits.service import (
 from tollgate_gateway.routing.model import Policy
 from tollgate_gateway.routing.prefix import chat_prefix, generate_prefix
 from tollgate_gateway.routing.service import Route, Router, no_replica
+from tollgate_gateway.storage.outage import UNAVAILABLE
 from tollgate_gateway.storage.upstream import Upstream, UpstreamError, read_body
 from tollgate_gateway.tracing import RequestTrace, Tracing, now_ns
 from tollgate_gateway.usage.writer import UsageRow, UsageWriter, copy_line
@@ -305,7 +310,11 @@ class ProxyService:
 
     async def resolve(self, key: KeyRecord, name: str) -> Alias:
         alias = await self.catalog.get(name)
-        if alias is None or not alias.enabled or not key.may_use(name):
+        if alias is None or not key.may_use(name):
+            raise model_not_found(name)
+        if not alias.enabled:
+            if alias.pending:
+                raise model_not_ready(name)
             raise model_not_found(name)
         return alias
 
@@ -346,8 +355,9 @@ class ProxyService:
         try:
             admission = await self.limiter.admit(key, request_id, ask)
         except ApiError as exc:
-            if exc.status == 429:
-                metrics.LIMIT_REFUSALS.labels(exc.code or exc.type).inc()
+            reason = limit_reason(exc)
+            if reason is not None:
+                metrics.LIMIT_REFUSALS.labels(reason).inc()
             raise
         return admission, estimate
 
@@ -379,6 +389,16 @@ class ProxyService:
                 trace.step("admission", begun, now_ns(), **{"tollgate.limited": key.limited})
         except ApiError as exc:
             self.refused(endpoint, request_id, exc, key, model, started, trace)
+            raise
+        except Exception as exc:
+            # The database away where memory cannot answer (503), or a bug of ours (500):
+            # counted here, answered (and logged) by the caller.
+            status, klass = (
+                (503, "service_unavailable")
+                if isinstance(exc, UNAVAILABLE)
+                else (500, "server_error")
+            )
+            self._child(metrics.REQUESTS, "", endpoint.value, str(status), klass).inc()
             raise
         call = Call(request_id, endpoint, key, alias, parsed, admission, estimate)
         call.trace = trace
@@ -765,7 +785,7 @@ class ProxyService:
         endpoint = call.endpoint.value
         name = alias.alias
         child = self._child
-        child(metrics.REQUESTS, name, endpoint, str(call.status)).inc()
+        child(metrics.REQUESTS, name, endpoint, str(call.status), call.error_class or "").inc()
         child(metrics.LATENCY, name, endpoint).observe(elapsed)
         if call.ttft is not None:
             child(metrics.TTFT, name, endpoint).observe(call.ttft)
@@ -838,12 +858,40 @@ class ProxyService:
         started: float,
         trace: RequestTrace | None = None,
     ) -> None:
-        """The access line (and the trace) of a request refused before it reached a backend."""
+        """Account for a request refused before it reached a backend: `tollgate_requests_total`,
+        the trace, the access line and (when the key is known) a usage row with the status
+        and the error class, and no tokens."""
+        klass = error_class(exc)
+        named = isinstance(model, str) and key is not None and exc.code != "model_not_found"
+        # Only a model the key may use labels the metric: a client's made-up names do not.
+        label = model if named and isinstance(model, str) else ""
+        self._child(metrics.REQUESTS, label, endpoint.value, str(exc.status), klass).inc()
         if trace is not None:
             attributes = {"tollgate.request_id": request_id, "tollgate.alias": model}
             if key is not None:
                 attributes["tollgate.key.id"] = str(key.id)
-            trace.finish(exc.status, exc.code or exc.type, attributes)
+            trace.finish(exc.status, klass, attributes)
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        if key is not None:  # never a row for requests without a valid key (no flooding)
+            self.usage.record(
+                UsageRow(
+                    ts=datetime.now(UTC),
+                    request_id=request_id,
+                    key_id=key.id,
+                    app=key.app,
+                    alias=model[:200] if isinstance(model, str) else None,
+                    backend_tag=None,
+                    endpoint=endpoint.value,
+                    status=exc.status,
+                    prompt_tokens=0,
+                    completion_tokens=0,
+                    cost=Decimal(0),
+                    latency_ms=elapsed_ms,
+                    ttft_ms=None,
+                    streamed=False,
+                    error_class=klass,
+                )
+            )
         if not self.access_log.wanted(exc.status):
             return
         self.access_log.write(
@@ -857,8 +905,8 @@ class ProxyService:
                 "replica": None,
                 "endpoint": endpoint.value,
                 "status": exc.status,
-                "error_class": exc.code or exc.type,
-                "latency_ms": round((time.perf_counter() - started) * 1000, 3),
+                "error_class": klass,
+                "latency_ms": round(elapsed_ms, 3),
                 "ttft_ms": None,
                 "prompt_tokens": 0,
                 "completion_tokens": 0,

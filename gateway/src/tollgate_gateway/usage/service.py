@@ -8,9 +8,9 @@ from decimal import Decimal
 from typing import Literal
 
 from sqlalchemy import Integer, cast, func, select
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from tollgate_schema.orm import UsageEvent
+from tollgate_schema.orm import ApiKey, App, Model, UsageEvent
 
 GroupBy = Literal["key", "alias", "app"]
 
@@ -41,6 +41,7 @@ class UsageService:
                 column.label("group"),
                 func.count().label("requests"),
                 func.count().filter(UsageEvent.status >= 400).label("errors"),
+                func.count().filter(UsageEvent.status == 429).label("refused"),
                 cast(func.coalesce(func.sum(UsageEvent.prompt_tokens), 0), Integer).label(
                     "prompt_tokens"
                 ),
@@ -57,5 +58,32 @@ class UsageService:
             .order_by(func.count().desc())
         )
         async with self._engine.connect() as conn:
-            rows = (await conn.execute(query)).mappings().all()
-        return [dict(r) for r in rows]
+            rows = [dict(r) for r in (await conn.execute(query)).mappings().all()]
+            names = await self._names(conn, group_by, [r["group"] for r in rows])
+        for row in rows:
+            row["id"], row["name"] = names.get(row["group"], (None, None))
+            if group_by != "key" and row["name"] is None:
+                row["name"] = row["group"]  # an alias or app deleted since: its name stays
+        return rows
+
+    @staticmethod
+    async def _names(
+        conn: AsyncConnection, group_by: GroupBy, groups: list[str | None]
+    ) -> dict[str | None, tuple[str, str]]:
+        """(id, name) of each group's key, alias or app, where it still exists."""
+        values = [g for g in groups if g is not None]
+        if not values:
+            return {}
+        if group_by == "key":
+            ids = []
+            for value in values:
+                try:
+                    ids.append(uuid.UUID(value))
+                except ValueError:
+                    continue
+            query = select(ApiKey.id, ApiKey.name).where(ApiKey.id.in_(ids))
+            return {str(i): (str(i), n) for i, n in (await conn.execute(query)).all()}
+        table = Model if group_by == "alias" else App
+        column = Model.alias if group_by == "alias" else App.name
+        query = select(table.id, column).where(column.in_(values))
+        return {n: (str(i), n) for i, n in (await conn.execute(query)).all()}

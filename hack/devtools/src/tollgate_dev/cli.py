@@ -19,12 +19,15 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
+from kubernetes import config
 
 from tollgate_dev.controlplane.cluster import LocalCluster
+from tollgate_dev.controlplane.roles import OLLAMA_PORT, FakeCluster
 from tollgate_dev.proc import (
     ServiceError,
     command_of,
@@ -41,6 +44,7 @@ from tollgate_dev.proc import (
 )
 from tollgate_dev.servers.backing import LocalPostgres, LocalValkey
 from tollgate_dev.servers.programs import GatewayProcess, StandinProcess
+from tollgate_dev.servers.realollama import RealOllama
 
 REPO = repo_root()
 STATE = Path(os.environ.get("TOLLGATE_STATE_DIR", REPO / ".state")).resolve()
@@ -255,14 +259,39 @@ def _kubectl(cluster: LocalCluster, *args: str) -> None:
     )
 
 
-def _start_cluster_and_operator(stack: ExitStack, env: dict[str, str], gateway_url: str) -> str:
-    """The local control plane, the CRDs, the operator and the sample ApiKey; its Secret."""
+# Samples that need something made by hand first (a user's Secret): left for the reader.
+SAMPLES_BY_HAND = {"apikey-existing-secret.yaml"}
+
+
+def _start_cluster_and_operator(
+    stack: ExitStack,
+    env: dict[str, str],
+    gateway_url: str,
+    metrics_port: int,
+    real_ollama: bool = False,
+) -> LocalCluster:
+    """The local control plane, the parts of a cluster it lacks (storage provisioner, an
+    Ollama on each pool Pod's IP, ClusterIP forwarding: the tests' `FakeCluster`), the CRDs,
+    the operator and the samples of manifests/samples/."""
     say("starting the local Kubernetes control plane (the first run builds it: ~8 min)")
     _run_group([str(REPO / "hack" / "build-k8s.sh")])
     cluster = LocalCluster(STATE / "cluster")
     stack.callback(cluster.stop)
     cluster.start()
     _kubectl(cluster, "apply", "--server-side", "-f", str(REPO / "crds"))
+    runtime = "the real Ollama" if real_ollama else "the Ollama stand-in"
+    say(
+        "playing the cluster's storage provisioner, kube-proxy and container runtime "
+        f"({runtime} on each pool Pod's IP)"
+    )
+    api = config.new_client_from_config(config_file=str(cluster.kubeconfig))  # type: ignore[no-untyped-call]
+    stack.callback(api.close)
+    logs = STATE / "cluster-roles"
+    logs.mkdir(parents=True, exist_ok=True)
+    roles = FakeCluster(api, logs, [], _real_ollama(logs) if real_ollama else None)
+    stack.callback(roles.stop)
+    roles.start()
+    say("starting the operator")
     liveness = f"http://127.0.0.1:{free_port()}/healthz"
     op_env = {
         **env,
@@ -273,7 +302,7 @@ def _start_cluster_and_operator(stack: ExitStack, env: dict[str, str], gateway_u
         "TOLLGATE_LEASE_NAMESPACE": "default",
         "TOLLGATE_LIVENESS_ENDPOINT": liveness,
         "TOLLGATE_METRICS_HOST": "127.0.0.1",
-        "TOLLGATE_METRICS_PORT": str(free_port()),
+        "TOLLGATE_METRICS_PORT": str(metrics_port),
     }
     log = open(STATE / "operator.log", "ab")  # noqa: SIM115
     with spawning():
@@ -288,19 +317,51 @@ def _start_cluster_and_operator(stack: ExitStack, env: dict[str, str], gateway_u
     log.close()
     wait_http(liveness, 60, proc)
     say(f"operator running (log: {STATE / 'operator.log'})")
-    samples = REPO / "manifests" / "samples"
-    _kubectl(
-        cluster,
-        "apply",
-        "-f",
-        str(samples / "00-namespace.yaml"),
-        "-f",
-        str(samples / "apikey-basic.yaml"),
+    say("applying manifests/samples/")
+    samples = sorted(p for p in (REPO / "manifests" / "samples").glob("*.yaml"))
+    files = [a for p in samples if p.name not in SAMPLES_BY_HAND for a in ("-f", str(p))]
+    _kubectl(cluster, "apply", *files)
+    return cluster
+
+
+def _real_ollama(logs: Path) -> Callable[[str], RealOllama]:
+    def start(ip: str) -> RealOllama:
+        ollama = RealOllama(host=ip, port=OLLAMA_PORT, root=logs / f"ollama-{ip}")
+        try:
+            ollama.start()
+        except BaseException:
+            ollama.stop()
+            raise
+        return ollama
+
+    return start
+
+
+def _say_cluster_next(cluster: LocalCluster, port: str, metrics_port: int) -> None:
+    if (REPO / ".state").resolve() == STATE:
+        say('use the cluster from a shell:  eval "$(make -s cluster-env)"')
+    else:
+        say(f'use the cluster from a shell:  export KUBECONFIG={cluster.kubeconfig} '
+            f'PATH={cluster.bin_dir}:"$PATH"')  # fmt: skip
+    say(f"operator metrics on http://127.0.0.1:{metrics_port}/metrics")
+    say("then try:")
+    say("  kubectl get tollgate -A            # aliases pulled and Ready, keys, the pool")
+    say(
+        "  KEY=$(kubectl -n tollgate-demo get secret demo-app-api-key "
+        "-o jsonpath='{.data.api-key}' | base64 -d)"
     )
-    return str(cluster.kubeconfig)
+    body = json.dumps({"model": "chat-small", "messages": [{"role": "user", "content": "Hi"}]})
+    say(
+        f'  curl http://127.0.0.1:{port}/v1/chat/completions -H "Authorization: Bearer $KEY" '
+        f"-H 'Content-Type: application/json' -d '{body}'"
+    )
+    say(
+        "  (also text-embedding-3-small on /v1/embeddings and qwen2.5:0.5b on /api/chat; "
+        "manifests/samples/apikey-existing-secret.yaml needs its Secret legacy-client-key first)"
+    )
 
 
-def run(with_standin: bool, with_cluster: bool = False) -> int:
+def run(with_standin: bool, with_cluster: bool = False, real_ollama: bool = False) -> int:
     signals = Signals()
     STATE.mkdir(parents=True, exist_ok=True)
     STATE.chmod(0o755)  # the unprivileged PostgreSQL user must reach its data when we are root
@@ -314,6 +375,7 @@ def run(with_standin: bool, with_cluster: bool = False) -> int:
     port = env.setdefault("TOLLGATE_PORT", "8000")
     metrics_port = env.setdefault("TOLLGATE_METRICS_PORT", "9090")
     standin_port = int(env.get("TOLLGATE_DEV_STANDIN_PORT", "11434"))
+    operator_metrics = int(env.get("TOLLGATE_DEV_OPERATOR_METRICS_PORT", "9091"))
     try:
         with ExitStack() as stack:
             try:
@@ -322,6 +384,8 @@ def run(with_standin: bool, with_cluster: bool = False) -> int:
                 ports["the gateway's metrics"] = int(metrics_port)
                 if with_standin:
                     ports["the Ollama stand-in"] = standin_port
+                if with_cluster:
+                    ports["the operator's metrics"] = operator_metrics
                 busy = _busy_ports(ports)
                 if busy:  # before anything starts
                     for problem in busy:
@@ -362,19 +426,13 @@ def run(with_standin: bool, with_cluster: bool = False) -> int:
                 return 1
             if with_cluster:
                 try:
-                    kubeconfig = _start_cluster_and_operator(stack, env, gateway.url)
+                    cluster = _start_cluster_and_operator(
+                        stack, env, gateway.url, operator_metrics, real_ollama
+                    )
                 except (ServiceError, OSError, subprocess.CalledProcessError) as exc:
                     say(f"could not start the cluster or the operator: {exc}")
                     return 1
-                say(f"export KUBECONFIG={kubeconfig}")
-                say(
-                    "applied manifests/samples/apikey-basic.yaml; its key, once the operator "
-                    "wrote it:"
-                )
-                say(
-                    "  kubectl -n tollgate-demo get secret demo-app-api-key "
-                    "-o jsonpath='{.data.api-key}' | base64 -d"
-                )
+                _say_cluster_next(cluster, port, operator_metrics)
             if with_standin:
                 say(f"demo key (also in {STATE / 'demo-key'}): {demo_key}")
                 body = json.dumps(
@@ -418,12 +476,19 @@ def main(argv: list[str] | None = None) -> None:
     run_parser.add_argument(
         "--cluster",
         action="store_true",
-        help="also run the local control plane, the operator and a sample ApiKey",
+        help="also run the local control plane (with the storage, network and runtime roles "
+        "it lacks), the operator and manifests/samples/",
+    )
+    run_parser.add_argument(
+        "--real-ollama",
+        action="store_true",
+        help="with --cluster: the real Ollama on each pool Pod's IP instead of the stand-in "
+        "(it pulls models from its registry)",
     )
     sub.add_parser("migrate", help="apply migrations (starts the local Postgres if needed)")
     args = parser.parse_args(argv)
     if args.command == "run":
-        sys.exit(run(args.standin, args.cluster))
+        sys.exit(run(args.standin, args.cluster, args.real_ollama))
     env = dict(os.environ)
     Signals()
     with ExitStack() as stack:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -10,7 +12,10 @@ import kopf
 from tollgate_operator.builders.labels import POOL_LABEL
 from tollgate_operator.factory import build_context
 from tollgate_operator.handlers.common import context
+from tollgate_operator.services.orphans import OrphanSweeper
 from tollgate_operator.settings import get_settings
+
+logger = logging.getLogger(__name__)
 
 PREFIX = "tollgate.dev"
 
@@ -39,10 +44,30 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     memo.ctx = await build_context(ours)
+    if ours.orphan_sweep_seconds > 0:
+        namespaces = getattr(memo, "namespaces", None) or ()
+        sweeper = OrphanSweeper(memo.ctx.db, memo.ctx.kube, ours.orphan_grace_seconds, namespaces)
+        memo.sweeping = asyncio.create_task(sweep_forever(sweeper, ours.orphan_sweep_seconds))
+
+
+async def sweep_forever(sweeper: OrphanSweeper, every: float) -> None:
+    """The orphan sweep at start and then every `every` seconds; a failed pass (Postgres or
+    the API server away) is logged and tried again at the next."""
+    while True:
+        try:
+            await sweeper.sweep()
+        except Exception as exc:
+            logger.warning("orphan sweep failed, next in %.0f s: %s", every, exc)
+        await asyncio.sleep(every)
 
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    task: asyncio.Task[None] | None = getattr(memo, "sweeping", None)
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
     if getattr(memo, "ctx", None) is not None:
         await context(memo).close()
 

@@ -104,6 +104,8 @@ def desired_model_row(
         "backend_tag": serving or spec.model,
         "backend_url": backend_url,
         "enabled": spec.enabled and serving is not None,
+        # Wanted but not servable yet (pulling): the gateway answers "not ready yet".
+        "pending": spec.enabled and serving is None,
         "input_price_per_mtok": spec.prices.input_per_million_tokens,
         "output_price_per_mtok": spec.prices.output_per_million_tokens,
         "managed_by": ref.managed_by,
@@ -579,6 +581,6 @@ class AliasService:
 def _disable_mine(rows: list[Row], managed_by: str) -> RowPlan:
     plan = RowPlan()
     for row in rows:
-        if row["managed_by"] == managed_by and row["enabled"]:
-            plan.updates.append((row["id"], {"enabled": False}))
+        if row["managed_by"] == managed_by and (row["enabled"] or row.get("pending")):
+            plan.updates.append((row["id"], {"enabled": False, "pending": False}))
     return plan

@@ -159,8 +159,7 @@ class PoolService:
 
     async def _pod_entry(self, pod: dict[str, Any]) -> PoolPod:
         if not pod_is_ready(pod):
-            phase = (pod.get("status") or {}).get("phase") or "Pending"
-            return PoolPod(name=pod_name(pod), ready=False, message=f"Pod is {phase}, not ready")
+            return PoolPod(name=pod_name(pod), ready=False, message=not_ready_message(pod))
         url = pod_url(pod, self._settings.ollama_port)
         try:
             models, loaded = await asyncio.gather(self._ollama.tags(url), self._ollama.ps(url))
@@ -182,3 +181,22 @@ class PoolService:
     def forget(self, ref: ObjectRef) -> None:
         self._locks.forget(ref.key)
         self._statuses.forget(ref.key)
+
+
+def not_ready_message(pod: dict[str, Any]) -> str:
+    """Why a Pod is not ready, in the scheduler's or kubelet's words when they gave some
+    ("Pod is Pending: 0/1 nodes are available: pod has unbound immediate
+    PersistentVolumeClaims"), not only its phase."""
+    status = pod.get("status") or {}
+    phase = status.get("phase") or "Pending"
+    for condition in status.get("conditions") or ():
+        if condition.get("status") == "False" and condition.get("type") == "PodScheduled":
+            reason = condition.get("message") or condition.get("reason")
+            if reason:
+                return f"Pod is {phase}, not scheduled: {reason}"
+    for container in status.get("containerStatuses") or ():
+        waiting = (container.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason"):
+            detail = f" ({waiting['message']})" if waiting.get("message") else ""
+            return f"Pod is {phase}, container {container.get('name')}: {waiting['reason']}{detail}"
+    return f"Pod is {phase}, not ready"
