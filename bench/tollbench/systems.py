@@ -466,6 +466,33 @@ class TollgateRouted(Tollgate):
     name = "tollgate-routed"
     label = "Tollgate gateway, routing on"
 
+    def env(self, upstream: str) -> dict[str, str]:
+        # A database (and usage stream) of its own: it runs beside the plain Tollgate, whose
+        # alias of the same name must stay unrouted.
+        return {
+            **super().env(upstream),
+            "POSTGRES_DSN": self._dsn(),
+            "TOLLGATE_USAGE_STREAM": "tg:usage:routed",
+        }
+
+    def _dsn(self) -> str:
+        dsn = self.ctx.postgres_admin_dsn.rsplit("/", 1)[0] + "/tollgate_routed"
+        if not getattr(self, "_migrated", False):
+            import psycopg
+
+            from tollgate_gateway.cli import migrate
+            from tollgate_gateway.config import Settings
+
+            with psycopg.connect(self.ctx.postgres_admin_dsn, autocommit=True) as conn:
+                exists = conn.execute(
+                    "SELECT 1 FROM pg_database WHERE datname = 'tollgate_routed'"
+                ).fetchone()
+                if not exists:
+                    conn.execute("CREATE DATABASE tollgate_routed")
+            migrate(Settings(postgres_dsn=dsn))
+            self._migrated = True
+        return dsn
+
     def _provision(self, url: str) -> None:
         super()._provision(url)
         self._route(url, self.upstream_url)

@@ -332,6 +332,7 @@ def test_a_connection_dropped_before_any_byte_is_retried_on_another_replica(
 
     drop_next(CHAT)
     retries = metric(routing_gateway, "tollgate_routing_retries_total", pool=pool)
+    dropped = httpx.get(replicas["r0"].url + "/_standin/stats").json()["faults_applied"]
     stream = c.chat.completions.create(
         model=alpha, messages=[{"role": "user", "content": "hi"}], stream=True
     )
@@ -354,5 +355,9 @@ def test_a_connection_dropped_before_any_byte_is_retried_on_another_replica(
         timeout=30,
     )
     assert native.status_code == 200, native.text
-    assert metric(routing_gateway, "tollgate_routing_retries_total", pool=pool) == retries + 2
+    # The stream went to r0 (alpha loaded there only) and was dropped; the native request may
+    # go to r0 or to the replica that loaded alpha meanwhile: one retry per dropped attempt.
+    dropped = httpx.get(replicas["r0"].url + "/_standin/stats").json()["faults_applied"] - dropped
+    assert dropped >= 1
+    assert metric(routing_gateway, "tollgate_routing_retries_total", pool=pool) == retries + dropped
     assert metric(routing_gateway, "tollgate_replica_up", pool=pool, replica="r0") == 1  # not yet
