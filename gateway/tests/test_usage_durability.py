@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 
@@ -137,3 +138,28 @@ def test_sigkill_under_load_loses_no_usage(
             break
         time.sleep(0.2)
     assert rows == answered
+
+
+def test_a_client_made_model_name_never_blocks_usage_writes(
+    gateways: Gateways, admin: Admin, chat_model: str, migrated_dsn: str
+) -> None:
+    """Refused requests get usage rows carrying the model name the client sent: a name that
+    PostgreSQL cannot store as text (a NUL byte) must not stop the
+    writer, whose next batches would otherwise fail behind it for ever."""
+    gateway = gateways.start()
+    key = admin.create_key()
+    headers = {"Authorization": f"Bearer {key['key']}", "Content-Type": "application/json"}
+    for model in ("bad\u0000name", "tab\tand\\back"):
+        body = json.dumps({"model": model, "messages": [{"role": "user", "content": "x"}]})
+        answer = httpx.post(gateway.url + "/v1/chat/completions", content=body, headers=headers)
+        assert answer.status_code == 404, answer.text
+    requests(gateway, key["key"], chat_model, 1)
+    deadline = time.monotonic() + 15
+    while count(migrated_dsn, key["id"]) < 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    with psycopg.connect(migrated_dsn) as conn:
+        rows = conn.execute(
+            "SELECT status, alias FROM usage_events WHERE key_id = %s ORDER BY ts", (key["id"],)
+        ).fetchall()
+    assert [status for status, _ in rows] == [404, 404, 200]
+    assert rows[0][1] == "badname" and rows[1][1] == "tab\tand\\back"

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from psycopg.errors import DataError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tollgate_gateway import metrics
@@ -61,8 +62,10 @@ _CONFLICT = "ON CONFLICT (stream_id) WHERE stream_id IS NOT NULL DO NOTHING"
 MERGE_INCOMING = (
     f"INSERT INTO usage_events ({COLUMNS}) SELECT {COLUMNS} FROM usage_incoming {_CONFLICT}"  # noqa: S608
 )
-_SPECIAL = re.compile(r"[\\\t\n\r]")
-_ESCAPED = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
+_SPECIAL = re.compile(r"[\\\t\n\r\x00]")
+# NUL cannot be stored in a text column at all: dropped (it can only come from a client's
+# string, e.g. a made-up model name on a refused request).
+_ESCAPED = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r", "\x00": ""}
 NULL = "\\N"
 
 
@@ -207,6 +210,11 @@ class UsageWriter:
         started = time.perf_counter()
         try:
             await insert_rows(self._engine, batch)
+        except DataError:
+            # A row Postgres can never take would block every batch behind it: write the
+            # rows one at a time and drop (and count) only the ones refused.
+            await self._one_by_one(batch)
+            return True
         except Exception as exc:
             if not self._failing:  # one line per outage, not one per retry
                 log.warning("usage flush of %d rows failed, will retry: %s", len(batch), exc)
@@ -223,6 +231,20 @@ class UsageWriter:
         metrics.USAGE_WRITTEN.inc(len(batch))
         metrics.USAGE_QUEUE.set(len(self._buffer))
         return True
+
+    async def _one_by_one(self, batch: list[UsageRow]) -> None:
+        written = 0
+        for row in batch:
+            try:
+                await insert_rows(self._engine, [row])
+                written += 1
+            except DataError as exc:
+                self.dropped += 1
+                metrics.USAGE_DROPPED.inc()
+                log.error("usage row of request %s refused by postgres: %s", row.request_id, exc)
+        del self._buffer[: len(batch)]
+        metrics.USAGE_WRITTEN.inc(written)
+        metrics.USAGE_QUEUE.set(len(self._buffer))
 
     def _spool(self, rows: list[UsageRow]) -> None:
         self._spool_dir.mkdir(parents=True, exist_ok=True)
