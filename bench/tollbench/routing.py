@@ -225,13 +225,7 @@ def summarize(
 
 
 def _provision(tollgate: Tollgate, url: str, replicas: list[str]) -> str:
-    with httpx.Client(base_url=url, timeout=30) as http:
-        login = http.post(
-            "/admin/login",
-            json={"email": tollgate.setup.admin_email, "password": tollgate.setup.admin_password},
-        )
-        login.raise_for_status()
-        http.headers["Authorization"] = f"Bearer {login.json()['access_token']}"
+    with tollgate.admin(url) as http:
         for model in MODELS:
             http.post(
                 "/admin/models",

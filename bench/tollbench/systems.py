@@ -398,15 +398,20 @@ class Tollgate(System):
             self._provision(url)
         return url
 
+    def admin(self, url: str) -> httpx.Client:
+        """A client of the gateway's admin API, logged in as the bench's admin."""
+        http = httpx.Client(base_url=url, timeout=30)
+        login = http.post(
+            "/admin/login",
+            json={"email": self.setup.admin_email, "password": self.setup.admin_password},
+        )
+        login.raise_for_status()
+        http.headers["Authorization"] = f"Bearer {login.json()['access_token']}"
+        return http
+
     def _provision(self, url: str) -> None:
         """Priced aliases and one key with every limit set, generous enough to refuse nothing."""
-        with httpx.Client(base_url=url, timeout=30) as http:
-            login = http.post(
-                "/admin/login",
-                json={"email": self.setup.admin_email, "password": self.setup.admin_password},
-            )
-            login.raise_for_status()
-            http.headers["Authorization"] = f"Bearer {login.json()['access_token']}"
+        with self.admin(url) as http:
             for alias, tag, price_in, price_out, backend in (
                 (CHAT_MODEL, CHAT_MODEL, "0.5", "1.5", None),
                 (EMBED_MODEL, EMBED_MODEL, "0.02", "0", None),
@@ -506,13 +511,7 @@ class TollgateRouted(Tollgate):
 
     def _route(self, url: str, upstream: str) -> None:
         other = upstream.replace("127.0.0.1", "localhost")
-        with httpx.Client(base_url=url, timeout=30) as http:
-            login = http.post(
-                "/admin/login",
-                json={"email": self.setup.admin_email, "password": self.setup.admin_password},
-            )
-            login.raise_for_status()
-            http.headers["Authorization"] = f"Bearer {login.json()['access_token']}"
+        with self.admin(url) as http:
             for model in http.get("/admin/models").json():
                 if model["alias"] != CHAT_MODEL:
                     continue
