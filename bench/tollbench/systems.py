@@ -9,12 +9,14 @@ tollgate  the Tollgate gateway, one worker, with auth, limits, usage and metrics
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import secrets
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -398,16 +400,17 @@ class Tollgate(System):
             self._provision(url)
         return url
 
-    def admin(self, url: str) -> httpx.Client:
+    @contextlib.contextmanager
+    def admin(self, url: str) -> Iterator[httpx.Client]:
         """A client of the gateway's admin API, logged in as the bench's admin."""
-        http = httpx.Client(base_url=url, timeout=30)
-        login = http.post(
-            "/admin/login",
-            json={"email": self.setup.admin_email, "password": self.setup.admin_password},
-        )
-        login.raise_for_status()
-        http.headers["Authorization"] = f"Bearer {login.json()['access_token']}"
-        return http
+        with httpx.Client(base_url=url, timeout=30) as http:
+            login = http.post(
+                "/admin/login",
+                json={"email": self.setup.admin_email, "password": self.setup.admin_password},
+            )
+            login.raise_for_status()
+            http.headers["Authorization"] = f"Bearer {login.json()['access_token']}"
+            yield http
 
     def _provision(self, url: str) -> None:
         """Priced aliases and one key with every limit set, generous enough to refuse nothing."""
