@@ -97,7 +97,12 @@ async def _stream(
                         tokens += 1
     except (aiohttp.ClientError, TimeoutError):
         status = -1
-    return {"ok": status == 200 and done, "ttft": ttft, "tokens": tokens}
+    return {
+        "ok": status == 200 and done,
+        "ttft": ttft,
+        "tokens": tokens,
+        "ended": time.perf_counter(),
+    }
 
 
 async def _drive(
@@ -139,7 +144,8 @@ async def _drive(
     if flood:
         out["a_requests"] = len(a_results)
         out["a_lost"] = sum(1 for r in a_results if not r["ok"])
-        a_tokens = sum(r["tokens"] for r in a_results if r["ok"])
+        # A's output over B's phase: the streams that ended in it (the warm-up's excluded).
+        a_tokens = sum(r["tokens"] for r in a_results if r["ok"] and r["ended"] >= started)
         out["a_tokens_per_second"] = round(a_tokens / wall, 1)
         out["a_share_of_capacity"] = round(a_tokens / wall / p.capacity_tokens_per_second, 3)
         out["b_phase_seconds"] = round(flooded, 1)
