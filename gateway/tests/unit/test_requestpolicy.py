@@ -153,3 +153,95 @@ def test_from_the_crd_shape() -> None:
 def test_invalid_policies_are_refused(raw: dict[str, Any]) -> None:
     with pytest.raises(ValueError):  # noqa: PT011 - each case has its own message
         RequestPolicy.from_dict(raw)
+
+
+@pytest.mark.parametrize(
+    ("raw", "sent"), [("-1", -1), ("300", 300), ("0", 0), ("5m", "5m"), ("1h30m", "1h30m")]
+)
+def test_keep_alive_goes_upstream_as_ollama_parses_it(raw: str, sent: Any) -> None:
+    """Ollama reads a string keep_alive as a Go duration, where "-1" or "300" is no
+    duration: whole seconds go as a number."""
+    body: dict[str, Any] = {}
+    apply(RequestPolicy.from_dict({"keepAlive": raw}), Api.NATIVE, body)
+    assert body["keep_alive"] == sent
+
+
+def test_the_allow_list_governs_num_ctx_unless_the_policy_caps_it() -> None:
+    only = RequestPolicy(allowed_options=frozenset({"temperature"}))
+    body: dict[str, Any] = {"options": {"num_ctx": 131_072, "num_predict": 10}}
+    assert apply(only, Api.NATIVE, body).dropped_options == ["num_ctx", "num_predict"]
+    assert body["options"] == {}
+    capped = RequestPolicy(
+        allowed_options=frozenset({"temperature"}), max_num_ctx=4096, max_output_tokens=64
+    )
+    body = {"options": {"num_ctx": 131_072, "num_predict": 10}}
+    assert apply(capped, Api.NATIVE, body).dropped_options == []
+    assert body["options"] == {"num_ctx": 4096, "num_predict": 10}
+
+
+def test_a_count_sent_as_a_float_is_capped_too() -> None:
+    """Ollama takes 131072.0 for an integer option: it is no way around the cap."""
+    body: dict[str, Any] = {"options": {"num_ctx": 131_072.0}}
+    apply(RequestPolicy(max_num_ctx=8192), Api.NATIVE_EMBED, body)
+    assert body["options"]["num_ctx"] == 8192
+    strict = RequestPolicy(max_num_ctx=8192, mode=Mode.REJECT)
+    with pytest.raises(PolicyViolation):
+        apply(strict, Api.NATIVE, {"options": {"num_ctx": 9000.0}})
+
+
+@pytest.mark.parametrize(
+    ("api", "body", "bound"),
+    [
+        (Api.OPENAI, {"max_tokens": 5_000}, 256),
+        (Api.OPENAI, {"max_tokens": 100, "max_completion_tokens": 5_000}, 100),
+        (Api.OPENAI, {"max_completion_tokens": 5_000}, 256),
+        (Api.OPENAI, {}, 64),
+        (Api.RESPONSES, {"max_output_tokens": 200}, 200),
+        (Api.NATIVE, {"options": {"num_predict": -1}}, 256),
+        (Api.NATIVE, {}, 64),
+    ],
+)
+def test_the_output_bound_after_the_policy_is_reported(
+    api: Api, body: dict[str, Any], bound: int
+) -> None:
+    """What admission reserves for: the bound the body now asks for."""
+    assert apply(CAPPED, api, body).output_tokens == bound
+
+
+def test_no_output_bound_is_reported_without_an_output_policy() -> None:
+    body: dict[str, Any] = {"max_tokens": 5_000, "options": {"num_predict": 9}}
+    assert apply(RequestPolicy(max_num_ctx=8), Api.OPENAI, body).output_tokens is None
+    assert apply(RequestPolicy(max_num_ctx=8), Api.NATIVE, body).output_tokens is None
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"keepAlive": "forever"},
+        {"keepAlive": True},
+        {"allowedOptions": "temperature"},
+        {"allowedOptions": ["Temperature"]},
+        {"maxNumCtx": True},
+    ],
+)
+def test_invalid_keep_alive_and_options_are_refused(raw: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):  # noqa: PT011 - each case has its own message
+        RequestPolicy.from_dict(raw)
+
+
+def test_from_the_row_the_operator_writes() -> None:
+    """operator/tests/test_request_policy_row.py writes this row from a ModelAlias."""
+    row = {
+        "max_output_tokens": 512,
+        "num_ctx": 4096,
+        "keep_alive": "-1",
+        "allowed_options": ["temperature", "top_p"],
+        "mode": "reject",
+    }
+    assert RequestPolicy.from_dict(row) == RequestPolicy(
+        max_output_tokens=512,
+        num_ctx=4096,
+        keep_alive=-1,
+        allowed_options=frozenset({"temperature", "top_p"}),
+        mode=Mode.REJECT,
+    )

@@ -244,6 +244,27 @@ class Prices(Resource):
     output_per_million_tokens: DecimalString = Decimal(0)
 
 
+class RequestPolicy(Resource):
+    """``spec.requestPolicy``: what one request to the alias may cost (README "Request
+    policy"); the gateway applies it before a request is admitted or sent to Ollama."""
+
+    max_output_tokens: int | None = Field(None, ge=1, le=MAX_INT32)
+    default_output_tokens: int | None = Field(None, ge=1, le=MAX_INT32)
+    max_num_ctx: int | None = Field(None, ge=1, le=MAX_INT32)
+    num_ctx: int | None = Field(None, ge=1, le=MAX_INT32)
+    keep_alive: str | None = Field(None, max_length=32)
+    allowed_options: list[str] | None = Field(None, max_length=64)
+    mode: Literal["clamp", "reject"] = "clamp"
+
+    def to_row(self) -> dict[str, Any]:
+        """As the gateway's ``models.request_policy`` column holds it (snake_case, nulls
+        left out)."""
+        row = self.model_dump(mode="json", exclude_none=True)
+        if self.allowed_options is not None:
+            row["allowed_options"] = sorted(set(self.allowed_options))
+        return row
+
+
 class ModelAliasSpec(Resource):
     alias: str
     model: str
@@ -251,6 +272,7 @@ class ModelAliasSpec(Resource):
     enabled: bool = True
     prices: Prices = Field(default_factory=Prices)
     delete_model_on_removal: bool = False
+    request_policy: RequestPolicy | None = None
 
 
 class PullState(StrEnum):

@@ -108,6 +108,8 @@ class Model(Base):
     # backend_url as it is. The pool's spec.routing ({"pool", "policy", "prefix_chars"}).
     replicas: Mapped[list[dict[str, str]] | None] = mapped_column(JSONB)
     routing: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    # What one request may cost (ModelAlias spec.requestPolicy, snake_case; NULL: no policy).
+    request_policy: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     enabled: Mapped[bool] = mapped_column(Boolean, default=True, server_default="true")
     # Disabled only until it is ready (its ModelAlias's model is still being pulled): keys that
     # may use it are told "not ready yet" (503, Retry-After) rather than "does not exist".

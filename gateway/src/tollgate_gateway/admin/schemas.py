@@ -8,6 +8,7 @@ from decimal import Decimal
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -19,6 +20,7 @@ from pydantic import (
 )
 
 from tollgate_gateway.fairqueue.core import parse_priority
+from tollgate_gateway.requestpolicy.core import KEEP_ALIVE, OPTION_NAME
 
 # Limits are stored as 32-bit integers and 0 would mean "unlimited" to the limiter: a limit
 # is at least 1 (as in the ApiKey CRD); leave it out (or null) for no limit.
@@ -249,6 +251,82 @@ class RoutingIn(BaseModel):
     cold_start_seconds: float | None = Field(None, gt=0, le=3600)
 
 
+Count = Annotated[int, Field(ge=1, le=2**31 - 1)]
+OptionName = Annotated[str, Field(pattern=OPTION_NAME.pattern, examples=["temperature"])]
+
+
+def _unique(names: list[str] | None) -> list[str] | None:
+    return None if names is None else sorted(set(names))
+
+
+class RequestPolicyIn(BaseModel):
+    """What one request to the alias may cost (a ModelAlias's spec.requestPolicy; README
+    "Request policy"). Checked before the request is admitted or sent to Ollama."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"max_output_tokens": 1024, "max_num_ctx": 8192, "keep_alive": "5m"},
+                {"max_output_tokens": 512, "num_ctx": 4096, "mode": "reject"},
+            ]
+        },
+    )
+
+    max_output_tokens: Count | None = Field(
+        None,
+        description="Cap on max_tokens / max_completion_tokens (OpenAI, Messages), "
+        "max_output_tokens (Responses) and options.num_predict (native); also what "
+        "admission reserves. Sent as the default when the client sends none.",
+    )
+    default_output_tokens: Count | None = Field(
+        None,
+        description="Sent when the client sends no output bound (at most max_output_tokens).",
+    )
+    max_num_ctx: Count | None = Field(
+        None, description="Cap on options.num_ctx (native API). Not with num_ctx."
+    )
+    num_ctx: Count | None = Field(
+        None,
+        description="options.num_ctx the gateway sets on every native request, whatever the "
+        "client asks. Not with max_num_ctx.",
+    )
+    keep_alive: str | None = Field(
+        None,
+        max_length=32,
+        pattern=KEEP_ALIVE.pattern,
+        description="keep_alive the gateway sets on every native request, whatever the client "
+        "asks (a Go duration such as '5m', or whole seconds): clients cannot pin a model.",
+        examples=["5m"],
+    )
+    allowed_options: Annotated[list[OptionName] | None, AfterValidator(_unique)] = Field(
+        None,
+        max_length=64,
+        description="The Ollama options a client may set (native API); others are dropped "
+        "(clamp) or refused (reject). Left out: any option.",
+    )
+    mode: Literal["clamp", "reject"] = Field(
+        "clamp",
+        description="clamp: lower what is over a limit to it; reject: answer 400 naming it.",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RequestPolicyIn:
+        if (
+            self.max_output_tokens is not None
+            and self.default_output_tokens is not None
+            and self.default_output_tokens > self.max_output_tokens
+        ):
+            raise ValueError("default_output_tokens must not exceed max_output_tokens")
+        if self.num_ctx is not None and self.max_num_ctx is not None:
+            raise ValueError("set num_ctx (a fixed value) or max_num_ctx (a cap), not both")
+        return self
+
+    def to_row(self) -> dict[str, Any]:
+        """As the ``models.request_policy`` column holds it (nulls left out)."""
+        return self.model_dump(exclude_none=True)
+
+
 class ModelIn(Input):
     model_config = ConfigDict(
         extra="forbid",
@@ -271,6 +349,7 @@ class ModelIn(Input):
     # Several replicas: each request goes to one of them (see README "Routing").
     replicas: list[ReplicaIn] | None = Field(None, max_length=256)
     routing: RoutingIn | None = None
+    request_policy: RequestPolicyIn | None = None
     enabled: bool = True
     input_price_per_mtok: Money = Decimal(0)
     output_price_per_mtok: Money = Decimal(0)
@@ -286,6 +365,9 @@ class ModelUpdate(Input):
     backend_url: str | None = Field(None, pattern=r"^https?://", max_length=500)
     replicas: list[ReplicaIn] | None = Field(None, max_length=256)
     routing: RoutingIn | None = None
+    request_policy: RequestPolicyIn | None = Field(
+        None, description="The alias's request policy; null removes it."
+    )
     enabled: bool | None = None
     input_price_per_mtok: Money | None = None
     output_price_per_mtok: Money | None = None
@@ -314,6 +396,11 @@ class ModelOut(BaseModel):
     backend_url: str | None
     replicas: list[dict[str, str]] | None = None
     routing: dict[str, Any] | None = None
+    request_policy: dict[str, Any] | None = Field(
+        None,
+        description="What one request may cost (the fields of RequestPolicyIn that are set); "
+        "null: no policy.",
+    )
     enabled: bool
     pending: bool = Field(
         description="Disabled until its model is ready (a ModelAlias still pulling): keys "

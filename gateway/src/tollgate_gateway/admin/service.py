@@ -182,7 +182,10 @@ async def get_key(session: AsyncSession, id_: uuid.UUID) -> ApiKey:
 
 # -- models --------------------------------------------------------------------------------
 async def create_model(session: AsyncSession, data: schemas.ModelIn) -> Model:
-    row = Model(**data.model_dump())
+    values = data.model_dump()
+    policy = data.request_policy
+    values["request_policy"] = None if policy is None else policy.to_row()
+    row = Model(**values)
     session.add(row)
     await _commit(session, f"The alias {data.alias} already exists.")
     return row
@@ -192,6 +195,8 @@ async def update_model(session: AsyncSession, id_: uuid.UUID, data: schemas.Mode
     row = await _get(session, Model, id_, "Model")
     _guard_managed(row)
     for name, value in data.model_dump(exclude_unset=True).items():
+        if name == "request_policy":  # replaced whole (null: removed), nulls left out
+            value = None if data.request_policy is None else data.request_policy.to_row()
         setattr(row, name, value)
     await session.commit()
     return row

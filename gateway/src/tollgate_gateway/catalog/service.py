@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 from decimal import Decimal
@@ -13,10 +14,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tollgate_gateway.errors import service_unavailable
 from tollgate_gateway.fairqueue.config import QueueConfig, queue_config
+from tollgate_gateway.requestpolicy import EMPTY, RequestPolicy
 from tollgate_gateway.routing.model import DEFAULT_ROUTING, RoutingConfig, Target, routing_config
 from tollgate_gateway.storage.changes import FEED_DOWN_TTL
 from tollgate_gateway.storage.outage import UNAVAILABLE, DatabaseHealth
 from tollgate_schema.orm import Model
+
+log = logging.getLogger(__name__)
 
 PER_MILLION = Decimal(1_000_000)
 MAX_BACKOFF = 30.0
@@ -38,6 +42,7 @@ class Alias:
     routing: RoutingConfig = DEFAULT_ROUTING
     pool: str = ""  # the metrics' pool label
     queue: QueueConfig | None = None  # the pool's queue (pools/); None: straight through
+    request_policy: RequestPolicy = EMPTY  # what one request may cost (requestpolicy/)
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> Decimal:
         return (
@@ -130,7 +135,22 @@ class Catalog:
             routing=routing_config(routing),
             pool=pool,
             queue=queue_config(routing),
+            request_policy=_policy(m.alias, m.request_policy),
         )
+
+
+def _policy(alias: str, data: Any) -> RequestPolicy:
+    """The row's request policy. The admin API and the CRD refuse invalid ones; a row edited
+    by hand into one is logged and serves without a policy rather than not at all."""
+    if not isinstance(data, dict):
+        return EMPTY
+    try:
+        return RequestPolicy.from_dict(data)
+    except (ValueError, TypeError) as exc:
+        log.error(
+            "alias %s: request_policy %r is not valid (%s); serving without it", alias, data, exc
+        )
+        return EMPTY
 
 
 def _targets(data: Any) -> tuple[Target, ...] | None:

@@ -45,6 +45,7 @@ class Parsed:
     stream: bool
     include_usage: bool
     max_tokens: int | None
+    clamped: list[str] | None = None  # what the alias's request policy lowered or dropped
 
 
 # JSON nested deeper than this is refused (orjson cannot write more than 254 levels back,

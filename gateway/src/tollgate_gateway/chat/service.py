@@ -26,6 +26,7 @@ from tollgate_gateway.catalog.service import Alias, Catalog
 from tollgate_gateway.chat.schemas import NATIVE, Endpoint, Parsed, parse, parse_json
 from tollgate_gateway.errors import (
     ApiError,
+    bad_request,
     error_body,
     error_class,
     invalid_key,
@@ -46,6 +47,9 @@ from tollgate_gateway.limits.service import (
     prompt_estimate,
 )
 from tollgate_gateway.pools.service import PoolQueue
+from tollgate_gateway.requestpolicy import EMPTY, Api, PolicyViolation
+from tollgate_gateway.requestpolicy import apply as apply_policy
+from tollgate_gateway.requestpolicy.core import OPTION_NAME
 from tollgate_gateway.routing.model import Policy
 from tollgate_gateway.routing.prefix import chat_prefix, generate_prefix
 from tollgate_gateway.routing.service import Route, Router, no_replica
@@ -86,6 +90,18 @@ WHOLE = {
     Endpoint.OLLAMA_EMBED,
     Endpoint.OLLAMA_EMBEDDINGS,
     Endpoint.OLLAMA_SHOW,
+}
+# The request policy's view of each endpoint (none: nothing in it a policy governs; Ollama's
+# OpenAI embeddings and /api/show take no options).
+POLICY_APIS = {
+    Endpoint.CHAT: Api.OPENAI,
+    Endpoint.COMPLETIONS: Api.OPENAI,
+    Endpoint.OLLAMA_CHAT: Api.NATIVE,
+    Endpoint.OLLAMA_GENERATE: Api.NATIVE,
+    Endpoint.OLLAMA_EMBED: Api.NATIVE_EMBED,
+    Endpoint.OLLAMA_EMBEDDINGS: Api.NATIVE_EMBED,
+    Endpoint.RESPONSES: Api.RESPONSES,
+    Endpoint.MESSAGES: Api.MESSAGES,
 }
 # Raw response headers, as Starlette's Response/StreamingResponse would have written them.
 JSON_TYPE = (b"content-type", b"application/json")
@@ -245,6 +261,31 @@ def request_prefix(body: dict[str, Any], max_chars: int) -> bytes | None:
     if "prompt" in body:  # completions, generate
         return generate_prefix(body.get("prompt"), max_chars, body.get("system"))
     return None
+
+
+def constrain(endpoint: Endpoint, alias: Alias, parsed: Parsed) -> None:
+    """The alias's request policy applied to the body in place, before admission: a capped
+    or defaulted output bound is also what admission reserves. A request over a limit in
+    mode ``reject`` gets a 400 naming the field (in the API's own error shape)."""
+    policy = alias.request_policy
+    if policy is EMPTY:
+        return
+    api = POLICY_APIS.get(endpoint)
+    if api is None:
+        return
+    try:
+        applied = apply_policy(policy, api, parsed.body)
+    except PolicyViolation as exc:
+        raise bad_request(str(exc), param=exc.param, code="request_policy_violation") from exc
+    if applied.output_tokens is not None:
+        parsed.max_tokens = applied.output_tokens
+    if applied.clamped or applied.dropped_options:
+        # option names are the client's: only plain ones are echoed (in a response header)
+        dropped = {
+            f"options.{o}" if OPTION_NAME.fullmatch(o) else "options.*"
+            for o in applied.dropped_options[:16]
+        }
+        parsed.clamped = applied.clamped + sorted(dropped)
 
 
 def bearer_key(authorization: str | None) -> str | None:
@@ -419,6 +460,7 @@ class ProxyService:
             parsed = parse(endpoint, parse_json(raw))
             model = parsed.model
             alias = await self.resolve(key, parsed.model)
+            constrain(endpoint, alias, parsed)
             begun = now_ns() if trace is not None else 0
             admission, estimate = await self.admit(
                 endpoint, key, alias, parsed, len(raw), request_id
@@ -515,6 +557,8 @@ class ProxyService:
         hold = call.admission.hold
         if hold is not None:
             response.headers.append((b"x-tollgate-queue-ms", b"%d" % round(hold.queued_ms)))
+        if call.parsed.clamped:  # the client learns why its answer is shorter than asked
+            response.headers.append((b"x-tollgate-clamped", ",".join(call.parsed.clamped).encode()))
         return response
 
     async def _queued(self, call: Call, patience: float | None = None) -> bool:

@@ -15,6 +15,7 @@ from tollgate_gateway.chat.service import (
     Call,
     ProxyService,
     Reply,
+    constrain,
     json_reply,
     new_id,
     upstream_json,
@@ -57,6 +58,7 @@ class MessagesService:
             parsed = parse_request(raw)
             model = parsed.model
             alias = await self.proxy.resolve(key, parsed.model)
+            constrain(Endpoint.MESSAGES, alias, parsed)
             admission, estimate = await self.proxy.admit(
                 Endpoint.MESSAGES, key, alias, parsed, len(raw), request_id
             )

@@ -155,11 +155,10 @@ class PoolQueue:
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if self._tasks:  # bounded: a Redis that does not answer must not hold the shutdown
+            await asyncio.wait(self._tasks, timeout=2)
         if self._sending:
-            await asyncio.gather(*self._sending, return_exceptions=True)
+            await asyncio.wait(self._sending, timeout=2)
 
     # -- per request -------------------------------------------------------------------
     def begin(self, alias: Alias, key: KeyRecord) -> Hold | None:
@@ -417,7 +416,7 @@ class PoolQueue:
                 backoff = min(backoff * 2, 5.0)
             finally:
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await asyncio.wait_for(pubsub.aclose(), 1)  # type: ignore[no-untyped-call]
 
     async def _tick_loop(self) -> None:
         while True:

@@ -2,12 +2,23 @@
 options): a pure core, see `core`."""
 
 from tollgate_gateway.requestpolicy.core import (
+    EMPTY,
     Api,
     Applied,
     Mode,
     PolicyViolation,
     RequestPolicy,
     apply,
+    wire_keep_alive,
 )
 
-__all__ = ["Api", "Applied", "Mode", "PolicyViolation", "RequestPolicy", "apply"]
+__all__ = [
+    "EMPTY",
+    "Api",
+    "Applied",
+    "Mode",
+    "PolicyViolation",
+    "RequestPolicy",
+    "apply",
+    "wire_keep_alive",
+]

@@ -7,22 +7,27 @@ of an alias caps or fixes those, per API:
 - the output cap (`max_tokens` / `max_completion_tokens` on the OpenAI API, `num_predict`
   on Ollama's, `max_output_tokens` on Responses, `max_tokens` on Messages), with a default
   set when the client sends none;
-- `num_ctx` (Ollama's native API only: its OpenAI-compatible API ignores `options`, so the
-  pool's own context length applies there): a cap, or a fixed value;
-- `keep_alive` (native API only, ignored by Ollama's OpenAI API for the same reason): the
-  gateway's value replaces the client's, so no client pins or unloads a model;
+- `num_ctx` (Ollama's native API only: its OpenAI-compatible, Responses and Messages APIs
+  take no `options`, so the pool's own context length applies there): a cap, or a fixed
+  value;
+- `keep_alive` (native API only, for the same reason: elsewhere the pool's
+  `OLLAMA_KEEP_ALIVE` applies and no client can change it): the gateway's value replaces
+  the client's, so no client pins or unloads a model;
 - an allow-list of Ollama `options` (native API): others are refused or dropped.
+  `num_predict` and `num_ctx` are always allowed when the policy bounds or fixes them.
 
 `mode` says what happens to a request that asks for more: ``clamp`` lowers it to the limit
 (the response then follows the policy silently, as OpenAI does with `max_tokens` over a
-model's maximum), ``reject`` answers 400 naming the field. Pure: no I/O, unit-tested.
+model's maximum), ``reject`` answers 400 naming the field. A fixed `num_ctx` and the
+gateway's `keep_alive` replace the client's value in both modes. Pure: no I/O, unit-tested.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeGuard
 
 
 class Api(StrEnum):
@@ -46,6 +51,21 @@ class PolicyViolation(ValueError):
         self.param = param
 
 
+# A Go duration ("5m", "1h30m", "-1s") or whole seconds ("300", "-1"), as OllamaPool's
+# keepAlive and the CRD's requestPolicy.keepAlive accept it.
+KEEP_ALIVE = re.compile(r"^(-?[0-9]+|-?([0-9]+(ns|us|ms|s|m|h))+)$")
+SECONDS = re.compile(r"-?[0-9]+")
+OPTION_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+
+
+def wire_keep_alive(value: str | int) -> str | int:
+    """`keep_alive` as Ollama's request body takes it: whole seconds as a number (Ollama
+    parses a string as a Go duration, and "-1" is none), a duration as it is."""
+    if isinstance(value, str) and SECONDS.fullmatch(value):
+        return int(value)
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class RequestPolicy:
     max_output_tokens: int | None = None
@@ -59,7 +79,9 @@ class RequestPolicy:
     def __post_init__(self) -> None:
         for name in ("max_output_tokens", "default_output_tokens", "max_num_ctx", "num_ctx"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
                 raise ValueError(f"{name} must be a positive integer")
         if (
             self.max_output_tokens is not None
@@ -69,24 +91,48 @@ class RequestPolicy:
             raise ValueError("default_output_tokens must not exceed max_output_tokens")
         if self.num_ctx is not None and self.max_num_ctx is not None:
             raise ValueError("set num_ctx (fixed) or max_num_ctx (a cap), not both")
+        keep = self.keep_alive
+        if keep is not None and (
+            isinstance(keep, bool)
+            or not isinstance(keep, str | int)
+            or (isinstance(keep, str) and not KEEP_ALIVE.fullmatch(keep))
+        ):
+            raise ValueError("keep_alive must be a duration such as '5m' or whole seconds")
+        for name in self.allowed_options or ():
+            if not isinstance(name, str) or not OPTION_NAME.fullmatch(name):
+                raise ValueError(f"allowed_options: {name!r} is not an option name")
 
     @property
     def empty(self) -> bool:
         return self == EMPTY
 
+    @property
+    def exempt_options(self) -> frozenset[str]:
+        """Options the allow-list does not govern: those the policy caps or fixes."""
+        exempt: set[str] = set()
+        if self.max_output_tokens is not None or self.default_output_tokens is not None:
+            exempt.add("num_predict")
+        if self.max_num_ctx is not None or self.num_ctx is not None:
+            exempt.add("num_ctx")
+        return frozenset(exempt)
+
     @classmethod
     def from_dict(cls, raw: dict[str, Any] | None) -> RequestPolicy:
-        """From the alias row / CRD shape (camelCase or snake_case keys)."""
+        """From the alias row / CRD shape (camelCase or snake_case keys); ValueError (or
+        TypeError) for a policy that is not valid."""
         if not raw:
             return EMPTY
         get = _getter(raw)
         allowed = get("allowed_options")
+        if allowed is not None and not isinstance(allowed, list | tuple | set | frozenset):
+            raise ValueError("allowed_options must be a list of option names")
+        keep = get("keep_alive")
         return cls(
             max_output_tokens=get("max_output_tokens"),
             default_output_tokens=get("default_output_tokens"),
             max_num_ctx=get("max_num_ctx"),
             num_ctx=get("num_ctx"),
-            keep_alive=get("keep_alive"),
+            keep_alive=None if keep is None else wire_keep_alive(keep),
             allowed_options=None if allowed is None else frozenset(allowed),
             mode=Mode(get("mode") or Mode.CLAMP),
         )
@@ -103,10 +149,12 @@ OUTPUT_FIELDS: dict[Api, tuple[str, ...]] = {
 
 @dataclass(slots=True)
 class Applied:
-    """What the policy changed (for the access log and a response header)."""
+    """What the policy changed (for the access log and a response header), and the output
+    bound the body now asks for (None: the policy set none, the client's stands)."""
 
     clamped: list[str] = field(default_factory=list)
     dropped_options: list[str] = field(default_factory=list)
+    output_tokens: int | None = None
 
 
 def apply(policy: RequestPolicy, api: Api, body: dict[str, Any]) -> Applied:
@@ -128,20 +176,23 @@ def _output(
     if not present:
         default = policy.default_output_tokens or policy.max_output_tokens
         if default is not None:
-            body[fields[-1]] = default
+            body[fields[-1]] = applied.output_tokens = default
         return
     cap = policy.max_output_tokens
     if cap is None:
         return
     for name in present:
         asked = body[name]
-        if isinstance(asked, int) and asked > cap:
+        if _number(asked) and asked > cap:
             if policy.mode is Mode.REJECT:
                 raise PolicyViolation(
                     name, f"'{name}' is {asked}; this model allows at most {cap} output tokens."
                 )
             body[name] = cap
             applied.clamped.append(name)
+    # the bound the request's own check reads (max_tokens first, as `chat.schemas.parse`)
+    bound = next((body[name] for name in reversed(fields) if _number(body.get(name))), None)
+    applied.output_tokens = int(bound) if bound is not None else None
 
 
 def _native(policy: RequestPolicy, api: Api, body: dict[str, Any], applied: Applied) -> None:
@@ -151,7 +202,8 @@ def _native(policy: RequestPolicy, api: Api, body: dict[str, Any], applied: Appl
     elif not isinstance(options, dict):
         return  # the request's own validation answers for a malformed body
     if policy.allowed_options is not None:
-        for name in sorted(set(options) - policy.allowed_options - {"num_ctx", "num_predict"}):
+        allowed = policy.allowed_options | policy.exempt_options
+        for name in sorted(set(options) - allowed):
             if policy.mode is Mode.REJECT:
                 raise PolicyViolation(
                     f"options.{name}", f"The option '{name}' is not allowed for this model."
@@ -164,6 +216,10 @@ def _native(policy: RequestPolicy, api: Api, body: dict[str, Any], applied: Appl
             default = policy.default_output_tokens or policy.max_output_tokens
             if default is not None:
                 options["num_predict"] = default
+        if policy.max_output_tokens is not None or policy.default_output_tokens is not None:
+            asked = options.get("num_predict")
+            if _number(asked) and asked >= 1:
+                applied.output_tokens = int(asked)
     if policy.num_ctx is not None:
         if options.get("num_ctx") not in (None, policy.num_ctx):
             applied.clamped.append("options.num_ctx")
@@ -178,11 +234,16 @@ def _native(policy: RequestPolicy, api: Api, body: dict[str, Any], applied: Appl
         body["keep_alive"] = policy.keep_alive
 
 
+def _number(value: Any) -> TypeGuard[int | float]:
+    """A JSON number Ollama reads as a count (it takes 8192.0 for 8192)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def _cap_option(
     policy: RequestPolicy, options: dict[str, Any], name: str, cap: int | None, applied: Applied
 ) -> None:
     asked = options.get(name)
-    if cap is None or not isinstance(asked, int):
+    if cap is None or not _number(asked):
         return
     # num_predict -1 / -2 mean "until the context is full": unbounded, so over any cap
     if asked > cap or (name == "num_predict" and asked < 0):

@@ -22,6 +22,7 @@ from tollgate_gateway.chat.service import (
     Call,
     ProxyService,
     Reply,
+    constrain,
     json_reply,
     new_id,
     upstream_json,
@@ -76,6 +77,7 @@ class ResponsesService:
             parsed = request.parsed
             model = parsed.model
             alias = await self.proxy.resolve(key, parsed.model)
+            constrain(Endpoint.RESPONSES, alias, parsed)
             items = await self._conversation(key, request)
             admission, estimate = await self.proxy.admit(
                 Endpoint.RESPONSES, key, alias, parsed, len(raw), request_id

@@ -110,6 +110,7 @@ def desired_model_row(
         "input_price_per_mtok": spec.prices.input_per_million_tokens,
         "output_price_per_mtok": spec.prices.output_per_million_tokens,
         "managed_by": ref.managed_by,
+        "request_policy": None if spec.request_policy is None else spec.request_policy.to_row(),
     }
     if routing is not None:  # None: not observed in this pass, the row keeps what it has
         row["replicas"] = routing.replicas

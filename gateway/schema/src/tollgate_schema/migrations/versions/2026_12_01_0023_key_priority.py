@@ -5,7 +5,7 @@ number, as text); NULL is ``standard``. Written by the operator from ``ApiKey.sp
 or through the admin API.
 
 Revision ID: 0023_key_priority
-Revises: 0022_model_replicas
+Revises: 0024_request_policy (main had it first; chained after it)
 Create Date: 2026-12-01 16:00:00
 """
 
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0023_key_priority"
-down_revision: str | None = "0022_model_replicas"
+down_revision: str | None = "0024_request_policy"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
