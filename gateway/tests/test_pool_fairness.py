@@ -178,6 +178,7 @@ def test_two_gateways_keep_the_pool_at_capacity_and_a_lone_request_skips_the_flo
     pool = pool_of(admin, alias)
     a, b = new_key()["key"], new_key()["key"]
     visible(a, alias, one, two)
+    assert chat(two.url, b, alias, "warm").status_code == 200  # B's key is known there now
     httpx.post(pool_standin.url + "/_standin/reset", timeout=5).raise_for_status()
     flooding, codes = in_background(
         lambda: asyncio.run(flood([one.url, two.url], a, alias, "from A", 100))
@@ -199,8 +200,9 @@ def test_two_gateways_keep_the_pool_at_capacity_and_a_lone_request_skips_the_flo
     order = arrivals(pool_standin)
     b_at = next(at for at, prompt in order if prompt == "from B")
     ahead = [at for at, prompt in order if prompt == "from A" and sent < at < b_at]
-    # B waited behind at most one turn of A's queue (FIFO would put ~90 of A's first).
-    assert len(ahead) <= 1, (len(ahead), len(order))
+    # B waited behind at most one turn of A's queue (FIFO would put ~90 of A's first); one
+    # more may have been granted while B's request was on its way to the queue.
+    assert len(ahead) <= 2, (len(ahead), len(order))
 
 
 def test_a_batch_key_yields_to_an_interactive_key(
