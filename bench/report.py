@@ -259,6 +259,7 @@ def markdown(doc: dict[str, Any], png: str) -> str:
             + ", ".join(f"`{k}` = {v:,.0f}" for k, v in acc.items()),
             "",
         ]
+    out += fairness_section(doc.get("fairness"))
     out += [
         "## Did the load generator or the upstream saturate?",
         "",
@@ -315,6 +316,34 @@ def markdown(doc: dict[str, Any], png: str) -> str:
         "",
     ]
     return "\n".join(out)
+
+
+def fairness_section(fair: dict[str, Any] | None) -> list[str]:
+    """The fairness scenario: B's TTFT and A's throughput, Tollgate's queue vs the FIFO."""
+    if not fair:
+        return []
+    p = fair["parameters"]
+    out = [
+        "## Fairness (one full pool, two keys)",
+        "",
+        f"Key A floods {p['flood']} concurrent streams for {p['seconds']:g} s, key B sends "
+        f"{p['b_rate']:g} streams/s; the pool has {p['parallel']} slots. 'fifo' passes the "
+        "requests straight to the stand-in, whose queue is first in, first out like Ollama's.",
+        "",
+        "| system | B TTFT p50 idle | B TTFT p99 idle | B TTFT p50 flooded | B TTFT p99 flooded "
+        "| A tokens/s | A share of capacity | lost |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, r in fair["systems"].items():
+        idle, flooded = r["idle"], r["flooded"]
+        lost = flooded["b_lost"] + flooded.get("a_lost", 0) + idle["b_lost"]
+        out.append(
+            f"| {name} | {fmt(idle['b_ttft_p50_ms'], 1)} | {fmt(idle['b_ttft_p99_ms'], 1)} "
+            f"| {fmt(flooded['b_ttft_p50_ms'], 1)} | {fmt(flooded['b_ttft_p99_ms'], 1)} "
+            f"| {fmt(flooded.get('a_tokens_per_second'), 1)} "
+            f"| {fmt(flooded.get('a_share_of_capacity'), 3)} | {lost} |"
+        )
+    return [*out, ""]
 
 
 def chart(doc: dict[str, Any], path: Path) -> None:

@@ -26,7 +26,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from tollbench import load, routing, upstreams
+from tollbench import fairness, load, routing, upstreams
 from tollbench.procs import CpuMeter, Watched, descendants, pin, pss_bytes, rss_bytes, wait_quiet
 from tollbench.systems import (
     CHAT_MODEL,
@@ -93,7 +93,8 @@ class Params:
         self.soak_connections = int(env_float("BENCH_SOAK_CONNECTIONS", 32))
         self.soak_streams = int(env_float("BENCH_SOAK_STREAMS", 50))
         self.systems = os.environ.get("BENCH_SYSTEMS", ",".join(ALL_SYSTEMS)).split(",")
-        self.phases = os.environ.get("BENCH_PHASES", "overhead,streaming,soak,routing").split(",")
+        phases = os.environ.get("BENCH_PHASES", "overhead,streaming,soak,routing,fairness")
+        self.phases = phases.split(",")
         self.sut_cpus = os.environ.get("BENCH_SUT_CPUS", "0")
         self.side_cpus = os.environ.get("BENCH_SIDE_CPUS", "1")
         # Tollgate's PostgreSQL and Valkey: on the systems' CPU by default, so that Tollgate
@@ -780,6 +781,8 @@ def main() -> None:
             bench.soak(tollgate)
         if "routing" in params.phases:
             bench.results["routing"] = routing.run(ctx, say)
+        if "fairness" in params.phases:
+            bench.results["fairness"] = fairness.run(ctx, say)
         info["systems"] = {s.name: s.describe() for s in systems}
     finally:
         bench.stop_infra()
@@ -794,12 +797,18 @@ def main() -> None:
         for name, value, target, met in routing_headline(routed["vs_round_robin"]):
             label = "routing scenario, Tollgate modelAware ÷ round robin"
             heads[name] = {"label": label, "value": value, "target": target, "met": met}
+    fair = bench.results.get("fairness")
+    if fair:
+        for name, value, target, met in fairness.headline(fair):
+            label = "fairness scenario, Tollgate's pool queue (B: the lone key; A: the flood)"
+            heads[name] = {"label": label, "value": value, "target": target, "met": met}
     document = {
         **info,
         "summary": table,
         "headline": heads,
         "soak": soak,
         "routing": routed,
+        "fairness": fair,
         "samples": bench.samples,
     }
     args.out.mkdir(parents=True, exist_ok=True)

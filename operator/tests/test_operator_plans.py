@@ -57,6 +57,7 @@ def test_desired_row_maps_the_spec() -> None:
                 "monthlyBudget": "12.5",
                 "expiresAt": "2030-01-01T00:00:00Z",
                 "disabled": True,
+                "priority": "batch",
             }
         ),
         "00000000-0000-0000-0000-000000000001",
@@ -68,6 +69,7 @@ def test_desired_row_maps_the_spec() -> None:
     assert row["monthly_budget"] == Decimal("12.5")
     assert row["expires_at"] == datetime(2030, 1, 1, tzinfo=UTC)
     assert row["disabled"] is True
+    assert row["priority"] == "batch"
     assert row["revoked_at"] is None
     assert row["key_hash"] == hash_key("tg-abcdefghijklmnopqrstuvwxyz0123456789", b"pepper")
     assert row["key_prefix"] == "tg-abcdefgh"
@@ -200,7 +202,12 @@ def test_the_row_lists_ready_replicas_whose_pull_finished() -> None:
     seen = Observation(pool, "http://p:11434", pods, entries, [])
     routing = routing_of(ALIAS_REF, ALIAS_SPEC, seen, "llama3.2:1b", 11434)
     assert routing.replicas == [{"name": "p-0", "url": "http://10.0.0.1:11434"}]
-    assert routing.routing == {"pool": "ml/p", "policy": "leastLoad", "prefix_chars": 256}
+    assert routing.routing == {
+        "pool": "ml/p",
+        "policy": "leastLoad",
+        "prefix_chars": 256,
+        "slots": 1,
+    }
     row = desired_model_row(ALIAS_REF, ALIAS_SPEC, "http://p:11434", "llama3.2:1b", routing)
     assert row["replicas"] == routing.replicas
     # While the tag switches, the pool's Service serves (which replicas hold the old tag

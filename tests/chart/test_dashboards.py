@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -31,6 +32,7 @@ from tollgate_dev.servers.prometheus import PrometheusServer
 JOB = "tollgate-gateway"
 DOWN_ALIAS = "model-with-upstream-down"
 ROUTED_ALIAS = "model-over-replicas"
+POOLED_ALIAS = "model-in-a-small-pool"
 VARIABLES = {
     "$namespace": "",
     "$job": JOB,
@@ -92,6 +94,36 @@ def routed_traffic(gateway: GatewayProcess, key: str, alias: str, flaky: Standin
         client.chat.completions.create(model=alias, messages=[{"role": "user", "content": "hi"}])
 
 
+def pooled_traffic(gateway: GatewayProcess, key: str, replica: StandinProcess) -> None:
+    """A pool of one slot: one request holds it (the replica answers it slowly), the next
+    waits past its deadline (a queue wait, a rejection)."""
+    httpx.post(
+        replica.url + "/_standin/faults",
+        json={"kind": "delay", "delay_ms": 1500, "path": "/v1/chat/completions", "times": 1},
+    ).raise_for_status()
+    headers = {"Authorization": f"Bearer {key}"}
+    body = {"model": POOLED_ALIAS, "messages": [{"role": "user", "content": "hi"}]}
+    url = gateway.url + "/v1/chat/completions"
+
+    def send() -> int:
+        return httpx.post(url, headers=headers, json=body, timeout=30).status_code
+
+    def arrived() -> int:
+        stats = httpx.get(replica.url + "/_standin/stats", timeout=5).json()
+        return int(stats["requests"].get("/v1/chat/completions", 0))
+
+    before = arrived()
+    holder: list[int] = []
+    thread = threading.Thread(target=lambda: holder.append(send()))
+    thread.start()
+    deadline = time.monotonic() + 10
+    while arrived() == before and time.monotonic() < deadline:  # until the holder has the slot
+        time.sleep(0.05)
+    assert send() == 503
+    thread.join(30)
+    assert holder == [200]
+
+
 @pytest.fixture(scope="module")
 def replicas(service_dir: Path) -> Iterator[list[StandinProcess]]:
     procs = [StandinProcess(log_path=service_dir / f"dashboards-replica-{i}.log") for i in range(2)]
@@ -130,6 +162,13 @@ def prometheus(
         replicas=pool,
         routing={"pool": "boards/pool", "policy": "roundRobin"},
     )
+    # An alias whose pool has one slot (the pool queue row).
+    admin.ensure_model(
+        POOLED_ALIAS,
+        "llama3:8b",
+        backend_url=replicas[1].url,
+        routing={"pool": "boards/queue", "slots": 1, "max_wait_seconds": 0.3},
+    )
     server = PrometheusServer(
         service_dir / "prometheus-dashboards",
         {JOB: [g.metrics_address for g in (gateway, per_key_gateway)]},
@@ -141,10 +180,12 @@ def prometheus(
         for gw in (gateway, per_key_gateway):
             traffic(gw, new_key()["key"], new_key(rate_limit_rpm=1)["key"], chat_model)
             routed_traffic(gw, new_key()["key"], ROUTED_ALIAS, replicas[0])
+            pooled_traffic(gw, new_key()["key"], replicas[1])
         server.wait_for_scrape(JOB, time.time())  # the counters as they are now, then more
         for gw in (gateway, per_key_gateway):
             traffic(gw, new_key()["key"], new_key(rate_limit_rpm=1)["key"], chat_model)
             routed_traffic(gw, new_key()["key"], ROUTED_ALIAS, replicas[0])
+            pooled_traffic(gw, new_key()["key"], replicas[1])
         assert server.wait_until(f'count_over_time(up{{job="{JOB}"}}[1m]) >= 5', timeout=60)
         server.wait_for_scrape(JOB, time.time() + 1)  # a couple more scrapes after the last request
         yield server

@@ -78,7 +78,7 @@ def chat(gateway: GatewayProcess, key: str) -> int:
 def rows(db: psycopg.Connection[Any], namespace: str, name: str) -> list[dict[str, Any]]:
     cursor = db.execute(
         "SELECT id, key_hash, key_prefix, owner, app, allowed_models, rate_limit_rpm, tpm_limit, "
-        "concurrency_limit, monthly_budget, expires_at, disabled, revoked_at "
+        "concurrency_limit, monthly_budget, priority, expires_at, disabled, revoked_at "
         "FROM api_keys WHERE managed_by = %s ORDER BY created_at",
         (f"operator:{namespace}/{name}",),
     )
@@ -153,10 +153,12 @@ def test_spec_changes_reach_the_gateway(
             "monthlyBudget": "12.5",
             "allowedModels": ["op-keys-*", "other"],
             "owner": "team-b",
+            "priority": "batch",
         },
     )
     wait_for("the new spec to be reconciled", lambda: kube.ready("apikeys", namespace, "app"))
     (row,) = rows(db, namespace, "app")
+    assert row["priority"] == "batch"
     assert row["rate_limit_rpm"] == 1
     assert (row["tpm_limit"], row["concurrency_limit"]) == (5000, 2)
     assert str(row["monthly_budget"]).startswith("12.5")

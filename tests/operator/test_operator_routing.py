@@ -68,7 +68,12 @@ def test_the_gateway_follows_a_pools_replicas_and_a_scale_down(
     wait_for("the row to list the replicas", lambda: replicas_in_row(db, alias) == want)
     row = db.execute("SELECT routing FROM models WHERE alias = %s", (alias,)).fetchone()
     assert row is not None
-    assert row[0] == {"pool": f"{namespace}/routed", "policy": "roundRobin", "prefix_chars": 256}
+    assert row[0] == {
+        "pool": f"{namespace}/routed",
+        "policy": "roundRobin",
+        "prefix_chars": 256,
+        "slots": 1,
+    }
 
     label = f"{namespace}/routed"
     wait_for(

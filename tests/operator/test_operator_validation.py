@@ -36,6 +36,16 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         "monthlyBudget must be a decimal amount",
     ),
     (
+        "an unknown priority",
+        obj("ApiKey", {"priority": "urgent"}),
+        "priority must be interactive, standard, batch or a weight greater than 0",
+    ),
+    (
+        "a zero weight",
+        obj("ApiKey", {"priority": "0.0"}),
+        "priority must be interactive, standard, batch or a weight greater than 0",
+    ),
+    (
         "negative rpm",
         obj("ApiKey", {"limits": {"requestsPerMinute": -1}}),
         "requestsPerMinute must be a positive number",
@@ -271,3 +281,12 @@ def test_defaults_are_filled_in(crds: list[str], kube: Kube, namespace: str) -> 
     }
     alias = kube.get("modelaliases", namespace, "defaults")["spec"]
     assert (alias["enabled"], alias["deleteModelOnRemoval"]) == (True, False)
+
+
+@pytest.mark.parametrize("priority", ["interactive", "standard", "batch", "2.5", "10"])
+def test_priorities_are_accepted(
+    crds: list[str], kube: Kube, namespace: str, priority: str
+) -> None:
+    name = "prio-" + priority.replace(".", "-")
+    create(kube, namespace, obj("ApiKey", {"priority": priority}, name=name))
+    assert kube.get("apikeys", namespace, name)["spec"]["priority"] == priority

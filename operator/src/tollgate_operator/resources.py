@@ -119,12 +119,17 @@ class Rotation(Resource):
     grace_period_seconds: int | None = Field(None, ge=0, le=30 * 86400)
 
 
+PRIORITY_PATTERN = r"^(interactive|standard|batch|[0-9]{1,4}([.][0-9]{1,3})?)$"
+
+
 class ApiKeySpec(Resource):
     owner: str | None = None
     app: str | None = None
     allowed_models: list[str] = Field(default_factory=lambda: ["*"])
     limits: Limits = Field(default_factory=Limits)
     monthly_budget: DecimalString | None = None
+    # Its share of a full pool's queue: interactive, standard, batch or a weight ("2.5").
+    priority: str | None = Field(None, max_length=16, pattern=PRIORITY_PATTERN)
     expires_at: Timestamp | None = None
     disabled: bool = False
     secret_name: str | None = None
@@ -185,10 +190,12 @@ class PoolRouting(Resource):
     policy: Literal["modelAware", "leastLoad", "roundRobin"] = "modelAware"
     prefix_chars: int | None = Field(None, ge=0, le=65536)
 
-    def to_row(self, pool: str) -> dict[str, Any]:
-        """As the gateway's ``models.routing`` column holds it."""
+    def to_row(self, pool: str, slots: int | None = None) -> dict[str, Any]:
+        """As the gateway's ``models.routing`` column holds it. ``slots``: the pool's
+        ``numParallel`` (parallel requests per replica; Ollama's default, 1, when unset),
+        which turns the gateway's pool queue on."""
         chars = 256 if self.prefix_chars is None else self.prefix_chars
-        return {"pool": pool, "policy": self.policy, "prefix_chars": chars}
+        return {"pool": pool, "policy": self.policy, "prefix_chars": chars, "slots": slots or 1}
 
 
 class OllamaPoolSpec(Resource):

@@ -78,7 +78,8 @@ class Routing:
 def routing_of(
     ref: ObjectRef, spec: ModelAliasSpec, seen: Observation, serving: str | None, port: int
 ) -> Routing:
-    rules = seen.pool_spec.routing.to_row(f"{ref.namespace}/{spec.pool_ref.name}")
+    pool = seen.pool_spec
+    rules = pool.routing.to_row(f"{ref.namespace}/{spec.pool_ref.name}", pool.num_parallel)
     if serving is None or normalize_tag(serving) != normalize_tag(spec.model):
         # Switching tags: which replicas still hold the old one is not known here.
         return Routing(None, rules)

@@ -60,6 +60,7 @@ SHARED_COLUMNS = (
     "tpm_limit",
     "concurrency_limit",
     "monthly_budget",
+    "priority",
     "disabled",
     "managed_by",
 )
@@ -97,6 +98,7 @@ def desired_row(ref: ObjectRef, spec: ApiKeySpec, key_id: str, key: str, pepper:
         "tpm_limit": spec.limits.tokens_per_minute,
         "concurrency_limit": spec.limits.concurrency,
         "monthly_budget": spec.monthly_budget,
+        "priority": spec.priority,
         "expires_at": spec.expires_at,
         "disabled": spec.disabled,
         "revoked_at": None,
