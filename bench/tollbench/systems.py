@@ -61,6 +61,17 @@ def free_port() -> int:
 
 
 @dataclass
+class TollgateSetup:
+    """The admin account and secrets of every Tollgate the bench starts on its database:
+    the first one creates the admin, so later ones (the routing scenario's) log in with it."""
+
+    admin_email: str = "bench@tollgate.test"
+    admin_password: str = field(default_factory=lambda: "bench-" + secrets.token_hex(12))
+    jwt_secret: str = field(default_factory=lambda: secrets.token_hex(32))
+    key_pepper: str = field(default_factory=lambda: secrets.token_hex(16))
+
+
+@dataclass
 class Context:
     """What every system may use: where to write, which binaries, which CPUs."""
 
@@ -73,6 +84,7 @@ class Context:
     sut_cpus: str = "0"
     side_cpus: str = "1"
     litellm_db: str = "auto"  # "auto": try virtual keys on PostgreSQL; "off": master key only
+    tollgate_setup: TollgateSetup = field(default_factory=TollgateSetup)
 
 
 class System:
@@ -344,14 +356,6 @@ class LiteLLM(System):
         return {**super().describe(), "mode": self.mode}
 
 
-@dataclass
-class TollgateSetup:
-    admin_email: str = "bench@tollgate.test"
-    admin_password: str = field(default_factory=lambda: "bench-" + secrets.token_hex(12))
-    jwt_secret: str = field(default_factory=lambda: secrets.token_hex(32))
-    key_pepper: str = field(default_factory=lambda: secrets.token_hex(16))
-
-
 class Tollgate(System):
     name = "tollgate"
     label = "Tollgate gateway"
@@ -359,7 +363,7 @@ class Tollgate(System):
     def __init__(self, ctx: Context, stream_upstream: str) -> None:
         super().__init__(ctx)
         self.upstream_url = ""
-        self.setup = TollgateSetup()
+        self.setup = ctx.tollgate_setup
         self.stream_upstream = stream_upstream
         self.key_fields: dict[str, Any] = {}
         self.extra_env: dict[str, str] = {}

@@ -27,6 +27,7 @@ from openai.types.shared import ErrorObject
 from tollgate_dev.plugins.services import Admin
 from tollgate_dev.servers.programs import GatewayProcess, StandinProcess
 from tollgate_dev.servers.realollama import TINY_MODEL, TINY_TEMPLATE, RealOllama
+from tollgate_dev.testdata import ANTHROPIC_WEATHER, WEATHER
 from tollgate_standin import StandinConfig, standin_in_thread
 
 from .conformance import assert_conforms
@@ -36,21 +37,6 @@ NewKey = Callable[..., dict[str, Any]]
 REAL_ALIAS = "tiny-real"
 REAL_TOOLS_ALIAS = "tiny-real-tools"
 GREEDY: dict[str, Any] = {"temperature": 0}
-WEATHER: dict[str, Any] = {
-    "type": "function",
-    "name": "get_weather",
-    "description": "Get the weather for a city",
-    "parameters": {
-        "type": "object",
-        "required": ["city"],
-        "properties": {"city": {"type": "string"}},
-    },
-}
-ANTHROPIC_WEATHER: dict[str, Any] = {
-    "name": "get_weather",
-    "description": "Get the weather for a city",
-    "input_schema": WEATHER["parameters"],
-}
 
 
 @pytest.fixture(scope="module")

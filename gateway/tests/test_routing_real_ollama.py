@@ -3,7 +3,11 @@ two tiny models: what the gateway believes about them is what Ollama itself repo
 
 from __future__ import annotations
 
+import os
 import secrets
+import signal
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -172,3 +176,57 @@ def test_two_real_ollamas_model_affinity_conversations_and_a_dead_replica(
     assert (
         metric(routing_gateway, "tollgate_model_loads_total", pool=pool, replica="o1", model=A) >= 1
     )
+
+
+def test_real_ollama_dying_with_a_request_in_flight_before_its_first_byte(
+    routing_gateway: GatewayProcess,
+    admin: Admin,
+    new_key: NewKey,
+    pair: dict[str, RealOllama],
+) -> None:
+    """o0 has taken the request (the kernel accepted the connection and holds the bytes) but
+    has not answered — it is stopped — when it dies: the gateway retries on o1, the client
+    gets its answer, and the retry is counted as a reset before any response."""
+    load(pair["o0"], A)
+    load(pair["o1"], B)
+    pool = "real/" + secrets.token_hex(4)
+    alias_a, _ = aliases(admin, pair, pool)
+    c = client(routing_gateway, new_key()["key"])
+    wait_until(
+        "the gateway to read o0's /api/ps",
+        lambda: (
+            metric(routing_gateway, "tollgate_replica_model_loaded", pool=pool, replica="o0") == 1
+        ),
+        timeout=30,
+    )
+    proc = pair["o0"].proc
+    assert proc is not None
+    reason = "reset_before_response"
+    retries = metric(routing_gateway, "tollgate_routing_retries_total", pool=pool, reason=reason)
+    before = decisions(routing_gateway, pool)
+    result: dict[str, Any] = {}
+
+    def ask() -> None:
+        try:
+            result["answer"] = c.chat.completions.create(
+                model=alias_a, messages=[{"role": "user", "content": "hi"}], **SHORT
+            )
+        except Exception as exc:  # reported by the assertion below
+            result["error"] = exc
+
+    os.kill(proc.pid, signal.SIGSTOP)  # o0 still accepts connections, answers nothing
+    try:
+        asker = threading.Thread(target=ask)
+        asker.start()
+        wait_until("the request routed to o0", lambda: bool(went_to(routing_gateway, pool, before)))
+        assert went_to(routing_gateway, pool, before) == {"o0": 1}
+        time.sleep(0.3)  # the request's bytes are written into o0's socket
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # serve and its runner: the connection is reset
+    asker.join(timeout=120)
+    assert not asker.is_alive()
+    assert "error" not in result, result
+    assert result["answer"].choices[0].message.content is not None
+    assert went_to(routing_gateway, pool, before) == {"o0": 1, "o1": 1}
+    after = metric(routing_gateway, "tollgate_routing_retries_total", pool=pool, reason=reason)
+    assert after == retries + 1

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import time
 from pathlib import Path
 
 import httpx
 import openai
 import psycopg
+import redis
 
 from tollgate_dev.plugins.services import Admin, Gateways, gateway_env
 from tollgate_dev.servers.backing import LocalPostgres, LocalValkey
@@ -163,3 +165,32 @@ def test_a_client_made_model_name_never_blocks_usage_writes(
         ).fetchall()
     assert [status for status, _ in rows] == [404, 404, 200]
     assert rows[0][1] == "badname" and rows[1][1] == "tab\tand\\back"
+
+
+def test_an_entry_postgres_refuses_never_blocks_the_usage_stream(
+    gateways: Gateways, admin: Admin, chat_model: str, migrated_dsn: str, valkey: LocalValkey
+) -> None:
+    """An entry of the usage stream that Postgres refuses as data (here a corrupt row, as a
+    gateway with a bug could write) is dropped and counted; the rows read with it and every
+    later row are written. (Before, its batch failed for ever and the consumer, retrying its
+    own pending entries first, never read another row.)"""
+    stream = "tg:usage:poison-" + secrets.token_hex(3)
+    gateway = gateways.start(TOLLGATE_USAGE_STREAM=stream)
+    key = admin.create_key()
+    requests(gateway, key["key"], chat_model, 1)
+    deadline = time.monotonic() + 15
+    while count(migrated_dsn, key["id"]) < 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert count(migrated_dsn, key["id"]) == 1
+    client = redis.Redis.from_url(valkey.url)
+    try:
+        client.xadd(stream, {"r": "not\ta\tusage\trow"})
+    finally:
+        client.close()
+    requests(gateway, key["key"], chat_model, 3)
+    deadline = time.monotonic() + 15
+    while count(migrated_dsn, key["id"]) < 4 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert count(migrated_dsn, key["id"]) == 4
+    dropped = httpx.get(gateway.metrics_url, timeout=5).text
+    assert "tollgate_usage_events_dropped_total 1.0" in dropped

@@ -75,7 +75,8 @@ USAGE_FLUSH_SECONDS = Histogram(
 USAGE_WRITTEN = Counter("tollgate_usage_events_written_total", "Usage events written.")
 USAGE_FLUSH_ERRORS = Counter("tollgate_usage_flush_errors_total", "Failed usage batch writes.")
 USAGE_DROPPED = Counter(
-    "tollgate_usage_events_dropped_total", "Usage events dropped because the buffer was full."
+    "tollgate_usage_events_dropped_total",
+    "Usage events dropped: the buffer was full, or Postgres refused the row as data.",
 )
 REDIS_LATENCY = Histogram(
     "tollgate_redis_duration_seconds",

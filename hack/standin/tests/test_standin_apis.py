@@ -14,23 +14,8 @@ import openai
 import pytest
 
 from tollgate_dev.servers.realollama import RealOllama
+from tollgate_dev.testdata import ANTHROPIC_WEATHER, WEATHER
 from tollgate_standin import StandinConfig, StandinServer, standin_in_thread
-
-WEATHER: dict[str, Any] = {
-    "type": "function",
-    "name": "get_weather",
-    "description": "Get the weather for a city",
-    "parameters": {
-        "type": "object",
-        "required": ["city"],
-        "properties": {"city": {"type": "string"}},
-    },
-}
-ANTHROPIC_WEATHER: dict[str, Any] = {
-    "name": "get_weather",
-    "description": "Get the weather for a city",
-    "input_schema": WEATHER["parameters"],
-}
 
 
 @pytest.fixture(scope="module")

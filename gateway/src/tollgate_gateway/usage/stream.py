@@ -20,6 +20,7 @@ import socket
 import time
 from typing import Any
 
+from psycopg.errors import DataError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -187,12 +188,33 @@ class UsageStream:
             if consumer.get("pending") == 0 and consumer.get("idle", 0) > silent_ms:
                 await self._redis.xgroup_delconsumer(self._stream, GROUP, consumer["name"])
 
+    async def _one_by_one(self, entries: list[Any]) -> int:
+        written = 0
+        for entry in entries:
+            ids, data = to_lines([entry])
+            if not ids:
+                continue
+            try:
+                await insert_lines(self._engine, data, redelivered=True)
+                written += 1
+            except DataError as exc:
+                metrics.USAGE_DROPPED.inc()
+                log.error("usage stream entry %s refused by postgres, dropped: %s", ids[0], exc)
+        return written
+
     async def _commit(self, entries: list[Any], redelivered: bool) -> int:
         ids, data = to_lines(entries)
         if ids:
             started = time.perf_counter()
+            written = len(ids)
             try:
                 await insert_lines(self._engine, data, redelivered)
+            except DataError:
+                # An entry Postgres can never take (corrupt, or written by a gateway with a
+                # bug) would fail its batch for ever, and this consumer retries its own
+                # pending entries before reading new ones: every later row would wait behind
+                # it. Write the batch one entry at a time; drop and count only the refused.
+                written = await self._one_by_one(entries)
             except Exception as exc:
                 if redelivered or "unique" not in str(exc).lower():
                     raise
@@ -200,7 +222,7 @@ class UsageStream:
             elapsed = time.perf_counter() - started
             metrics.USAGE_FLUSH_SECONDS.observe(elapsed)
             metrics.DB_LATENCY.labels("usage_flush").observe(elapsed)
-            metrics.USAGE_WRITTEN.inc(len(ids))
+            metrics.USAGE_WRITTEN.inc(written)
         all_ids = [entry_id for entry_id, _ in entries]
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.xack(self._stream, GROUP, *all_ids)
