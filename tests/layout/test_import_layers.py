@@ -56,6 +56,7 @@ LAYERS: dict[str, list[tuple[str, list[str]]]] = {
                 "responses.schemas",
                 "responses.service",
                 "routing.service",  # the router: the pure policy fed by the upstream adapter
+                "pools",  # the pool queue: fairqueue's order kept in Redis for every gateway
             ],
         ),
         (

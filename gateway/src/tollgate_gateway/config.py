@@ -11,6 +11,7 @@ import tempfile
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -97,6 +98,19 @@ class Settings(BaseSettings):
     # Consecutive failures that eject a replica, and its first backoff (doubling to 30 s).
     routing_eject_failures: int = Field(3, ge=1)
     routing_eject_seconds: float = Field(1.0, gt=0, le=30)
+    # Pools with `slots` (README "When a pool is full"): how long a request may wait for a
+    # slot (an alias's routing `max_wait_seconds` overrides it), how many may wait per pool and
+    # model (`max_queue`), what a flow of the fair queue is (each key, or each app), the
+    # lease of a slot in Redis (renewed while held: a gateway that dies frees its slots), and
+    # how often waiting requests and demand are refreshed.
+    queue_max_wait_seconds: float = Field(30.0, gt=0)
+    queue_max_waiting: int = Field(1000, ge=0)
+    queue_fairness: Literal["key", "app"] = "key"
+    queue_lease_seconds: float = Field(15.0, gt=1)
+    queue_poll_seconds: float = Field(1.0, gt=0, le=5)
+    # A server-sent-events stream that waits longer than this starts and gets a comment line
+    # this often until it has its slot (0: never; it then starts once it has one).
+    queue_keepalive_seconds: float = Field(10.0, ge=0)
 
     default_max_tokens: int = 4096
     # Prompt tokens reserved per byte of request body for keys with a TPM limit or budget.

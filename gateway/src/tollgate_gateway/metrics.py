@@ -187,3 +187,40 @@ GENAI_TPOT = Histogram(
     GENAI_LABELS,
     buckets=GENAI_TPOT_BUCKETS,
 )
+# -- pool queues (README "When a pool is full") ------------------------------------------------
+POOL_WAITING = Gauge(
+    "tollgate_pool_queue_waiting",
+    "Requests waiting for a slot of a pool and model, across every gateway (as this gateway "
+    "last read it).",
+    ["pool", "model"],
+    multiprocess_mode="max",
+)
+POOL_IN_FLIGHT = Gauge(
+    "tollgate_pool_queue_in_flight",
+    "Requests holding a slot of a pool and model, across every gateway (as last read).",
+    ["pool", "model"],
+    multiprocess_mode="max",
+)
+POOL_WAIT = Histogram(
+    "tollgate_pool_queue_wait_seconds",
+    "Time requests spent waiting for a pool slot (0 when one was free), refused ones too.",
+    ["pool"],
+    buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
+POOL_REJECTIONS = Counter(
+    "tollgate_pool_queue_rejections_total",
+    "Requests a pool queue refused (503 pool_busy) by reason: full, deadline, cold_start; "
+    "unchecked counts those sent on unqueued because Redis could not be reached.",
+    ["pool", "reason"],
+)
+KEY_POOL_WAITING = Gauge(
+    "tollgate_key_pool_queue_waiting",
+    "Requests of a key waiting for a pool slot here (only with TOLLGATE_METRICS_PER_KEY).",
+    ["pool", "key"],
+    multiprocess_mode="livesum",
+)
+KEY_POOL_REJECTIONS = Counter(
+    "tollgate_key_pool_queue_rejections_total",
+    "Requests of a key a pool queue refused (only with TOLLGATE_METRICS_PER_KEY).",
+    ["pool", "key", "reason"],
+)

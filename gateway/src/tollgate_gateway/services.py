@@ -19,6 +19,7 @@ from tollgate_gateway.config import Settings
 from tollgate_gateway.keys.service import KeyService
 from tollgate_gateway.limits.service import Limiter
 from tollgate_gateway.messages.service import MessagesService
+from tollgate_gateway.pools.service import PoolQueue
 from tollgate_gateway.responses.service import ResponsesService
 from tollgate_gateway.routing.health import Ejector
 from tollgate_gateway.routing.service import Router, SharedLoad
@@ -129,6 +130,17 @@ class Services:
             ejector=Ejector(settings.routing_eject_failures, settings.routing_eject_seconds),
             shared=SharedLoad(redis, settings.routing_poll_seconds),
         )
+        pools = PoolQueue(
+            redis,
+            limiter.scripts,
+            catalog.get,
+            max_wait_seconds=settings.queue_max_wait_seconds,
+            max_waiting=settings.queue_max_waiting,
+            fairness=settings.queue_fairness,
+            lease_seconds=settings.queue_lease_seconds,
+            poll_seconds=settings.queue_poll_seconds,
+            per_key=settings.metrics_per_key,
+        )
         proxy = ProxyService(
             keys,
             catalog,
@@ -146,6 +158,8 @@ class Services:
                 settings.otlp_endpoint, settings.trace_sample_ratio, settings.otel_service_name
             ),
             router=router,
+            pools=pools,
+            queue_keepalive=settings.queue_keepalive_seconds,
         )
         stored = ResponseStore(
             engine,
@@ -201,6 +215,8 @@ class Services:
         await self.catalog.reload()
         if self.proxy.router is not None:
             self.proxy.router.start()
+        if self.proxy.pools is not None:
+            self.proxy.pools.start()
         self.responses.store.start()
         self.audit_pruner.start()
 
@@ -209,6 +225,8 @@ class Services:
         await self.audit_pruner.stop()
         await self.responses.store.stop()
         await self.proxy.drain()
+        if self.proxy.pools is not None:
+            await self.proxy.pools.stop()
         if self.stream is not None:
             await self.stream.stop()
             await self.stream.close()

@@ -7,13 +7,16 @@ import asyncio
 import pytest
 
 from tollgate_gateway.fairqueue import (
+    PRIORITY_WEIGHTS,
     AsyncFairQueue,
     FairQueue,
     QueueFull,
     Ticket,
     WaitTimeout,
+    parse_priority,
     weight_for,
 )
+from tollgate_gateway.fairqueue.config import QueueConfig, queue_config
 
 
 def drain(queue: FairQueue, first: list[Ticket]) -> list[str]:
@@ -181,3 +184,30 @@ async def test_async_queue_deadline_disconnect_and_handover() -> None:
     await asyncio.gather(holder, follower)
     assert served == ["a", "d"]
     assert (queue.core.in_flight, queue.core.waiting) == (0, 0)
+
+
+def test_priorities_as_stored_parse_to_a_name_or_a_weight() -> None:
+    assert parse_priority("batch") == "batch"
+    assert parse_priority(" interactive ") == "interactive"
+    assert parse_priority("2.5") == 2.5
+    assert parse_priority(3) == 3.0
+    for bad in ("0", "-1", "urgent", "", "nan", "inf", True, 0, None):
+        assert parse_priority(bad) is None, bad
+    assert weight_for(parse_priority("batch")) == 1.0
+    assert weight_for(parse_priority("2.5")) == 2.5
+    assert weight_for(parse_priority("nonsense")) == PRIORITY_WEIGHTS["standard"]
+
+
+def test_a_pool_queue_is_on_only_with_slots_or_a_cold_start() -> None:
+    assert queue_config(None) is None
+    assert queue_config({"pool": "ml/p", "policy": "leastLoad"}) is None
+    config = queue_config({"slots": 4, "max_wait_seconds": 2.5, "max_queue": 10})
+    assert config == QueueConfig(slots=4, max_wait_seconds=2.5, max_queue=10)
+    assert config is not None
+    assert (config.capacity(3), config.capacity(0)) == (12, 0)
+    cold = queue_config({"cold_start_seconds": 120})
+    assert cold == QueueConfig(slots=1, cold_start_seconds=120.0)
+    odd = queue_config({"slots": 2, "max_wait_seconds": -1, "max_queue": "many", "slots_x": 1})
+    assert odd == QueueConfig(slots=2)
+    assert queue_config({"slots": 0}) is None
+    assert queue_config({"slots": True}) is None

@@ -81,6 +81,8 @@ class ApiKey(Base):
     tpm_limit: Mapped[int | None] = mapped_column(Integer)
     concurrency_limit: Mapped[int | None] = mapped_column(Integer)
     monthly_budget: Mapped[Decimal | None] = mapped_column(MONEY)
+    # Its share of a full pool's queue: interactive, standard, batch or a weight (NULL: standard).
+    priority: Mapped[str | None] = mapped_column(String(32))
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     disabled: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -132,6 +132,16 @@ async def delete_model(model_id: uuid.UUID, _: AdminUser, session: SessionDep) -
     await service.delete_model(session, model_id)
 
 
+@router.get("/pools/queue")
+async def pool_queues(_: CurrentUser, services: ServicesDep) -> list[schemas.PoolQueueOut]:
+    """The pool queues this gateway has seen requests for (README "When a pool is full")."""
+    pools = services.proxy.pools
+    if pools is None:
+        return []
+    await pools.refresh()
+    return [schemas.PoolQueueOut(**q) for q in pools.snapshot()]
+
+
 # -- users ---------------------------------------------------------------------------------
 @router.post("/users", status_code=201)
 async def create_user(data: schemas.UserIn, _: AdminUser, session: SessionDep) -> schemas.UserOut:

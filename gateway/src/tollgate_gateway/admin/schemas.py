@@ -18,12 +18,30 @@ from pydantic import (
     model_validator,
 )
 
+from tollgate_gateway.fairqueue.core import parse_priority
+
 # Limits are stored as 32-bit integers and 0 would mean "unlimited" to the limiter: a limit
 # is at least 1 (as in the ApiKey CRD); leave it out (or null) for no limit.
 Limit = Annotated[int, Field(ge=1, le=2**31 - 1)]
 # Money columns are NUMERIC(18, 8).
 Money = Annotated[Decimal, Field(ge=0, max_digits=18, decimal_places=8)]
 Name = Annotated[str, Field(max_length=200)]
+
+
+def _priority(value: Any) -> str:
+    """interactive, standard, batch, or a positive weight; stored as text."""
+    parsed = parse_priority(value) if isinstance(value, str | int | float) else None
+    if parsed is None:
+        raise ValueError("priority must be interactive, standard, batch or a weight > 0")
+    return parsed if isinstance(parsed, str) else f"{parsed:g}"
+
+
+# A key's share of a full pool (README "When a pool is full"); null: standard.
+Priority = Annotated[
+    str,
+    BeforeValidator(_priority),
+    Field(max_length=32, examples=["interactive", "batch", "2.5"]),
+]
 SCALE = Decimal("0.00000001")
 
 
@@ -130,6 +148,7 @@ class KeyCreate(Input):
     tpm_limit: Limit | None = None
     concurrency_limit: Limit | None = None
     monthly_budget: Money | None = None
+    priority: Priority | None = None
     expires_at: datetime | None = None
     disabled: bool = False
 
@@ -160,6 +179,7 @@ class KeyUpdate(Input):
     tpm_limit: Limit | None = None
     concurrency_limit: Limit | None = None
     monthly_budget: Money | None = None
+    priority: Priority | None = None
     expires_at: datetime | None = None
     disabled: bool | None = None
 
@@ -182,6 +202,7 @@ class KeyOut(BaseModel):
     tpm_limit: int | None
     concurrency_limit: int | None
     monthly_budget: MoneyOut | None
+    priority: str | None = None
     expires_at: datetime | None
     disabled: bool
     revoked_at: datetime | None
@@ -219,6 +240,13 @@ class RoutingIn(BaseModel):
     pool: str | None = Field(None, max_length=300)
     policy: Literal["modelAware", "leastLoad", "roundRobin"] = "modelAware"
     prefix_chars: int = Field(256, ge=0, le=65536)
+    # The pool queue (README "When a pool is full"): parallel requests per replica (Ollama's
+    # OLLAMA_NUM_PARALLEL; unset: no queue), how long and how many may wait, and how long a
+    # request is held while the pool has no replica (a pool that scales from zero).
+    slots: int | None = Field(None, ge=1, le=256)
+    max_wait_seconds: float | None = Field(None, gt=0, le=3600)
+    max_queue: int | None = Field(None, ge=1, le=100_000)
+    cold_start_seconds: float | None = Field(None, gt=0, le=3600)
 
 
 class ModelIn(Input):
@@ -261,6 +289,20 @@ class ModelUpdate(Input):
     enabled: bool | None = None
     input_price_per_mtok: Money | None = None
     output_price_per_mtok: Money | None = None
+
+
+class PoolQueueOut(BaseModel):
+    """One pool and model's queue: in flight and waiting across every gateway (as this
+    gateway last read them, at most a poll interval old), this gateway's waiting requests by
+    key (or app), and the settings in force."""
+
+    pool: str
+    model: str
+    capacity: int = Field(description="Slots: parallel requests per replica x ready replicas.")
+    in_flight: int
+    waiting: int
+    max_queue: int
+    waiting_here_by_flow: dict[str, int]
 
 
 class ModelOut(BaseModel):

@@ -12,6 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tollgate_gateway.errors import service_unavailable
+from tollgate_gateway.fairqueue.config import QueueConfig, queue_config
 from tollgate_gateway.routing.model import DEFAULT_ROUTING, RoutingConfig, Target, routing_config
 from tollgate_gateway.storage.changes import FEED_DOWN_TTL
 from tollgate_gateway.storage.outage import UNAVAILABLE, DatabaseHealth
@@ -36,6 +37,7 @@ class Alias:
     replicas: tuple[Target, ...] | None = None
     routing: RoutingConfig = DEFAULT_ROUTING
     pool: str = ""  # the metrics' pool label
+    queue: QueueConfig | None = None  # the pool's queue (pools/); None: straight through
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> Decimal:
         return (
@@ -127,6 +129,7 @@ class Catalog:
             replicas=replicas,
             routing=routing_config(routing),
             pool=pool,
+            queue=queue_config(routing),
         )
 
 

@@ -45,6 +45,7 @@ from tollgate_gateway.limits.service import (
     nanos_per_token,
     prompt_estimate,
 )
+from tollgate_gateway.pools.service import PoolQueue
 from tollgate_gateway.routing.model import Policy
 from tollgate_gateway.routing.prefix import chat_prefix, generate_prefix
 from tollgate_gateway.routing.service import Route, Router, no_replica
@@ -124,6 +125,31 @@ def json_reply(content: bytes, status: int = 200, headers: dict[str, str] | None
     raw.append((b"content-length", str(len(content)).encode()))
     raw.append(JSON_TYPE)
     return Reply(status, raw, content)
+
+
+# Endpoints whose streams are server-sent events: told early, with comments, that they wait.
+SSE_ENDPOINTS = {Endpoint.CHAT, Endpoint.COMPLETIONS, Endpoint.RESPONSES, Endpoint.MESSAGES}
+QUEUED_COMMENT = b": queued\n\n"
+
+
+def stream_error(endpoint: Endpoint, err: ApiError) -> bytes:
+    """An error as the last event of a stream that had begun (each API's own shape)."""
+    if endpoint is Endpoint.MESSAGES:
+        kind = "overloaded_error" if err.status in (503, 529) else "api_error"
+        data = {"type": "error", "error": {"type": kind, "message": err.message}}
+        return b"event: error\ndata: " + orjson.dumps(data) + b"\n\n"
+    if endpoint is Endpoint.RESPONSES:
+        event: dict[str, Any] = {"type": "error", "code": err.code, "message": err.message}
+        event["param"] = None
+        return b"event: error\ndata: " + orjson.dumps(event) + b"\n\n"
+    error = {"message": err.message, "type": err.type, "param": err.param, "code": err.code}
+    return b"data: " + orjson.dumps({"error": error}) + b"\n\n"
+
+
+def _close(forward: Awaitable[Reply]) -> None:
+    close = getattr(forward, "close", None)
+    if close is not None:
+        close()
 
 
 def error_reply(path: str, err: ApiError) -> Reply:
@@ -274,9 +300,13 @@ class ProxyService:
         access_log: AccessLog | None = None,
         tracing: Tracing | None = None,
         router: Router | None = None,
+        pools: PoolQueue | None = None,
+        queue_keepalive: float = 10.0,
     ) -> None:
         self.keys = keys
         self.router = router
+        self.pools = pools
+        self.queue_keepalive = queue_keepalive
         self.catalog = catalog
         self.limiter = limiter
         self.upstream = upstream
@@ -352,13 +382,21 @@ class ProxyService:
         server counted the prompt)."""
         estimate = 0 if endpoint is Endpoint.OLLAMA_SHOW else self._estimate(size)
         ask = self._ask(endpoint, key, alias, parsed, estimate) if key.limited else NOTHING
+        # The pool slot is asked for now: its script leaves in the admission's write.
+        hold = None
+        if self.pools is not None and endpoint is not Endpoint.OLLAMA_SHOW:
+            hold = self.pools.begin(alias, key)
         try:
             admission = await self.limiter.admit(key, request_id, ask)
-        except ApiError as exc:
-            reason = limit_reason(exc)
+        except BaseException as exc:
+            if hold is not None:
+                assert self.pools is not None
+                self.pools.release(hold)
+            reason = limit_reason(exc) if isinstance(exc, ApiError) else None
             if reason is not None:
                 metrics.LIMIT_REFUSALS.labels(reason).inc()
             raise
+        admission.hold = hold
         return admission, estimate
 
     async def handle(
@@ -411,12 +449,48 @@ class ProxyService:
         on_error: Callable[[ApiError], None] | None = None,
     ) -> Reply:
         """Await an admitted call's reply; every way it can fail is recorded once (usage
-        row, metrics, settlement). Shared by every API's path."""
+        row, metrics, settlement). Shared by every API's path. A stream of server-sent
+        events that waits for a pool slot longer than ``queue_keepalive`` seconds starts at
+        once and is sent a comment every ``queue_keepalive`` seconds while it waits."""
+        patience = None
+        if (
+            call.admission.hold is not None
+            and self.queue_keepalive > 0
+            and call.parsed.stream
+            and call.endpoint in SSE_ENDPOINTS
+        ):
+            patience = self.queue_keepalive
+        reply = await self._serve(call, forward, on_error, patience)
+        if reply is None:
+            return Reply(
+                200,
+                [*SSE_HEADERS, *_raw(call.admission.headers)],
+                stream=self._queued_stream(call, forward, on_error),
+                after=functools.partial(self._left_queue, call, forward),
+            )
+        return reply
+
+    async def _serve(
+        self,
+        call: Call,
+        forward: Awaitable[Reply],
+        on_error: Callable[[ApiError], None] | None,
+        patience: float | None = None,
+    ) -> Reply | None:
+        """`serve`, and None when the call still waits for its pool after ``patience``."""
+        forwarded = later = False
         try:
             try:
+                if call.admission.hold is not None and not await self._queued(call, patience):
+                    later = True
+                    return None  # still waiting: `forward` is awaited later
+                forwarded = True
                 response = await forward
             except UpstreamError as failure:  # the adapter's own error, told as ours
                 raise upstream_failure(failure) from failure
+            finally:
+                if not later:
+                    _close(forward)  # not awaited when the queue refused it or the client left
         except ApiError as exc:
             if on_error is not None:
                 on_error(exc)  # an API's own status for an error (Anthropic's 529)
@@ -426,7 +500,8 @@ class ProxyService:
             raise
         except asyncio.CancelledError:  # the client left while we waited for the model
             call.status, call.error_class = 499, "client_disconnected"
-            call.prompt_tokens = call.prompt_tokens or call.prompt_estimate
+            if forwarded:  # a request that left the queue never reached the model server
+                call.prompt_tokens = call.prompt_tokens or call.prompt_estimate
             self.finish(call)
             raise
         except Exception:
@@ -437,7 +512,69 @@ class ProxyService:
             raise
         if call.admission.headers:
             response.headers.extend(_raw(call.admission.headers))
+        hold = call.admission.hold
+        if hold is not None:
+            response.headers.append((b"x-tollgate-queue-ms", b"%d" % round(hold.queued_ms)))
         return response
+
+    async def _queued(self, call: Call, patience: float | None = None) -> bool:
+        """Wait for a slot of the call's pool (False: still waiting after ``patience``); a
+        call that waited reads its alias again (a pool held at zero has replicas now)."""
+        assert self.pools is not None
+        hold = call.admission.hold
+        try:
+            if not await self.pools.wait(hold, call.alias, patience):
+                return False
+        except ApiError as exc:
+            exc.headers = {**exc.headers, "x-tollgate-queue-ms": str(round(hold.queued_ms))}
+            raise
+        if hold.waited:
+            fresh = await self.catalog.get(call.alias.alias)
+            if fresh is not None:
+                call.alias = fresh
+        return True
+
+    async def _queued_stream(
+        self,
+        call: Call,
+        forward: Awaitable[Reply],
+        on_error: Callable[[ApiError], None] | None,
+    ) -> AsyncGenerator[bytes, None]:
+        """A stream begun while its request waits for a slot: comments until it has one,
+        then the answer's own events (or the refusal as the API's error event)."""
+        inner: AsyncGenerator[bytes, None] | None = None
+        try:
+            yield QUEUED_COMMENT
+            while True:
+                try:
+                    reply = await self._serve(call, forward, on_error, self.queue_keepalive)
+                except ApiError as exc:  # recorded by _serve
+                    yield stream_error(call.endpoint, exc)
+                    return
+                if reply is not None:
+                    break
+                yield QUEUED_COMMENT
+            waited = b": queued %d ms\n\n" % round(call.admission.hold.queued_ms)
+            if reply.stream is None:  # a whole answer (settled before it leaves)
+                if reply.settle is not None:
+                    reply.settle()
+                yield waited + reply.body
+                return
+            inner = reply.stream
+            async for chunk in inner:
+                yield waited + chunk
+                waited = b""
+        finally:
+            if inner is not None:
+                await inner.aclose()  # it settles itself (once it has started)
+            self._left_queue(call, forward)
+
+    def _left_queue(self, call: Call, forward: Awaitable[Reply]) -> None:
+        """The client of a queued stream left (or the stream ended): accounted once."""
+        _close(forward)
+        if not call.finished:
+            call.status, call.error_class = 499, "client_disconnected"
+            self.finish(call)
 
     async def send_upstream(
         self,
@@ -779,6 +916,8 @@ class ProxyService:
         call.finished = True
         if call.route is not None and self.router is not None:
             self.router.release(call.route, call.load_ns)
+        if call.admission.hold is not None and self.pools is not None:
+            self.pools.release(call.admission.hold)
         elapsed = time.perf_counter() - call.started
         alias = call.alias
         cost = alias.cost(call.prompt_tokens, call.completion_tokens)

@@ -10,6 +10,7 @@ from tollgate_gateway.fairqueue.core import (
     FairQueue,
     QueueFull,
     Ticket,
+    parse_priority,
     weight_for,
 )
 from tollgate_gateway.fairqueue.waiting import AsyncFairQueue, WaitTimeout
@@ -21,5 +22,6 @@ __all__ = [
     "QueueFull",
     "Ticket",
     "WaitTimeout",
+    "parse_priority",
     "weight_for",
 ]

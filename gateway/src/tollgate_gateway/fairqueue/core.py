@@ -32,6 +32,23 @@ def weight_for(priority: str | float | None) -> float:
         raise ValueError(f"unknown priority {priority!r}") from None
 
 
+def parse_priority(value: str | float | None) -> str | float | None:
+    """A priority as stored (the key row's text, the CRD's string): a name of
+    ``PRIORITY_WEIGHTS`` or a positive weight; anything else is ``None`` (standard)."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value) if value > 0 else None
+    text = value.strip()
+    if text in PRIORITY_WEIGHTS:
+        return text
+    try:
+        weight = float(text)
+    except ValueError:
+        return None
+    return weight if 0 < weight < float("inf") else None
+
+
 class QueueFull(Exception):
     """The pool's waiting room is full: answer at once, do not wait."""
 

@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tollgate_gateway import metrics
 from tollgate_gateway.errors import service_unavailable
+from tollgate_gateway.fairqueue.core import parse_priority
 from tollgate_gateway.storage.changes import FEED_DOWN_TTL
 from tollgate_gateway.storage.outage import UNAVAILABLE, DatabaseHealth
 from tollgate_schema.keys import hash_key, hashes_equal
@@ -62,6 +63,8 @@ class KeyRecord:
     disabled: bool
     revoked: bool
     prefix: str = field(default="", compare=False)  # the display prefix, for logs
+    # Its share of a full pool: a PRIORITY_WEIGHTS name or a weight (None: standard).
+    priority: str | float | None = None
     limited: bool = field(init=False, compare=False, repr=False)
     tracked: bool = field(init=False, compare=False, repr=False)
 
@@ -104,6 +107,7 @@ class KeyRecord:
             disabled=row.disabled,
             revoked=row.revoked_at is not None,
             prefix=row.key_prefix,
+            priority=parse_priority(row.priority),
         )
 
 

@@ -327,8 +327,8 @@ class Script:
     sha: str
 
     @classmethod
-    def load(cls, name: str) -> Script:
-        source = resources.files("tollgate_gateway.limits").joinpath(name).read_text()
+    def load(cls, name: str, package: str = "tollgate_gateway.limits") -> Script:
+        source = resources.files(package).joinpath(name).read_text()
         return cls(source, hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest())
 
 
@@ -346,6 +346,7 @@ class Admission:
     settled: bool = False
     member: str = ""
     cap: int | None = None  # the output cap to send upstream; None: the client's own
+    hold: Any = None  # the request's place in its pool's queue (pools/), set by the proxy
 
 
 _LOAD, _RETRIED = 1, 2  # settlement attempts: sent as EVAL; sent again after a broken connection
@@ -427,6 +428,12 @@ class Limiter:
         """Wait for the settlements already sent (shutdown)."""
         if self._settling:
             await asyncio.gather(*self._settling, return_exceptions=True)
+
+    @property
+    def scripts(self) -> ScriptClient | None:
+        """The pipelined script connection (None: redis-py's, e.g. over TLS): the pool queue
+        writes its scripts there too, in the same write as the admissions of the turn."""
+        return self._client
 
     @property
     def in_flight(self) -> int:

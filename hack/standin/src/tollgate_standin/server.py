@@ -19,6 +19,7 @@ import ipaddress
 import logging
 import socket
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -31,6 +32,9 @@ from .faults import IMMEDIATE, Fault
 from .state import STATE, StandinState
 from .streaming import DROPPED_KEY, pause
 from .wire import BODY_KEY, error_response, json_response
+
+# When a request came (the request log's ``arrived``: the order the server saw them in).
+ARRIVED_KEY: web.RequestKey[float] = web.RequestKey("tollgate_standin_arrived", float)
 
 logger = logging.getLogger("tollgate_standin")
 
@@ -84,6 +88,7 @@ async def _standin_middleware(request: web.Request, handler: Handler) -> web.Str
         return await handler(request)
     state = request.app[STATE]
     state.stats.requests[request.path] += 1
+    request[ARRIVED_KEY] = time.time()
     if state.config.strict_host and not _host_allowed(request):
         response: web.StreamResponse = web.Response(status=403)
     else:
@@ -154,7 +159,9 @@ def _record(request: web.Request, state: StandinState, response: web.StreamRespo
     headers = (
         {str(k): v for k, v in request.headers.items()} if state.config.request_log_size else {}
     )
-    state.stats.record(request.method, request.path, status, headers, request.get(BODY_KEY))
+    state.stats.record(
+        request.method, request.path, status, headers, request.get(BODY_KEY), request[ARRIVED_KEY]
+    )
 
 
 def _host_allowed(request: web.Request) -> bool:

@@ -63,13 +63,22 @@ class Stats:
         self.queued -= 1
 
     def record(
-        self, method: str, path: str, status: int, headers: dict[str, str], body: Any
+        self,
+        method: str,
+        path: str,
+        status: int,
+        headers: dict[str, str],
+        body: Any,
+        arrived: float | None = None,
     ) -> None:
+        """One answered request: ``time`` is when its answer ended, ``arrived`` when it came."""
         self.responses[str(status)] += 1
         if self.recent.maxlen:
+            now = time.time()
             self.recent.append(
                 {
-                    "time": time.time(),
+                    "time": now,
+                    "arrived": now if arrived is None else arrived,
                     "method": method,
                     "path": path,
                     "status": status,

@@ -1,0 +1,1 @@
+"""A pool's slots shared fairly between keys by every gateway process (see service.py)."""

@@ -1,0 +1,104 @@
+-- A pool's slots shared by every gateway process: start-time fair queuing (SFQ, see
+-- fairqueue/core.py) kept in Redis, so that the gateways together never have more than the
+-- pool's capacity in flight and serve waiting requests in one fair order.
+-- KEYS (one hash tag, the pool's queue): 1 running zset (member -> lease expiry ms)
+--   2 waiting zset (member -> start tag)   3 waiting leases zset (member -> expiry ms)
+--   4 tags hash ("vt" -> virtual time, "f:<flow>" -> the flow's last finish tag)
+-- ARGV: 1 op (acquire | release | cancel | poll)  2 now ms  3 lease ms  4 capacity
+--   5 grant channel prefix (the member's owner is appended)
+--   acquire: 6 member  7 flow  8 weight  9 cost  10 most waiting
+--   release, cancel: 6 member
+--   poll: 6.. members this process holds (running or waiting): their leases are renewed
+-- Members are "<owner>:<n>": a grant is published on <prefix><owner> with the member.
+-- Returns: acquire {1 granted | 0 waiting | 2 full, running, waiting};
+--   release {was running, running, waiting}; cancel {1 it was granted meanwhile (kept) | 0};
+--   poll {running, waiting, state per member: 1 running, 0 waiting, -1 unknown (expired)}.
+local run, wait, wlease, tags = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local op, now, lease, cap = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local prefix = ARGV[5]
+local keep = lease * 4
+
+-- Holders that stopped renewing (a gateway that died) give their places up.
+redis.call('ZREMRANGEBYSCORE', run, '-inf', now)
+local dead = redis.call('ZRANGEBYSCORE', wlease, '-inf', now)
+for _, m in ipairs(dead) do redis.call('ZREM', wait, m) end
+redis.call('ZREMRANGEBYSCORE', wlease, '-inf', now)
+
+local vt = tonumber(redis.call('HGET', tags, 'vt') or '0')
+
+local function dispatch()
+  local moved = false
+  while redis.call('ZCARD', run) < cap do
+    local top = redis.call('ZPOPMIN', wait)
+    if #top == 0 then break end
+    local m, s = top[1], tonumber(top[2])
+    redis.call('ZREM', wlease, m)
+    redis.call('ZADD', run, now + lease, m)
+    if s > vt then vt = s end
+    moved = true
+    local owner = string.match(m, '^([^:]+):')
+    if owner then redis.call('PUBLISH', prefix .. owner, m) end
+  end
+  if moved then redis.call('HSET', tags, 'vt', vt) end
+end
+
+local function touch()
+  redis.call('PEXPIRE', run, keep)
+  redis.call('PEXPIRE', wait, keep)
+  redis.call('PEXPIRE', wlease, keep)
+  redis.call('PEXPIRE', tags, keep)
+end
+
+if op == 'acquire' then
+  local member, flow = ARGV[6], 'f:' .. ARGV[7]
+  local weight, cost, most = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
+  dispatch()  -- room that appeared (more replicas, expired holders) goes to those waiting
+  local waiting = redis.call('ZCARD', wait)
+  local running = redis.call('ZCARD', run)
+  local start = tonumber(redis.call('HGET', tags, flow) or '0')
+  if start < vt then start = vt end
+  if running < cap and waiting == 0 then
+    redis.call('ZADD', run, now + lease, member)
+    if start > vt then vt = start end
+    redis.call('HSET', tags, flow, start + cost / weight, 'vt', vt)
+    touch()
+    return {1, running + 1, 0}
+  end
+  if waiting >= most then return {2, running, waiting} end
+  redis.call('HSET', tags, flow, start + cost / weight)
+  redis.call('ZADD', wait, start, member)
+  redis.call('ZADD', wlease, now + lease, member)
+  touch()
+  return {0, running, waiting + 1}
+elseif op == 'release' then
+  local member = ARGV[6]
+  local was = redis.call('ZREM', run, member)
+  redis.call('ZREM', wait, member)
+  redis.call('ZREM', wlease, member)
+  dispatch()
+  return {was, redis.call('ZCARD', run), redis.call('ZCARD', wait)}
+elseif op == 'cancel' then
+  local member = ARGV[6]
+  if redis.call('ZSCORE', run, member) then return {1, 0, 0} end
+  redis.call('ZREM', wait, member)
+  redis.call('ZREM', wlease, member)
+  dispatch()
+  return {0, redis.call('ZCARD', run), redis.call('ZCARD', wait)}
+end
+-- poll
+dispatch()
+local states = {}
+for i = 6, #ARGV do
+  local m = ARGV[i]
+  if redis.call('ZSCORE', run, m) then
+    redis.call('ZADD', run, 'XX', now + lease, m)
+    states[#states + 1] = 1
+  elseif redis.call('ZSCORE', wait, m) then
+    redis.call('ZADD', wlease, 'XX', now + lease, m)
+    states[#states + 1] = 0
+  else
+    states[#states + 1] = -1
+  end
+end
+touch()
+return {redis.call('ZCARD', run), redis.call('ZCARD', wait), states}

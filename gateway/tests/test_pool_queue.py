@@ -1,0 +1,271 @@
+"""The pool queue (pools/, pool.lua) in process against a real Valkey: two `PoolQueue`s play
+two gateway processes sharing one Redis. What is granted, in which order, and what is left
+in Redis are read from the queues and from Redis itself."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import orjson
+import pytest
+from redis.asyncio import Redis
+
+from tollgate_dev.servers.backing import LocalValkey
+from tollgate_gateway.catalog.service import Alias
+from tollgate_gateway.errors import ApiError
+from tollgate_gateway.fairqueue.config import QueueConfig
+from tollgate_gateway.keys.service import KeyRecord
+from tollgate_gateway.limits.service import ScriptClient
+from tollgate_gateway.pools.service import Hold, PoolQueue
+from tollgate_gateway.routing.model import Target
+
+
+def key(priority: str | float | None = None, app: str | None = None) -> KeyRecord:
+    return KeyRecord(
+        id=uuid.uuid4(),
+        key_hash="h",
+        name="pool",
+        owner=None,
+        app=app,
+        allowed=None,
+        rate_limit_rpm=None,
+        tpm_limit=None,
+        concurrency_limit=None,
+        monthly_budget=None,
+        expires_at=None,
+        disabled=False,
+        revoked=False,
+        priority=priority,
+    )
+
+
+def alias(pool: str, slots: int, replicas: int | None = None, **queue: Any) -> Alias:
+    targets = None
+    if replicas is not None:
+        targets = tuple(Target(f"r{i}", f"http://127.0.0.1:{9 + i}") for i in range(replicas))
+    return Alias(
+        alias="a-" + pool,
+        backend_tag="tiny",
+        backend_url="http://127.0.0.1:9",
+        enabled=True,
+        input_price_per_mtok=Decimal(0),
+        output_price_per_mtok=Decimal(0),
+        created=int(datetime.now(UTC).timestamp()),
+        replicas=targets,
+        pool=pool,
+        queue=QueueConfig(slots=slots, **queue),
+    )
+
+
+class Catalog:
+    """The aliases the queues read their capacity from (what the change feed would update)."""
+
+    def __init__(self) -> None:
+        self.aliases: dict[str, Alias] = {}
+
+    def put(self, value: Alias) -> Alias:
+        self.aliases[value.alias] = value
+        return value
+
+    async def get(self, name: str) -> Alias | None:
+        return self.aliases.get(name)
+
+
+@pytest.fixture
+async def redis(valkey: LocalValkey) -> AsyncIterator[Redis]:
+    client = Redis.from_url(valkey.url, socket_timeout=2.0)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def catalog() -> Catalog:
+    return Catalog()
+
+
+@pytest.fixture
+async def gateways(redis: Redis, catalog: Catalog) -> AsyncIterator[list[PoolQueue]]:
+    queues = []
+    for _ in range(2):
+        queue = PoolQueue(
+            redis,
+            ScriptClient(redis, 2.0),
+            catalog.get,
+            max_wait_seconds=5.0,
+            max_waiting=50,
+            poll_seconds=0.2,
+        )
+        queue.start()
+        queues.append(queue)
+    await asyncio.sleep(0.2)  # the grant channels are subscribed
+    yield queues
+    for queue in queues:
+        await queue.stop()
+
+
+def new_pool() -> str:
+    return "test/" + secrets.token_hex(4)
+
+
+async def take(queue: PoolQueue, target: Alias, who: KeyRecord) -> Hold:
+    hold = queue.begin(target, who)
+    assert hold is not None
+    await queue.wait(hold, target)
+    return hold
+
+
+async def test_two_gateways_never_hold_more_than_the_capacity_and_a_release_wakes_the_other(
+    gateways: list[PoolQueue], catalog: Catalog, redis: Redis
+) -> None:
+    first, second = gateways
+    target = catalog.put(alias(new_pool(), slots=2, replicas=1))
+    a, b = key(), key()
+    held = [await take(first, target, a), await take(first, target, a)]
+    waiting = asyncio.ensure_future(take(second, target, b))
+    await asyncio.sleep(0.5)
+    assert not waiting.done()  # the pool is full: the other gateway's request waits
+    running = await redis.zcard(f"tg:pool:{{{target.pool}|tiny:latest}}:run")
+    assert running == 2
+    first.release(held[0])
+    hold = await asyncio.wait_for(waiting, 5)  # granted by the other gateway's release
+    assert hold.waited
+    assert await redis.zcard(f"tg:pool:{{{target.pool}|tiny:latest}}:run") == 2
+    first.release(held[1])
+    second.release(hold)
+    await asyncio.sleep(0.1)
+    assert await redis.zcard(f"tg:pool:{{{target.pool}|tiny:latest}}:run") == 0
+
+
+async def test_a_newcomer_goes_before_the_rest_of_a_flooding_key(
+    gateways: list[PoolQueue], catalog: Catalog
+) -> None:
+    first, second = gateways
+    target = catalog.put(alias(new_pool(), slots=1))
+    flood, newcomer = key(), key()
+    order: list[str] = []
+
+    async def one(queue: PoolQueue, who: KeyRecord, name: str) -> None:
+        hold = await take(queue, target, who)
+        order.append(name)
+        await asyncio.sleep(0.02)
+        queue.release(hold)
+
+    running = await take(first, target, flood)
+    floods = [asyncio.ensure_future(one(first, flood, "A")) for _ in range(10)]
+    await asyncio.sleep(0.3)  # all ten are queued (on the first gateway)
+    late = asyncio.ensure_future(one(second, newcomer, "B"))  # one on the other gateway
+    await asyncio.sleep(0.3)
+    first.release(running)
+    await asyncio.wait_for(asyncio.gather(*floods, late), 10)
+    assert order.index("B") <= 1, order  # at most one turn of the flood before it
+
+
+async def test_batch_yields_to_interactive(gateways: list[PoolQueue], catalog: Catalog) -> None:
+    first, second = gateways
+    target = catalog.put(alias(new_pool(), slots=1))
+    batch, interactive = key("batch"), key("interactive")
+    order: list[str] = []
+
+    async def one(queue: PoolQueue, who: KeyRecord, name: str) -> None:
+        hold = await take(queue, target, who)
+        order.append(name)
+        await asyncio.sleep(0.01)
+        queue.release(hold)
+
+    running = await take(first, target, batch)
+    tasks = [asyncio.ensure_future(one(first, batch, "batch")) for _ in range(8)]
+    await asyncio.sleep(0.2)
+    tasks += [asyncio.ensure_future(one(second, interactive, "interactive")) for _ in range(8)]
+    await asyncio.sleep(0.3)
+    first.release(running)
+    await asyncio.wait_for(asyncio.gather(*tasks), 10)
+    # Weights 8 against 1: the interactive key's eight go within the first nine or ten.
+    assert order[:9].count("interactive") >= 7, order
+
+
+async def test_deadline_and_full_queue_answer_pool_busy_with_retry_after(
+    gateways: list[PoolQueue], catalog: Catalog
+) -> None:
+    first, second = gateways
+    target = catalog.put(alias(new_pool(), slots=1, max_wait_seconds=0.5, max_queue=1))
+    running = await take(first, target, key())
+    waiting = asyncio.ensure_future(take(second, target, key()))
+    await asyncio.sleep(0.1)
+    with pytest.raises(ApiError) as full:  # one waits already: the queue is full
+        await take(second, target, key())
+    assert (full.value.status, full.value.code) == (503, "pool_busy")
+    with pytest.raises(ApiError) as late:
+        await waiting
+    assert (late.value.status, late.value.code) == (503, "pool_busy")
+    assert int(late.value.headers["retry-after"]) >= 1
+    # The place given up is gone: the next request waits again, then gets the slot.
+    after = asyncio.ensure_future(take(second, target, key()))
+    await asyncio.sleep(0.1)
+    first.release(running)
+    second.release(await asyncio.wait_for(after, 5))
+
+
+async def test_a_cancelled_wait_leaves_the_queue_at_once(
+    gateways: list[PoolQueue], catalog: Catalog, redis: Redis
+) -> None:
+    first, second = gateways
+    target = catalog.put(alias(new_pool(), slots=1))
+    running = await take(first, target, key())
+    gone = second.begin(target, key())
+    assert gone is not None
+    task = asyncio.ensure_future(second.wait(gone, target))
+    await asyncio.sleep(0.2)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    second.release(gone)  # what the proxy does for a request that ends
+    await asyncio.sleep(0.1)
+    assert await redis.zcard(f"tg:pool:{{{target.pool}|tiny:latest}}:wait") == 0
+    first.release(running)
+    await asyncio.sleep(0.1)
+    assert await redis.zcard(f"tg:pool:{{{target.pool}|tiny:latest}}:run") == 0
+
+
+async def test_a_pool_at_zero_holds_publishes_demand_and_serves_when_a_replica_appears(
+    gateways: list[PoolQueue], catalog: Catalog, redis: Redis
+) -> None:
+    first, _ = gateways
+    pool = new_pool()
+    cold = catalog.put(alias(pool, slots=2, replicas=0, cold_start_seconds=10))
+    pubsub = redis.pubsub()
+    await pubsub.subscribe("tg:demand")
+    held = asyncio.ensure_future(take(first, cold, key()))
+    message = None
+    for _ in range(50):
+        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
+        if message is not None:
+            break
+    await pubsub.aclose()
+    assert message is not None
+    assert message["data"] == pool.encode()  # published as soon as it waits
+    demand = await redis.hgetall(f"tg:demand:{{{pool}}}")
+    entry = orjson.loads(demand[first.instance.encode()])
+    assert (entry["inflight"], entry["queued"]) == (0, 1)
+    assert 0 < await redis.ttl(f"tg:demand:{{{pool}}}") <= 60
+    await asyncio.sleep(0.3)
+    assert not held.done()
+    catalog.put(alias(pool, slots=2, replicas=1, cold_start_seconds=10))  # a replica is ready
+    hold = await asyncio.wait_for(held, 5)
+    first.release(hold)
+
+
+async def test_a_pool_at_zero_answers_pool_busy_after_its_cold_start(
+    gateways: list[PoolQueue], catalog: Catalog
+) -> None:
+    first, _ = gateways
+    cold = catalog.put(alias(new_pool(), slots=1, replicas=0, cold_start_seconds=0.5))
+    with pytest.raises(ApiError) as refused:
+        await take(first, cold, key())
+    assert (refused.value.status, refused.value.code) == (503, "pool_busy")
+    assert refused.value.headers["retry-after"] == "1"
