@@ -1,11 +1,13 @@
 """OllamaPool autoscaling on the local control plane, with the test bed starting a stand-in per
-Pod: a pool at zero has no Pods, demand wakes it, sustained load grows it to maxReplicas and no
-further, quiet brings it back to zero, and a stream on a replica being removed finishes.
+Pod: a pool at zero has no Pods, the first chat through the gateway wakes it and is answered,
+sustained load grows it to maxReplicas and no further, quiet brings it back to zero, a stream
+on a replica being removed finishes, and a request held past coldStartSeconds gets 503.
 
-The demand is what the gateways publish in Valkey (CONTRACT: ``tg:demand:{<pool>}``, one
-hash field per gateway process, refreshed about every second while it has requests). Here
-the test writes it in that format, as a gateway would, into the same real Valkey the
-operator reads; only the gateway side of the contract is not exercised by these tests.
+The demand is what the gateways publish in Valkey (``tg:demand:{<pool>}``, one hash field per
+gateway process, refreshed about every second while it has requests). The first tests put
+the gateway's requests there themselves; where a test needs exact numbers (load held above
+the target, a drain) it writes an entry in that format, as a gateway would, into the same
+real Valkey the operator reads.
 """
 
 from __future__ import annotations
@@ -170,6 +172,7 @@ def test_from_zero_to_max_and_back_without_losing_a_stream(
     assert (found["enabled"], found["pending"], found["replicas"]) == (True, False, [])
     assert found["routing"]["autoscaling"] is True
     assert found["routing"]["cold_start_seconds"] == 120
+    assert found["routing"]["slots"] == 1  # numParallel unset
     assert kube.condition(kube.get("modelaliases", namespace, "auto"), "Ready") is not None
     ready = kube.condition(kube.get("modelaliases", namespace, "auto"), "Ready") or {}
     assert (ready["status"], ready["reason"]) == ("True", "ScaledToZero")
@@ -373,3 +376,75 @@ def test_two_operator_replicas_scale_once(
         if operator.proc is None or operator.proc.poll() is not None:
             operator.start()
         wait_for("the first replica to lead again", operator.leading)
+
+
+def serves(oai: openai.OpenAI, alias: str) -> bool:
+    """The gateway has read the alias's row (the change feed): it lists the model."""
+    try:
+        return alias in {m.id for m in oai.models.list()}
+    except openai.APIError:
+        return False
+
+
+def test_the_first_chat_through_the_gateway_wakes_a_pool_at_zero(
+    operator: OperatorProcess,
+    kube: Kube,
+    apps: client.AppsV1Api,
+    namespace: str,
+    op_gateway: GatewayProcess,
+    db: psycopg.Connection[Any],
+    record_property: Any,
+) -> None:
+    alias = f"wake-{namespace}"
+    kube.create(autoscaled(namespace, "cold"))
+    kube.create(model_alias(namespace, "cold", alias, MODEL, "cold"))
+    wait_for("the pool at zero", lambda: at_zero(kube, apps, namespace, "cold"))
+    wait_for("a servable row", lambda: (row(db, alias) or {}).get("enabled"))
+    key = new_key(kube, namespace, "user", [alias])
+    oai = openai.OpenAI(base_url=op_gateway.url + "/v1", api_key=key, max_retries=0, timeout=150)
+    wait_for("the gateway to know the alias", lambda: serves(oai, alias))
+    assert kube.core.list_namespaced_pod(namespace).items == []
+
+    # Nothing but this request asks for the pool: the gateway holds it, publishes the demand,
+    # the operator starts a replica, the replica pulls the model, the gateway serves it.
+    began = time.monotonic()
+    answer = oai.chat.completions.create(
+        model=alias, messages=[{"role": "user", "content": "hi"}], max_tokens=4
+    )
+    waited = time.monotonic() - began
+    record_property("cold_start_wait_seconds", round(waited, 3))
+    print(f"cold start wait through the gateway: {waited:.2f} s")
+    assert answer.choices[0].message.content
+    seen = status(kube, namespace, "cold")
+    assert seen["desiredReplicas"] == 1
+    assert "scale from zero" in seen["lastScaleReason"]
+    assert listed(db, alias) == ["cold-0"]
+    (event,) = events(kube, namespace, "cold", "ScaleUp")
+    assert event.message.startswith("0 → 1 replicas")
+
+
+def test_a_request_held_past_the_cold_start_deadline_gets_503_with_retry_after(
+    operator: OperatorProcess,
+    kube: Kube,
+    apps: client.AppsV1Api,
+    namespace: str,
+    op_gateway: GatewayProcess,
+    db: psycopg.Connection[Any],
+) -> None:
+    alias = f"never-{namespace}"
+    # A model no registry has: the replica starts, its pull fails, it never takes traffic.
+    kube.create(autoscaled(namespace, "stuck", maxReplicas=1, coldStartSeconds=2))
+    kube.create(model_alias(namespace, "stuck", alias, "no-such-model:1b", "stuck"))
+    wait_for("the pool at zero", lambda: at_zero(kube, apps, namespace, "stuck"))
+    wait_for("a servable row", lambda: (row(db, alias) or {}).get("enabled"))
+    key = new_key(kube, namespace, "user", [alias])
+    oai = openai.OpenAI(base_url=op_gateway.url + "/v1", api_key=key, max_retries=0, timeout=60)
+    wait_for("the gateway to know the alias", lambda: serves(oai, alias))
+    with pytest.raises(openai.APIStatusError) as refused:
+        oai.chat.completions.create(model=alias, messages=[{"role": "user", "content": "hi"}])
+    assert refused.value.status_code == 503
+    assert refused.value.response.json()["error"]["code"] == "pool_busy"
+    assert int(refused.value.response.headers["retry-after"]) >= 1
+    # It was not for want of trying: the request woke the pool.
+    wait_for("the scale-up", lambda: status(kube, namespace, "stuck").get("desiredReplicas") == 1)
+    assert listed(db, alias) == []

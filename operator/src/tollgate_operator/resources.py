@@ -240,6 +240,8 @@ class OllamaPoolSpec(Resource):
         if self.autoscaling is not None:
             row["autoscaling"] = True
             row["cold_start_seconds"] = self.autoscaling.cold_start_seconds
+            # The gateway's pool queue admits slots x ready replicas; what the target counts.
+            row["slots"] = self.slots
         return row
 
 
