@@ -13,6 +13,7 @@ as the container would.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import subprocess
@@ -26,6 +27,7 @@ from typing import Any, TypeVar
 import httpx
 import psycopg
 import pytest
+import redis
 import yaml
 from chart_helpers import CHART, ROOT, panel_queries
 from kubernetes import client, config
@@ -33,7 +35,7 @@ from kubernetes.client.exceptions import ApiException
 
 from tollgate_dev.controlplane.cluster import FakeNode, LocalCluster
 from tollgate_dev.proc import free_port, stop_process, wait_http
-from tollgate_dev.servers.backing import LocalPostgres
+from tollgate_dev.servers.backing import LocalPostgres, LocalValkey
 from tollgate_dev.servers.programs import StandinProcess
 from tollgate_dev.servers.prometheus import PrometheusServer
 from tollgate_gateway.cli import migrate
@@ -134,7 +136,11 @@ def operator_kubeconfig(cluster: LocalCluster, kubectl: str, folder: Path) -> Pa
 
 @pytest.fixture(scope="module")
 def operator(
-    cluster: LocalCluster, api: client.ApiClient, dsn: str, service_dir: Path
+    cluster: LocalCluster,
+    api: client.ApiClient,
+    dsn: str,
+    service_dir: Path,
+    valkey: LocalValkey,
 ) -> Iterator[str]:
     """The operator process; yields its metrics address (host:port)."""
     kubectl = str(cluster.bin_dir / "kubectl")
@@ -170,6 +176,9 @@ def operator(
         "TOLLGATE_METRICS_HOST": "127.0.0.1",
         "TOLLGATE_METRICS_PORT": str(metrics_port),
         "TOLLGATE_LIVENESS_ENDPOINT": f"http://127.0.0.1:{liveness_port}/healthz",
+        # The gateways' demand per pool (autoscaling), as a gateway writes it.
+        "TOLLGATE_REDIS_URL": valkey.url,
+        "TOLLGATE_AUTOSCALE_INTERVAL_SECONDS": "0.5",
     }
     with (service_dir / "dashboard-operator.log").open("ab") as log:
         proc = subprocess.Popen(
@@ -199,7 +208,7 @@ def create(api: client.ApiClient, plural: str, name: str, spec: dict[str, Any]) 
 
 @pytest.fixture(scope="module")
 def prometheus(
-    operator: str, api: client.ApiClient, service_dir: Path
+    operator: str, api: client.ApiClient, service_dir: Path, valkey: LocalValkey
 ) -> Iterator[PrometheusServer]:
     server = PrometheusServer(service_dir / "prometheus-operator-dashboard", {JOB: [operator]})
     server.start()
@@ -260,7 +269,25 @@ def prometheus(
             "qwen",
             {"alias": "qwen", "model": "qwen2.5:0.5b", "poolRef": {"name": "gpus"}},
         )
+        # An autoscaled pool at zero and a request waiting for it (the demand a gateway
+        # publishes, in its format): a scale-up.
+        create(
+            api,
+            "ollamapools",
+            "elastic",
+            {
+                "gpus": 1,
+                "storage": {"size": "1Gi", "storageClassName": STORAGE_CLASS},
+                "autoscaling": {"minReplicas": 0, "maxReplicas": 1},
+            },
+        )
+        demand = redis.Redis.from_url(valkey.url)
+        entry = {"inflight": 0, "queued": 1, "at": time.time()}
+        demand.hset(f"tg:demand:{{{NS}/elastic}}", "dashboard-gateway", json.dumps(entry))
+        demand.close()
         for metric in (
+            'tollgate_operator_scale_events_total{direction="up"}',
+            'tollgate_operator_pool_demand{pool="dashboards/elastic"}',
             'tollgate_operator_pulls_total{result="success"}',
             'tollgate_operator_drift_repairs_total{what="secret"}',
             'tollgate_operator_errors_total{kind="ModelAlias"}',

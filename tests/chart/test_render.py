@@ -427,7 +427,10 @@ OPERATOR_VERBS: dict[tuple[str, str], set[str]] = {
     ("", "secrets"): {"get", "create", "patch"},
     ("", "services"): {"get", "create", "patch"},
     ("", "serviceaccounts"): {"create", "patch"},
-    ("apps", "statefulsets"): {"create", "patch"},
+    # get: the replicas a StatefulSet has (a manual scale of an autoscaled pool is reverted
+    # with an Event); scale: the autoscaler changes nothing else.
+    ("apps", "statefulsets"): {"get", "create", "patch"},
+    ("apps", "statefulsets/scale"): {"patch"},
     ("policy", "poddisruptionbudgets"): {"create", "patch"},
     ("networking.k8s.io", "networkpolicies"): {"create", "patch"},
     ("", "pods"): {"list", "watch"},
@@ -486,6 +489,11 @@ def test_operator_settings(render: Render) -> None:
     assert env["TOLLGATE_KEY_PEPPER"]["secretKeyRef"] == {
         "name": "tollgate-secrets",
         "key": "TOLLGATE_KEY_PEPPER",
+    }
+    # The gateways' Redis, where they publish each pool's demand (autoscaling).
+    assert env["TOLLGATE_REDIS_URL"]["secretKeyRef"] == {
+        "name": "tollgate-secrets",
+        "key": "REDIS_URL",
     }
     # Pools admit this release's gateway and operator Pods, by their selector labels.
     assert env["TOLLGATE_POOL_NETWORK_POLICY"] == "true"
@@ -597,7 +605,8 @@ def test_network_policies(render: Render) -> None:
     assert egress_ports == {53, 5432, 6432, 6379, 6380, 11434}
     operator = one(manifests, "NetworkPolicy", OPERATOR)["spec"]
     egress_ports = {p["port"] for rule in operator["egress"] for p in rule.get("ports", [])}
-    assert egress_ports == {53, 443, 6443, 5432, 6432, 11434}
+    # Redis too: the demand the gateways publish per pool (autoscaling).
+    assert egress_ports == {53, 443, 6443, 5432, 6432, 6379, 6380, 11434}
     assert operator["ingress"][0]["ports"] == [{"port": 9090, "protocol": "TCP"}]
 
     bundled = render(CI["bundled-db-default-pool"], sets={"networkPolicy.enabled": "true"})
@@ -607,6 +616,11 @@ def test_network_policies(render: Render) -> None:
         for peer in postgres["ingress"][0]["from"]
     }
     assert components == {"gateway", "migration", "operator"}
+    redis = one(bundled, "NetworkPolicy", "tollgate-redis")["spec"]
+    assert {
+        peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
+        for peer in redis["ingress"][0]["from"]
+    } == {"gateway", "operator"}
     gateway_egress = one(bundled, "NetworkPolicy", GATEWAY)["spec"]["egress"]
     to_postgres = [
         r for r in gateway_egress if r.get("ports") == [{"port": 5432, "protocol": "TCP"}]
@@ -723,6 +737,8 @@ ALL_ON: dict[str, str] = {
     "metrics.prometheusRule.enabled": "true",
     "metrics.dashboards.enabled": "true",
     "defaultPool.enabled": "true",
+    "keda.enabled": "true",
+    "keda.scaledObjects": "[{pool: default, maxReplicas: 2}]",
     # Used only once a bundled database is off (see BASE_FOR).
     "secrets.postgresDsn": "postgresql://base:base@db:5432/tollgate",
     "secrets.redisUrl": "redis://base:6379/0",
@@ -811,6 +827,7 @@ CHANGE: dict[str, Any] = {
     "postgresql.password": "other-password",
     "redis.password": "other-password",
     "secrets.keyPepper": "other-pepper-" + "p" * 16,
+    "keda.prometheusAddress": "http://prometheus.example:9090",
 }
 
 
@@ -887,3 +904,39 @@ def test_every_value_changes_the_output(helm: Path, tmp_path: Path, path: str, v
     before = _BASE_RENDERS[key]
     after = run_helm(helm, *template_args([after_file])).stdout
     assert before != after, f"changing {path} changed nothing"
+
+
+def test_keda_scaled_objects_are_off_by_default_and_scale_the_pool(render: Render) -> None:
+    assert not find(render(CI["defaults"]), "ScaledObject")
+    manifests = render(
+        sets={
+            "keda.enabled": "true",
+            "keda.scaledObjects[0].pool": "small",
+            "keda.scaledObjects[0].maxReplicas": "4",
+            "keda.scaledObjects[1].pool": "big",
+            "keda.scaledObjects[1].namespace": "team-a",
+            "keda.scaledObjects[1].minReplicas": "1",
+            "keda.scaledObjects[1].maxReplicas": "2",
+            "keda.scaledObjects[1].target": "3",
+        }
+    )
+    small = one(manifests, "ScaledObject", "small-ollamapool")
+    assert small["metadata"]["namespace"] == NAMESPACE
+    # KEDA scales the OllamaPool (its scale subresource, spec.replicas); the operator applies it.
+    assert small["spec"]["scaleTargetRef"] == {
+        "apiVersion": "tollgate.dev/v1alpha1",
+        "kind": "OllamaPool",
+        "name": "small",
+    }
+    assert (small["spec"]["minReplicaCount"], small["spec"]["maxReplicaCount"]) == (0, 4)
+    (trigger,) = small["spec"]["triggers"]
+    assert trigger["type"] == "prometheus"
+    assert trigger["metadata"]["query"] == (
+        f'sum(tollgate_replica_in_flight_requests{{pool="{NAMESPACE}/small"}}) or vector(0)'
+    )
+    assert trigger["metadata"]["threshold"] == "1"
+    big = one(manifests, "ScaledObject", "big-ollamapool")
+    assert big["metadata"]["namespace"] == "team-a"
+    assert (big["spec"]["minReplicaCount"], big["spec"]["maxReplicaCount"]) == (1, 2)
+    assert big["spec"]["triggers"][0]["metadata"]["threshold"] == "3"
+    assert 'pool="team-a/big"' in big["spec"]["triggers"][0]["metadata"]["query"]

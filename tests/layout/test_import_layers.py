@@ -96,7 +96,7 @@ LAYERS: dict[str, list[tuple[str, list[str]]]] = {
                 "builders",
             ],
         ),
-        ("adapters", ["db", "k8s", "ollama", "leader"]),
+        ("adapters", ["db", "k8s", "ollama", "leader", "demand"]),
         ("services", ["services"]),
         ("handlers", ["handlers", "factory", "__main__"]),
     ],

@@ -26,6 +26,7 @@ from operator_harness import (
 
 from tollgate_dev.plugins.cluster import ClusterHandle
 from tollgate_dev.plugins.services import Gateways
+from tollgate_dev.servers.backing import LocalValkey
 from tollgate_dev.servers.jaeger import JaegerServer
 from tollgate_dev.servers.programs import GatewayProcess
 
@@ -74,8 +75,9 @@ def operator(
     fake_cluster: FakeCluster,
     service_dir: Path,
     jaeger: JaegerServer,
+    valkey: LocalValkey,
 ) -> Iterator[OperatorProcess]:
-    env = operator_env(k8s_cluster, migrated_dsn, op_gateway.url)
+    env = operator_env(k8s_cluster, migrated_dsn, op_gateway.url, valkey.url)
     env["TOLLGATE_OTLP_ENDPOINT"] = jaeger.otlp_endpoint  # reconciles are traced
     proc = OperatorProcess(env, log_path=service_dir / "operator.log")
     proc.start()

@@ -147,8 +147,17 @@ class OperatorProcess:
 # `make run-cluster`) ---------------------------------------------------------------------------
 
 
-def operator_env(k8s_cluster: ClusterHandle, dsn: str, gateway_url: str) -> dict[str, str]:
+def operator_env(
+    k8s_cluster: ClusterHandle, dsn: str, gateway_url: str, redis_url: str | None = None
+) -> dict[str, str]:
+    autoscaling = (
+        # The gateways' Valkey (demand per pool); sampled often so tests take seconds.
+        {"TOLLGATE_REDIS_URL": redis_url, "TOLLGATE_AUTOSCALE_INTERVAL_SECONDS": "0.5"}
+        if redis_url
+        else {}
+    )
     return {
+        **autoscaling,
         "KUBECONFIG": str(k8s_cluster.kubeconfig),
         "POSTGRES_DSN": dsn,
         "TOLLGATE_KEY_PEPPER": PEPPER,

@@ -118,9 +118,9 @@ def test_pool_children(kube: Kube, namespace: str, k8s_cluster: ClusterHandle) -
     # `kubectl get` tells the story.
     out = k8s_cluster.kubectl("get", "ollamapools", "-n", namespace).stdout
     assert out.split("\n")[0].split() == [
-        "NAME", "REPLICAS", "READY", "GPUS", "LOADED", "STATUS", "AGE",
+        "NAME", "REPLICAS", "DESIRED", "READY", "GPUS", "LOADED", "STATUS", "AGE",
     ]  # fmt: skip
-    assert out.split("\n")[1].split()[:6] == ["gpu", "1", "1", "1", "0", "ReplicasReady"]
+    assert out.split("\n")[1].split()[:7] == ["gpu", "1", "1", "1", "1", "0", "ReplicasReady"]
 
     # Drift: a StatefulSet changed by hand is put back.
     apps.patch_namespaced_stateful_set("gpu", namespace, {"spec": {"replicas": 3}})

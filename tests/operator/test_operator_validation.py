@@ -189,6 +189,46 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         obj("OllamaPool", {"imagePullPolicy": "Sometimes"}),
         'Unsupported value: "Sometimes"',
     ),
+    (
+        "autoscaling minReplicas above maxReplicas",
+        obj("OllamaPool", {"autoscaling": {"minReplicas": 3, "maxReplicas": 2}}),
+        "minReplicas must not exceed maxReplicas",
+    ),
+    (
+        "autoscaling without maxReplicas",
+        obj("OllamaPool", {"autoscaling": {"minReplicas": 1}}),
+        "spec.autoscaling.maxReplicas: Required value",
+    ),
+    (
+        "autoscaling maxReplicas zero",
+        obj("OllamaPool", {"autoscaling": {"maxReplicas": 0}}),
+        "should be greater than or equal to 1",
+    ),
+    (
+        "autoscaling minReplicas negative",
+        obj("OllamaPool", {"autoscaling": {"minReplicas": -1, "maxReplicas": 2}}),
+        "should be greater than or equal to 0",
+    ),
+    (
+        "autoscaling target below 10 percent",
+        obj("OllamaPool", {"autoscaling": {"maxReplicas": 2, "targetLoadPercent": 5}}),
+        "should be greater than or equal to 10",
+    ),
+    (
+        "autoscaling cold start of zero seconds",
+        obj("OllamaPool", {"autoscaling": {"maxReplicas": 2, "coldStartSeconds": 0}}),
+        "should be greater than or equal to 1",
+    ),
+    (
+        "autoscaling negative scale-down delay",
+        obj("OllamaPool", {"autoscaling": {"maxReplicas": 2, "scaleDownDelaySeconds": -1}}),
+        "should be greater than or equal to 0",
+    ),
+    (
+        "autoscaling warmModels twice the same",
+        obj("OllamaPool", {"autoscaling": {"maxReplicas": 2, "warmModels": ["a", "a"]}}),
+        'Duplicate value: "a"',
+    ),
 ]
 
 
@@ -281,6 +321,16 @@ def test_defaults_are_filled_in(crds: list[str], kube: Kube, namespace: str) -> 
     }
     alias = kube.get("modelaliases", namespace, "defaults")["spec"]
     assert (alias["enabled"], alias["deleteModelOnRemoval"]) == (True, False)
+    create(kube, namespace, obj("OllamaPool", {"autoscaling": {"maxReplicas": 2}}, name="auto"))
+    assert kube.get("ollamapools", namespace, "auto")["spec"]["autoscaling"] == {
+        "minReplicas": 0,
+        "maxReplicas": 2,
+        "targetLoadPercent": 100,
+        "scaleUpDelaySeconds": 0,
+        "scaleDownDelaySeconds": 300,
+        "coldStartSeconds": 600,
+        "drainSeconds": 120,
+    }
 
 
 @pytest.mark.parametrize("priority", ["interactive", "standard", "batch", "2.5", "10"])

@@ -228,7 +228,11 @@ no other workloads.
   verbs: ["create", "patch"]
 - apiGroups: ["apps"]
   resources: ["statefulsets"]
-  verbs: ["create", "patch"]
+  verbs: ["get", "create", "patch"]
+# Autoscaling (spec.autoscaling): a pool's replicas, through the scale subresource only.
+- apiGroups: ["apps"]
+  resources: ["statefulsets/scale"]
+  verbs: ["patch"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
   verbs: ["create", "patch"]

@@ -7,10 +7,12 @@ from dataclasses import dataclass
 import aiohttp
 
 from tollgate_operator.db import Database
+from tollgate_operator.demand import DemandReader
 from tollgate_operator.k8s import Kube, post_event
 from tollgate_operator.ollama import OllamaClient
 from tollgate_operator.services.aliases import AliasService
 from tollgate_operator.services.apikeys import ApiKeyService
+from tollgate_operator.services.autoscaler import Autoscaler
 from tollgate_operator.services.common import Locks, StatusWriter, Wakers
 from tollgate_operator.services.pools import PoolService
 from tollgate_operator.settings import Settings
@@ -26,8 +28,12 @@ class Context:
     apikeys: ApiKeyService
     pools: PoolService
     aliases: AliasService
+    scaler: Autoscaler
+    demand: DemandReader | None = None
 
     async def close(self) -> None:
+        if self.demand is not None:
+            await self.demand.close()
         await self.http.close()
         await self.kube.close()
         await self.db.close()
@@ -47,7 +53,13 @@ async def build_context(settings: Settings) -> Context:
         settings.insecure_registry_list,
     )
     locks, wakers, statuses = Locks(), Wakers(), StatusWriter(kube)
-    pools = PoolService(settings, kube, ollama, locks, statuses, post_event)
+    demand = (
+        DemandReader(settings.redis_url, settings.demand_fresh_seconds)
+        if settings.redis_url
+        else None
+    )
+    scaler = Autoscaler(settings, kube, demand, locks, wakers, statuses, post_event)
+    pools = PoolService(settings, kube, ollama, locks, statuses, post_event, scaler)
     return Context(
         settings=settings,
         kube=kube,
@@ -59,4 +71,6 @@ async def build_context(settings: Settings) -> Context:
         aliases=AliasService(
             settings, kube, db, ollama, pools, locks, wakers, statuses, post_event
         ),
+        scaler=scaler,
+        demand=demand,
     )

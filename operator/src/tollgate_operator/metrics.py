@@ -51,6 +51,31 @@ ORPHANS_WAITING = Gauge(
     "Managed rows whose resource is missing, within the orphan grace, by kind.",
     ["kind"],
 )
+POOL_DESIRED_REPLICAS = Gauge(
+    "tollgate_operator_pool_desired_replicas",
+    "Replicas a pool should have: the autoscaler's decision, else spec.replicas (pool: "
+    "namespace/name).",
+    ["pool"],
+)
+POOL_REPLICAS = Gauge(
+    "tollgate_operator_pool_replicas",
+    "Replicas the pool's StatefulSet is set to (above desired while replicas drain).",
+    ["pool"],
+)
+POOL_READY_REPLICAS = Gauge(
+    "tollgate_operator_pool_ready_replicas", "Ready replicas of a pool.", ["pool"]
+)
+POOL_DEMAND = Gauge(
+    "tollgate_operator_pool_demand",
+    "Requests in flight plus queued for an autoscaled pool, summed over the gateways.",
+    ["pool"],
+)
+SCALE_EVENTS = Counter(
+    "tollgate_operator_scale_events_total",
+    "Autoscaler changes by direction: up, drain (replicas leave rotation), down, and "
+    "restored (the StatefulSet was scaled by someone else and set back).",
+    ["pool", "direction"],
+)
 LEADER = Gauge("tollgate_operator_leader", "1 while this replica holds the leader Lease.")
 
 

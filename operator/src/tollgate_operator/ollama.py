@@ -151,6 +151,20 @@ class OllamaClient:
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise Unavailable("ollama", f"{base_url}: {type(exc).__name__}") from exc
 
+    async def load(self, base_url: str, model: str) -> None:
+        """Load a model into memory: Ollama loads on a generate request without a prompt."""
+        try:
+            async with self._session.post(
+                f"{base_url}/api/generate",
+                json={"model": model, "stream": False},
+                timeout=self._stream,
+            ) as response:
+                if response.status != 200:
+                    raise PullFailed(await _error_text(response))
+                await response.read()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise Unavailable("ollama", f"{base_url}: {type(exc).__name__}") from exc
+
     async def delete(self, base_url: str, model: str) -> bool:
         """True when deleted, False when it was not there."""
         try:

@@ -198,6 +198,23 @@ class PoolRouting(Resource):
         return {"pool": pool, "policy": self.policy, "prefix_chars": chars, "slots": slots or 1}
 
 
+class PoolAutoscaling(Resource):
+    """``spec.autoscaling``: replicas follow the gateways' demand (README "Autoscaling").
+
+    The load of a replica is (requests in flight + queued) per parallel slot
+    (``numParallel``); ``targetLoadPercent`` 100 means one request per slot.
+    """
+
+    min_replicas: int = Field(0, ge=0, le=64)
+    max_replicas: int = Field(ge=1, le=64)
+    target_load_percent: int = Field(100, ge=10, le=1000)
+    scale_up_delay_seconds: int = Field(0, ge=0, le=3600)
+    scale_down_delay_seconds: int = Field(300, ge=0, le=86400)
+    cold_start_seconds: int = Field(600, ge=1, le=3600)
+    drain_seconds: int = Field(120, ge=0, le=3600)
+    warm_models: list[str] = Field(default_factory=list, max_length=16)
+
+
 class OllamaPoolSpec(Resource):
     replicas: int = Field(1, ge=0, le=64)
     image: str | None = None
@@ -214,7 +231,24 @@ class OllamaPoolSpec(Resource):
     num_parallel: int | None = Field(None, ge=1, le=256)
     max_queue: int | None = Field(None, ge=1, le=100_000)
     routing: PoolRouting = Field(default_factory=PoolRouting)
+    autoscaling: PoolAutoscaling | None = None
     env: list[EnvVar] = Field(default_factory=list)
+
+    @property
+    def slots(self) -> int:
+        """Requests one replica serves at once: numParallel, else Ollama's default of 1
+        request per model (OLLAMA_NUM_PARALLEL unset)."""
+        return self.num_parallel or 1
+
+    def routing_row(self, pool: str) -> dict[str, Any]:
+        """``models.routing`` for the aliases of this pool: spec.routing, and for an
+        autoscaled pool the hold deadline of a request that finds no ready replica."""
+        # The gateway's pool queue admits slots x ready replicas (what the target counts).
+        row = self.routing.to_row(pool, self.slots)
+        if self.autoscaling is not None:
+            row["autoscaling"] = True
+            row["cold_start_seconds"] = self.autoscaling.cold_start_seconds
+        return row
 
 
 class PoolPod(Resource):
@@ -232,6 +266,14 @@ class OllamaPoolStatus(Resource):
     loaded_models: int | None = None
     selector: str | None = None
     service_url: str | None = Field(None, alias="serviceURL")
+    # Autoscaling (spec.autoscaling): the decision, persisted before it is carried out so a
+    # restarted operator neither loses nor repeats it. ``replicas`` is then what the
+    # StatefulSet is set to; it stays above ``desiredReplicas`` while replicas drain.
+    desired_replicas: int | None = None
+    demand: int | None = None
+    last_scale_time: Timestamp | None = None
+    last_scale_reason: str | None = None
+    draining_since: Timestamp | None = None
     pods: list[PoolPod] = Field(default_factory=list)
     conditions: list[Condition] = Field(default_factory=list)
 

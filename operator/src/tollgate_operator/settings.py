@@ -109,6 +109,18 @@ class Settings(BaseSettings):
     orphan_grace_seconds: float = 900.0
     orphan_sweep_seconds: float = 60.0
 
+    # Autoscaling (OllamaPool spec.autoscaling): the gateways publish each pool's demand in
+    # this Redis / Valkey (the gateways' REDIS_URL). Unset: pools with spec.autoscaling keep
+    # their current replicas and say why in their status.
+    redis_url: str | None = Field(
+        None, validation_alias=AliasChoices("TOLLGATE_REDIS_URL", "REDIS_URL")
+    )
+    # How often each autoscaled pool's demand is sampled (a waiting request wakes it at once).
+    autoscale_interval_seconds: float = Field(2.0, gt=0)
+    # A gateway's entry counts while it is younger than this (gateways write about every
+    # second while busy; the entry of a gateway that died stops counting).
+    demand_fresh_seconds: float = Field(15.0, gt=0)
+
     metrics_port: int = 9090  # 0: no metrics endpoint
     metrics_host: str = "0.0.0.0"
     liveness_endpoint: str = "http://0.0.0.0:8080/healthz"

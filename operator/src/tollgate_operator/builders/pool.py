@@ -102,8 +102,14 @@ def _probe(path: str, **timing: int) -> dict[str, Any]:
 
 
 def build_statefulset(
-    name: str, namespace: str, spec: OllamaPoolSpec, defaults: PoolDefaults
+    name: str,
+    namespace: str,
+    spec: OllamaPoolSpec,
+    defaults: PoolDefaults,
+    replicas: int | None = None,
 ) -> dict[str, Any]:
+    """``replicas``: the autoscaler's count for a pool with spec.autoscaling (the scale
+    subresource changes it; applying the same number keeps the two from disagreeing)."""
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": spec.image or defaults.image,
@@ -169,7 +175,7 @@ def build_statefulset(
         "kind": "StatefulSet",
         "metadata": {"name": name, "namespace": namespace, "labels": pool_labels(name)},
         "spec": {
-            "replicas": spec.replicas,
+            "replicas": spec.replicas if replicas is None else replicas,
             "serviceName": headless_name(name),
             # Replicas are independent model servers: start and stop them together.
             "podManagementPolicy": "Parallel",
@@ -279,7 +285,11 @@ def build_network_policy(
 
 
 def build_pool_children(
-    name: str, namespace: str, spec: OllamaPoolSpec, defaults: PoolDefaults
+    name: str,
+    namespace: str,
+    spec: OllamaPoolSpec,
+    defaults: PoolDefaults,
+    replicas: int | None = None,
 ) -> list[dict[str, Any]]:
     """In the order they are applied: the policy before any Pod exists, the account before
     the StatefulSet that names it."""
@@ -293,6 +303,6 @@ def build_pool_children(
         build_service_account(name, namespace),
         build_service(name, namespace, defaults.port),
         build_headless_service(name, namespace, defaults.port),
-        build_statefulset(name, namespace, spec, defaults),
+        build_statefulset(name, namespace, spec, defaults, replicas),
         build_pdb(name, namespace),
     ]

@@ -76,14 +76,19 @@ def _end(span: Any, result: str) -> None:
 
 
 async def resync(
-    kind: str, step: Callable[[], Awaitable[Any]], retry_after: float, body: Any = None
+    kind: str,
+    step: Callable[[], Awaitable[Any]],
+    retry_after: float,
+    body: Any = None,
+    trigger: str = "resync",
 ) -> float:
     """A timer's or daemon's pass: errors are logged and counted, never raised (the status
-    already says what is wrong; the next pass tries again). Returns the delay it suggests."""
+    already says what is wrong; the next pass tries again). Returns the delay it suggests.
+    Passes of the "autoscale" trigger (every few seconds per pool) are counted, not traced."""
     began = time.monotonic()
     result = "ok"
     delay = retry_after
-    span = tracing.start_reconcile(kind, "resync", body, 0)
+    span = tracing.start_reconcile(kind, trigger, body, 0) if trigger != "autoscale" else None
     try:
         value = await step()
         if isinstance(value, int | float):
@@ -104,9 +109,10 @@ async def resync(
         metrics.ERRORS.labels(kind, "Unexpected").inc()
         logger.exception("%s: unexpected error in a resync", kind)
     finally:
-        metrics.RECONCILES.labels(kind, "resync", result).inc()
+        metrics.RECONCILES.labels(kind, trigger, result).inc()
         metrics.RECONCILE_SECONDS.labels(kind).observe(time.monotonic() - began)
-        _end(span, result)
+        if span is not None:
+            _end(span, result)
     return delay
 
 
@@ -117,6 +123,7 @@ async def daemon_loop(
     kind: str,
     step: Callable[[], Awaitable[float]],
     interval: float,
+    trigger: str = "resync",
 ) -> None:
     """Run `step` until the object goes away; sleep what it asks, or until woken."""
     wake = asyncio.Event()
@@ -124,7 +131,7 @@ async def daemon_loop(
     try:
         while not stopped:
             wake.clear()
-            delay = await resync(kind, step, interval)
+            delay = await resync(kind, step, interval, trigger=trigger)
             if delay > 0 and not wake.is_set():
                 await _sleep(stopped, wake, delay)
     finally:

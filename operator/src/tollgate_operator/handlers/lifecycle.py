@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import kopf
 
 from tollgate_operator.builders.labels import POOL_LABEL
-from tollgate_operator.factory import build_context
+from tollgate_operator.factory import Context, build_context
 from tollgate_operator.handlers.common import context
+from tollgate_operator.services.autoscaler import autoscaler_key
 from tollgate_operator.services.orphans import OrphanSweeper
 from tollgate_operator.settings import get_settings
 
@@ -44,6 +46,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     memo.ctx = await build_context(ours)
+    if memo.ctx.demand is not None:
+        memo.listening = asyncio.create_task(memo.ctx.demand.listen(wake_pool(memo.ctx)))
     if ours.orphan_sweep_seconds > 0:
         namespaces = getattr(memo, "namespaces", None) or ()
         sweeper = OrphanSweeper(memo.ctx.db, memo.ctx.kube, ours.orphan_grace_seconds, namespaces)
@@ -61,13 +65,25 @@ async def sweep_forever(sweeper: OrphanSweeper, every: float) -> None:
         await asyncio.sleep(every)
 
 
+def wake_pool(ctx: Context) -> Callable[[str], None]:
+    """A gateway announced a request waiting for "<namespace>/<pool>": sample it now."""
+
+    def wake(pool: str) -> None:
+        namespace, _, name = pool.partition("/")
+        if name:
+            ctx.wakers.wake(autoscaler_key(namespace, name))
+
+    return wake
+
+
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
-    task: asyncio.Task[None] | None = getattr(memo, "sweeping", None)
-    if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    for name in ("sweeping", "listening"):
+        task: asyncio.Task[None] | None = getattr(memo, name, None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
     if getattr(memo, "ctx", None) is not None:
         await context(memo).close()
 

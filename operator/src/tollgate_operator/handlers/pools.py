@@ -10,6 +10,7 @@ from tollgate_operator.builders.labels import POOL_LABEL
 from tollgate_operator.factory import Context
 from tollgate_operator.handlers.common import context, daemon_loop, reconciling
 from tollgate_operator.resources import GROUP, OLLAMAPOOLS, VERSION, ObjectRef
+from tollgate_operator.services.autoscaler import autoscaler_key
 from tollgate_operator.services.common import pool_key
 
 KIND = "OllamaPool"
@@ -18,9 +19,13 @@ KIND = "OllamaPool"
 @kopf.on.resume(GROUP, VERSION, OLLAMAPOOLS)
 @kopf.on.create(GROUP, VERSION, OLLAMAPOOLS)
 @kopf.on.update(GROUP, VERSION, OLLAMAPOOLS)
-async def pool_changed(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
+async def pool_changed(
+    body: kopf.Body, memo: kopf.Memo, retry: int, diff: kopf.Diff | None = None, **_: Any
+) -> None:
     ctx = context(memo)
     ref = ObjectRef.of(OLLAMAPOOLS, body)
+    if any(tuple(d[1]) == ("spec", "replicas") for d in diff or ()):
+        ctx.scaler.replicas_ignored(ref)
     async with reconciling(KIND, "change", retry, body):
         await ctx.pools.reconcile(ref)
     ctx.wakers.wake(pool_key(ref.namespace, ref.name))
@@ -50,6 +55,33 @@ async def pool_daemon(
 async def _pass(ctx: Context, ref: ObjectRef) -> float:
     await ctx.pools.reconcile(ref)
     return ctx.settings.pool_resync_seconds
+
+
+def autoscaled(spec: kopf.Spec, **_: Any) -> bool:
+    return spec.get("autoscaling") is not None
+
+
+@kopf.daemon(GROUP, VERSION, OLLAMAPOOLS, cancellation_timeout=10, when=autoscaled)
+async def pool_autoscaler(
+    stopped: kopf.DaemonStopped, body: kopf.Body, memo: kopf.Memo, **_: Any
+) -> None:
+    """Pools with spec.autoscaling (kopf starts and stops it as that comes and goes): demand
+    sampled every interval, or at once when a gateway announces a request waiting for the
+    pool. Only the leader runs handlers: one decision maker."""
+    ctx = context(memo)
+    ref = ObjectRef.of(OLLAMAPOOLS, body)
+    try:
+        await daemon_loop(
+            stopped,
+            ctx,
+            (autoscaler_key(ref.namespace, ref.name),),
+            KIND,
+            lambda: ctx.scaler.step(ref),
+            ctx.settings.autoscale_interval_seconds,
+            trigger="autoscale",
+        )
+    finally:
+        ctx.scaler.forget(ref)
 
 
 @kopf.on.event("", "v1", "pods", labels={POOL_LABEL: kopf.PRESENT})

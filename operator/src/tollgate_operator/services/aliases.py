@@ -53,6 +53,7 @@ logger = logging.getLogger(__name__)
 
 RETRY_FIRST_SECONDS = 5.0
 SHORT_WAIT_SECONDS = 5.0
+COLD = "cold"  # the replica has the tag on disk, not in memory (warmModels)
 
 
 class AliasTaken(Exception):
@@ -75,11 +76,24 @@ class Routing:
     routing: dict[str, Any]
 
 
+def ordinal(pod: str, pool: str) -> int | None:
+    """A StatefulSet Pod's ordinal (``small-2`` of pool ``small``: 2)."""
+    prefix, _, number = pod.rpartition("-")
+    return int(number) if prefix == pool and number.isdigit() else None
+
+
+def in_rotation(pod: dict[str, Any], seen: Observation) -> bool:
+    """Not chosen for removal: an autoscaled pool's replicas above its decision drain."""
+    if seen.pool_spec.autoscaling is None:
+        return True
+    number = ordinal(pod_name(pod), seen.pool)
+    return number is None or number < seen.target
+
+
 def routing_of(
     ref: ObjectRef, spec: ModelAliasSpec, seen: Observation, serving: str | None, port: int
 ) -> Routing:
-    pool = seen.pool_spec
-    rules = pool.routing.to_row(f"{ref.namespace}/{spec.pool_ref.name}", pool.num_parallel)
+    rules = seen.pool_spec.routing_row(f"{ref.namespace}/{spec.pool_ref.name}")
     if serving is None or normalize_tag(serving) != normalize_tag(spec.model):
         # Switching tags: which replicas still hold the old one is not known here.
         return Routing(None, rules)
@@ -87,6 +101,8 @@ def routing_of(
         {"name": pod_name(p), "url": pod_url(p, port)}
         for p in seen.pods
         if pod_is_ready(p)
+        and in_rotation(p, seen)
+        and p["metadata"]["uid"] not in seen.to_warm
         and (entry := seen.entries.get(pod_name(p))) is not None
         and entry.state == PullState.PRESENT
     ]
@@ -149,10 +165,12 @@ def plan_model_row(rows: list[Row], desired: Row, *, create: bool = True) -> Row
 
 @dataclass
 class PullMemory:
-    """What a daemon remembers between passes: failed pulls and when to retry them."""
+    """What a daemon remembers between passes: failed pulls and when to retry them, and the
+    replicas it loaded the model on (warmModels)."""
 
     failures: dict[str, tuple[int, float, str]] = field(default_factory=dict)
     max_delay: float = 300.0
+    warmed: set[str] = field(default_factory=set)
 
     def due(self, pod_uid: str, now: float) -> bool:
         entry = self.failures.get(pod_uid)
@@ -178,6 +196,31 @@ class Observation:
     pods: list[dict[str, Any]]
     entries: dict[str, ReplicaPull]
     to_pull: list[dict[str, Any]]
+    pool: str = ""
+    # Replicas the pool should have: spec.replicas, or the autoscaler's decision.
+    target: int = 0
+    # Pod uids that hold the model but must load it before they take traffic (warmModels).
+    to_warm: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def at_zero(self) -> bool:
+        """An autoscaled pool with no replicas: its aliases stay servable (requests wait)."""
+        return self.pool_spec.autoscaling is not None and self.target == 0
+
+
+def pool_target(spec: OllamaPoolSpec, status: dict[str, Any]) -> int:
+    if spec.autoscaling is None:
+        return spec.replicas
+    for field_name in ("desiredReplicas", "replicas"):
+        value = status.get(field_name)
+        if isinstance(value, int):
+            return value
+    return spec.autoscaling.min_replicas
+
+
+def warms(spec: OllamaPoolSpec, ref: ObjectRef, alias: ModelAliasSpec) -> bool:
+    auto = spec.autoscaling
+    return auto is not None and (ref.name in auto.warm_models or alias.alias in auto.warm_models)
 
 
 class AliasService:
@@ -259,6 +302,9 @@ class AliasService:
         if seen.to_pull:
             await self._pull(ref, spec, seen, memory)
             return 0.0  # look again at once: the final state, and Pods that came meanwhile
+        if seen.to_warm:
+            await self._warm(ref, spec, seen, memory)
+            return 0.0
         async with self._locks.hold(ref.key):
             status = parse_status(ModelAliasStatus, self._statuses.current(ref))
             try:
@@ -278,7 +324,8 @@ class AliasService:
         url = await self._pools.service_url(ref.namespace, spec.pool_ref.name)
         pods = await self._pools.pods(ref.namespace, spec.pool_ref.name)
         ready = [p for p in pods if pod_is_ready(p)]
-        held = await asyncio.gather(*(self._holds(p, spec.model) for p in ready))
+        warm = warms(pool_spec, ref, spec)
+        held = await asyncio.gather(*(self._holds(p, spec.model, warm, memory) for p in ready))
         entries = {
             pod_name(p): ReplicaPull(
                 name=pod_name(p), state=PullState.WAITING, message="Pod not ready"
@@ -287,12 +334,15 @@ class AliasService:
             if not pod_is_ready(p)
         }
         to_pull: list[dict[str, Any]] = []
+        to_warm: dict[str, dict[str, Any]] = {}
         now = time.monotonic()
         for pod, state in zip(ready, held, strict=True):
             name, uid = pod_name(pod), pod["metadata"]["uid"]
-            if state is True:
+            if state is True or state == COLD:
                 entries[name] = ReplicaPull(name=name, state=PullState.PRESENT, percent=100)
                 memory.succeeded(uid)
+                if state == COLD:
+                    to_warm[uid] = pod
             elif isinstance(state, str):
                 entries[name] = ReplicaPull(name=name, state=PullState.UNREACHABLE, message=state)
             elif memory.due(uid, now):
@@ -301,15 +351,59 @@ class AliasService:
             else:
                 message = memory.failures[uid][2]
                 entries[name] = ReplicaPull(name=name, state=PullState.FAILED, message=message)
-        return Observation(pool_spec, url, pods, dict(sorted(entries.items())), to_pull)
+        return Observation(
+            pool_spec,
+            url,
+            pods,
+            dict(sorted(entries.items())),
+            to_pull,
+            pool=spec.pool_ref.name,
+            target=pool_target(pool_spec, pool.get("status") or {}),
+            to_warm=to_warm,
+        )
 
-    async def _holds(self, pod: dict[str, Any], model: str) -> bool | str:
-        """True/False: whether the replica has the tag; a string: why we could not tell."""
+    async def _holds(
+        self, pod: dict[str, Any], model: str, warm: bool, memory: PullMemory
+    ) -> bool | str:
+        """True/False: whether the replica has the tag; COLD: it has, but must load it
+        before it takes traffic (warmModels); another string: why we could not tell."""
+        url = pod_url(pod, self._settings.ollama_port)
         try:
-            tags = await self._ollama.tags(pod_url(pod, self._settings.ollama_port))
+            tags = await self._ollama.tags(url)
+            if normalize_tag(model) not in tags:
+                return False
+            if not warm or pod["metadata"]["uid"] in memory.warmed:
+                return True
+            if normalize_tag(model) in await self._ollama.ps(url):
+                memory.warmed.add(pod["metadata"]["uid"])
+                return True
         except Unavailable as exc:
             return exc.message
-        return normalize_tag(model) in tags
+        return COLD
+
+    async def _warm(
+        self, ref: ObjectRef, spec: ModelAliasSpec, seen: Observation, memory: PullMemory
+    ) -> None:
+        """Load the model on new replicas (an empty generate request) before they are
+        listed for traffic, so the first user does not wait for the load."""
+
+        async def one(uid: str, pod: dict[str, Any]) -> None:
+            try:
+                await self._ollama.load(pod_url(pod, self._settings.ollama_port), spec.model)
+            except (Unavailable, PullFailed) as exc:
+                self._events(
+                    ref.body,
+                    "Warning",
+                    "WarmFailed",
+                    f"Loading {spec.model} on {pod_name(pod)} failed: {exc}",
+                )
+            else:
+                self._events(
+                    ref.body, "Normal", "Warmed", f"{spec.model} loaded on {pod_name(pod)}"
+                )
+            memory.warmed.add(uid)  # once: a failed load does not keep it out of rotation
+
+        await asyncio.gather(*(one(uid, pod) for uid, pod in seen.to_warm.items()))
 
     async def _pull(
         self, ref: ObjectRef, spec: ModelAliasSpec, seen: Observation, memory: PullMemory
@@ -393,7 +487,7 @@ class AliasService:
         await self._statuses.merge(
             ref,
             {
-                "pulled": f"{present}/{seen.pool_spec.replicas}",
+                "pulled": f"{present}/{seen.target}",
                 "pods": [e.to_wire() for e in seen.entries.values()],
             },
         )
@@ -408,15 +502,19 @@ class AliasService:
     ) -> float:
         """Conditions, the row and status from what the pass saw."""
         states = [e.state for e in seen.entries.values()]
-        replicas = seen.pool_spec.replicas
+        replicas = seen.target
         present = states.count(PullState.PRESENT)
         everywhere = (
             replicas > 0
             and present >= replicas
             and all(s == PullState.PRESENT for s in states if s != PullState.WAITING)
         )
-        serving = spec.model if everywhere else status.serving_model
-        if replicas == 0:
+        # An autoscaled pool at zero serves the tag the next replica will pull.
+        serving = spec.model if everywhere or seen.at_zero else status.serving_model
+        if seen.at_zero:
+            pulled, reason = False, "ScaledToZero"
+            message = "The pool is at zero replicas; a request starts one and waits for it"
+        elif replicas == 0:
             pulled, reason, message = False, "NoReplicas", "The pool has no replicas"
         elif everywhere:
             pulled, reason = True, "PresentEverywhere"
@@ -445,7 +543,9 @@ class AliasService:
         elif serving != spec.model:
             ready, r_reason = False, "Switching"
             r_message = f"Serving {serving} until {spec.model} is on every replica"
-        elif not pulled:
+        elif seen.at_zero:
+            ready, r_reason, r_message = True, reason, message
+        elif not pulled and not (seen.pool_spec.autoscaling is not None and present > 0):
             ready, r_reason, r_message = False, reason, message
         else:
             ready, r_reason = True, "Serving"

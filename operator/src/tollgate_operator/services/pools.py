@@ -4,12 +4,14 @@ status from its Pods. Specs the platform does not allow (pool_rules.py) are refu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
 import kopf
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from tollgate_operator import metrics
 from tollgate_operator.builders.labels import pool_selector, selector_string
 from tollgate_operator.builders.pool import Peer, PoolDefaults, build_pool_children
 from tollgate_operator.k8s import Kube, pod_is_ready
@@ -21,6 +23,7 @@ from tollgate_operator.resources import (
     PoolPod,
     set_condition,
 )
+from tollgate_operator.services.autoscaler import Autoscaler, statefulset_replicas
 from tollgate_operator.services.common import (
     EventSink,
     Locks,
@@ -72,8 +75,10 @@ class PoolService:
         locks: Locks,
         statuses: StatusWriter,
         events: EventSink,
+        scaler: Autoscaler | None = None,
     ) -> None:
         self._settings = settings
+        self._scaler = scaler
         self._kube = kube
         self._ollama = ollama
         self._locks = locks
@@ -94,7 +99,14 @@ class PoolService:
             try:
                 spec = parse_spec(OllamaPoolSpec, ref)
                 self.rules.check(spec)
-                for manifest in build_pool_children(ref.name, ref.namespace, spec, self.defaults):
+                replicas = statefulset_replicas(spec, status)
+                if spec.autoscaling is not None and self._scaler is not None:
+                    sts = await self._kube.get("apps/v1", "StatefulSet", ref.namespace, ref.name)
+                    await self._scaler.restore_manual_scale(ref, status, sts, replicas)
+                children = build_pool_children(
+                    ref.name, ref.namespace, spec, self.defaults, replicas
+                )
+                for manifest in children:
                     kopf.adopt(manifest, owner=dict(ref.body))  # type: ignore[arg-type]
                     try:
                         await self._kube.apply(manifest)
@@ -105,7 +117,7 @@ class PoolService:
                                 f"{manifest['kind']} {ref.name} was refused: {exc.reason}",
                             ) from exc
                         raise
-                return await self._observe(ref, spec, status)
+                return await self._observe(ref, spec, status, replicas)
             except ReconcileError as err:
                 await self._failed(ref, status, err)
                 raise
@@ -127,26 +139,53 @@ class PoolService:
         return backend_url(template, pool, namespace, self._settings.ollama_port, cluster_ip)
 
     async def _observe(
-        self, ref: ObjectRef, spec: OllamaPoolSpec, status: OllamaPoolStatus
+        self, ref: ObjectRef, spec: OllamaPoolSpec, status: OllamaPoolStatus, replicas: int
     ) -> OllamaPoolStatus:
         pods = await self.pods(ref.namespace, ref.name)
         entries = await asyncio.gather(*(self._pod_entry(p) for p in pods))
         ready = sum(1 for e in entries if e.ready)
-        if spec.replicas == 0:
+        desired = replicas
+        if spec.autoscaling is not None and status.desired_replicas is not None:
+            desired = status.desired_replicas
+        if desired == 0 and spec.autoscaling is not None:
+            ok, reason = True, "ScaledToZero"
+            message = (
+                "No replicas until a request arrives; it is held up to "
+                f"{spec.autoscaling.cold_start_seconds} s while one starts"
+            )
+        elif desired == 0:
             ok, reason, message = True, "ScaledToZero", "The pool has no replicas"
-        elif ready >= spec.replicas:
-            ok, reason, message = True, "ReplicasReady", f"{ready}/{spec.replicas} replicas ready"
+        elif ready >= desired:
+            ok, reason, message = True, "ReplicasReady", f"{ready}/{desired} replicas ready"
+        elif ready > 0 and spec.autoscaling is not None:
+            ok, reason, message = True, "ScalingUp", f"{ready}/{desired} replicas ready"
         else:
             ok, reason = False, "ReplicasNotReady"
-            message = f"{ready}/{spec.replicas} replicas ready"
+            message = f"{ready}/{desired} replicas ready"
+        label = f"{ref.namespace}/{ref.name}"
+        metrics.POOL_DESIRED_REPLICAS.labels(label).set(desired)
+        metrics.POOL_REPLICAS.labels(label).set(replicas)
+        metrics.POOL_READY_REPLICAS.labels(label).set(ready)
         conditions = set_condition(
             status.conditions, "Ready", ok, reason, message, ref.generation, utcnow()
         )
         if ready_changed(status.conditions, conditions):
             self._events(ref.body, "Normal" if ok else "Warning", reason, message)
+        autoscaled: dict[str, Any] = {}
+        if spec.autoscaling is not None:  # the autoscaler's fields, kept as it wrote them
+            autoscaled = status.model_dump(
+                include={
+                    "demand",
+                    "last_scale_time",
+                    "last_scale_reason",
+                    "draining_since",
+                }
+            )
         new = OllamaPoolStatus(
+            desired_replicas=desired,
+            **autoscaled,
             observed_generation=ref.generation,
-            replicas=spec.replicas,
+            replicas=replicas,
             ready_replicas=ready,
             loaded_models=sum(len(e.loaded or ()) for e in entries),
             selector=selector_string(pool_selector(ref.name)),
@@ -181,6 +220,17 @@ class PoolService:
     def forget(self, ref: ObjectRef) -> None:
         self._locks.forget(ref.key)
         self._statuses.forget(ref.key)
+        label = f"{ref.namespace}/{ref.name}"
+        for gauge in (
+            metrics.POOL_DESIRED_REPLICAS,
+            metrics.POOL_REPLICAS,
+            metrics.POOL_READY_REPLICAS,
+            metrics.POOL_DEMAND,
+        ):
+            with contextlib.suppress(KeyError):
+                gauge.remove(label)
+        if self._scaler is not None:
+            self._scaler.forget(ref)
 
 
 def not_ready_message(pod: dict[str, Any]) -> str:

@@ -4,8 +4,8 @@
 number, as text); NULL is ``standard``. Written by the operator from ``ApiKey.spec.priority``
 or through the admin API.
 
-Revision ID: 0023_key_priority
-Revises: 0024_request_policy (main had it first; chained after it)
+Revision ID: 0025_key_priority
+Revises: 0024_request_policy
 Create Date: 2026-12-01 16:00:00
 """
 
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0023_key_priority"
+revision: str = "0025_key_priority"
 down_revision: str | None = "0024_request_policy"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
