@@ -111,7 +111,8 @@ def test_statefulset_replicas_follow_the_autoscaler_not_spec_replicas() -> None:
 
 def test_routing_rows_of_an_autoscaled_pool_carry_the_hold_deadline() -> None:
     plain = pool_spec().routing_row("team/small")
-    assert plain == {"pool": "team/small", "policy": "modelAware", "prefix_chars": 256}
+    # every pool's rows carry its slots (numParallel, Ollama's 1 when unset): the pool queue
+    assert plain == {"pool": "team/small", "policy": "modelAware", "prefix_chars": 256, "slots": 1}
     auto = pool_spec(autoscaling=AUTO, routing={"policy": "leastLoad"}, numParallel=3)
     assert auto.routing_row("team/small") == {
         "pool": "team/small",
