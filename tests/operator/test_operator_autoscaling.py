@@ -421,6 +421,17 @@ def test_the_first_chat_through_the_gateway_wakes_a_pool_at_zero(
     assert listed(db, alias) == ["cold-0"]
     (event,) = events(kube, namespace, "cold", "ScaleUp")
     assert event.message.startswith("0 → 1 replicas")
+    # The gateway's cold-start histogram holds this wait.
+    families = text_string_to_metric_families(httpx.get(op_gateway.metrics_url, timeout=5).text)
+    samples = {
+        s.name: s.value
+        for f in families
+        if f.name == "tollgate_pool_cold_start_wait_seconds"
+        for s in f.samples
+        if s.labels.get("pool") == f"{namespace}/cold" and not s.name.endswith("_bucket")
+    }
+    assert samples["tollgate_pool_cold_start_wait_seconds_count"] == 1
+    assert 0 < samples["tollgate_pool_cold_start_wait_seconds_sum"] <= waited
 
 
 def test_a_request_held_past_the_cold_start_deadline_gets_503_with_retry_after(

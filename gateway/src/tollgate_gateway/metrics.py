@@ -207,6 +207,12 @@ POOL_WAIT = Histogram(
     ["pool"],
     buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
 )
+POOL_COLD_START_WAIT = Histogram(
+    "tollgate_pool_cold_start_wait_seconds",
+    "Time requests that found their pool at zero ready replicas waited (served or refused).",
+    ["pool"],
+    buckets=(0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800),
+)
 POOL_REJECTIONS = Counter(
     "tollgate_pool_queue_rejections_total",
     "Requests a pool queue refused (503 pool_busy) by reason: full, deadline, cold_start; "

@@ -497,6 +497,8 @@ class PoolQueue:
     def _observe(self, hold: Hold) -> None:
         hold.queued_ms = (time.monotonic() - hold.started) * 1000
         metrics.POOL_WAIT.labels(hold.queue.pool).observe(hold.queued_ms / 1000)
+        if hold.cold:
+            metrics.POOL_COLD_START_WAIT.labels(hold.queue.pool).observe(hold.queued_ms / 1000)
 
     def _gauges(self, queue: Queue) -> None:
         metrics.POOL_WAITING.labels(queue.pool, queue.name.partition("|")[2]).set(queue.waiting)
