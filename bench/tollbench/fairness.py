@@ -193,6 +193,7 @@ def run(ctx: Context, say: Any) -> dict[str, Any]:
                     "TOLLGATE_ACCESS_LOG": "false",
                     "TOLLGATE_QUEUE_MAX_WAIT_SECONDS": "300",
                 }
+                tollgate.provision = False  # its own aliases and keys (below)
                 url = tollgate.start(upstream, "fairness")
                 keys: tuple[str | None, str | None] = _provision(tollgate, url, upstream, p)
             else:

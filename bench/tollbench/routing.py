@@ -273,6 +273,7 @@ def run(ctx: Context, say: Any, systems: tuple[str, ...] = SYSTEMS) -> dict[str,
             if name == "tollgate":
                 tollgate = Tollgate(ctx, replicas.urls[0])
                 tollgate.extra_env = {"TOLLGATE_ACCESS_LOG": "false"}
+                tollgate.provision = False
                 url = tollgate.start(replicas.urls[0], "routing")
                 key = _provision(tollgate, url, replicas.urls)
                 headers = {"Authorization": f"Bearer {key}"}

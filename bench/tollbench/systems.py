@@ -367,6 +367,9 @@ class Tollgate(System):
         self.stream_upstream = stream_upstream
         self.key_fields: dict[str, Any] = {}
         self.extra_env: dict[str, str] = {}
+        # the bench's aliases and key (False: a scenario that provisions its own, on the
+        # database where the first Tollgate already created them)
+        self.provision = True
         self.metrics_url = ""
 
     def env(self, upstream: str) -> dict[str, str]:
@@ -400,7 +403,7 @@ class Tollgate(System):
         self.commands.append(self.proc.command)
         url = f"http://127.0.0.1:{port}"
         wait_ready(url + "/readyz", self.proc, 90)
-        if not self.key:
+        if not self.key and self.provision:
             self._provision(url)
         return url
 
