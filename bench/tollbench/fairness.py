@@ -80,9 +80,12 @@ async def _stream(
     tokens = 0
     done = False
     status = 0
+    queued = None
     try:
         async with session.post(url, json=body, headers=headers) as resp:
             status = resp.status
+            if "x-tollgate-queue-ms" in resp.headers:
+                queued = float(resp.headers["x-tollgate-queue-ms"])
             async for line in resp.content:
                 if line.startswith(b"data: [DONE]"):
                     done = True
@@ -101,6 +104,7 @@ async def _stream(
         "ok": status == 200 and done,
         "ttft": ttft,
         "tokens": tokens,
+        "queued_ms": queued,
         "ended": time.perf_counter(),
     }
 
@@ -141,6 +145,10 @@ async def _drive(
         "b_ttft_p50_ms": round(statistics.median(b_ttfts), 1) if b_ttfts else None,
         "b_ttft_p99_ms": round(_quantile(b_ttfts, 0.99), 1) if b_ttfts else None,
     }
+    b_queued = [r["queued_ms"] for r in b_results if r["ok"] and r["queued_ms"] is not None]
+    if b_queued:  # Tollgate's own account of B's wait for a slot (its response header)
+        out["b_queued_p50_ms"] = round(statistics.median(b_queued), 1)
+        out["b_queued_p99_ms"] = round(_quantile(b_queued, 0.99), 1)
     if flood:
         out["a_requests"] = len(a_results)
         out["a_lost"] = sum(1 for r in a_results if not r["ok"])
@@ -148,6 +156,11 @@ async def _drive(
         a_tokens = sum(r["tokens"] for r in a_results if r["ok"] and r["ended"] >= started)
         out["a_tokens_per_second"] = round(a_tokens / wall, 1)
         out["a_share_of_capacity"] = round(a_tokens / wall / p.capacity_tokens_per_second, 3)
+        # The whole pool's use (A and B): what a work-conserving queue keeps near 1.
+        b_tokens = sum(r["tokens"] for r in b_results if r["ok"])
+        out["pool_share_of_capacity"] = round(
+            (a_tokens + b_tokens) / wall / p.capacity_tokens_per_second, 3
+        )
         out["b_phase_seconds"] = round(flooded, 1)
     return out
 

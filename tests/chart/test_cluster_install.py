@@ -102,12 +102,8 @@ def monitoring_crds(k8s_cluster: ClusterHandle) -> None:
         timeout=300,
     ).stdout.strip()
     k8s_cluster.kubectl("apply", "--server-side", "-f", folder)
-    k8s_cluster.kubectl(
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/servicemonitors.monitoring.coreos.com",
-        "crd/prometheusrules.monitoring.coreos.com",
+    k8s_cluster.wait_established(
+        "crd/servicemonitors.monitoring.coreos.com", "crd/prometheusrules.monitoring.coreos.com"
     )
 
 
@@ -418,7 +414,7 @@ def no_monitoring_crds(k8s_cluster: ClusterHandle) -> Iterator[None]:
             capture_output=True, text=True, check=True, timeout=300,
         ).stdout.strip()  # fmt: skip
         k8s_cluster.kubectl("apply", "--server-side", "-f", folder)
-        k8s_cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", *crds)
+        k8s_cluster.wait_established(*crds)
 
 
 def test_monitoring_without_the_prometheus_crds_is_refused_plainly(

@@ -64,7 +64,7 @@ def test_operator_image_reconciles_a_sample_apikey(
     tmp_path: Path,
 ) -> None:
     k8s_cluster.kubectl("apply", "--server-side", "-f", str(CRDS))
-    k8s_cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
+    k8s_cluster.wait_established(*k8s_cluster.kubectl("get", "crd", "-o", "name").stdout.split())
     # The Pod's service-account credentials, as one self-contained kubeconfig file.
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(k8s_cluster.kubectl("config", "view", "--flatten", "--minify").stdout)

@@ -46,9 +46,7 @@ def crds(k8s_cluster: ClusterHandle) -> list[str]:
     """The CRDs from crds/, applied and established."""
     k8s_cluster.kubectl("apply", "--server-side", "-f", str(CRDS))
     names = [yaml.safe_load(p.read_text())["metadata"]["name"] for p in sorted(CRDS.glob("*.yaml"))]
-    k8s_cluster.kubectl(
-        "wait", "--for=condition=Established", "--timeout=60s", *[f"crd/{n}" for n in names]
-    )
+    k8s_cluster.wait_established(*[f"crd/{n}" for n in names])
     return names
 
 

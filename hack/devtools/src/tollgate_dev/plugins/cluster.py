@@ -21,6 +21,7 @@ import atexit
 import contextlib
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,14 +63,39 @@ class ClusterHandle:
         return client.AppsV1Api(self.api_client())
 
     def kubectl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        """Run the pinned kubectl against this cluster."""
-        return subprocess.run(
+        """Run the pinned kubectl against this cluster (a failure says what kubectl said)."""
+        result = subprocess.run(
             [str(self.bin_dir / "kubectl"), f"--kubeconfig={self.kubeconfig}", *args],
             capture_output=True,
             text=True,
-            check=check,
+            check=False,
             timeout=120,
         )
+        if check and result.returncode != 0:
+            raise KubectlError(result.returncode, result.args, result.stdout, result.stderr)
+        return result
+
+    def wait_established(self, *crds: str, timeout: float = 180) -> None:
+        """Until every CRD (``crd/<name>``) is Established: polled, so that an API server
+        slow under load, or a watch that ends early, only costs time."""
+        deadline = time.monotonic() + timeout
+        path = '{.status.conditions[?(@.type=="Established")].status}'
+        pending = list(crds)
+        last = ""
+        while pending:
+            result = self.kubectl("get", pending[0], "-o", f"jsonpath={path}", check=False)
+            if result.returncode == 0 and result.stdout.strip() == "True":
+                pending.pop(0)
+                continue
+            last = (result.stderr or result.stdout).strip()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{pending[0]} not Established in {timeout:g} s: {last!r}")
+            time.sleep(0.5)
+
+
+class KubectlError(subprocess.CalledProcessError):
+    def __str__(self) -> str:
+        return f"{super().__str__()}\n{(self.stderr or '').strip()}"
 
 
 def _pod_cidr_for_session() -> str:
