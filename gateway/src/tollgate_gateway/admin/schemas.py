@@ -20,7 +20,7 @@ from pydantic import (
 )
 
 from tollgate_gateway.fairqueue.core import parse_priority
-from tollgate_gateway.requestpolicy.core import KEEP_ALIVE, OPTION_NAME
+from tollgate_gateway.requestpolicy.core import KEEP_ALIVE, OPTION_NAME, RequestPolicy
 
 # Limits are stored as 32-bit integers and 0 would mean "unlimited" to the limiter: a limit
 # is at least 1 (as in the ApiKey CRD); leave it out (or null) for no limit.
@@ -312,14 +312,9 @@ class RequestPolicyIn(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> RequestPolicyIn:
-        if (
-            self.max_output_tokens is not None
-            and self.default_output_tokens is not None
-            and self.default_output_tokens > self.max_output_tokens
-        ):
-            raise ValueError("default_output_tokens must not exceed max_output_tokens")
-        if self.num_ctx is not None and self.max_num_ctx is not None:
-            raise ValueError("set num_ctx (a fixed value) or max_num_ctx (a cap), not both")
+        # The gateway's own policy decides what is consistent (one rule, one place): its
+        # ValueError becomes this field's 422.
+        RequestPolicy.from_dict(self.to_row())
         return self
 
     def to_row(self) -> dict[str, Any]:

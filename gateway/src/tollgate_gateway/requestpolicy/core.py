@@ -90,7 +90,7 @@ class RequestPolicy:
         ):
             raise ValueError("default_output_tokens must not exceed max_output_tokens")
         if self.num_ctx is not None and self.max_num_ctx is not None:
-            raise ValueError("set num_ctx (fixed) or max_num_ctx (a cap), not both")
+            raise ValueError("set num_ctx (a fixed value) or max_num_ctx (a cap), not both")
         keep = self.keep_alive
         if keep is not None and (
             isinstance(keep, bool)
