@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import statistics
 import sys
 import time
@@ -41,6 +42,9 @@ class Params:
         self.ttft_ms = _env("BENCH_FAIRNESS_TTFT_MS", 200)
         self.tokens_per_second = _env("BENCH_FAIRNESS_TOKENS_PER_SECOND", 200)
         self.completion_tokens = int(_env("BENCH_FAIRNESS_COMPLETION_TOKENS", 16))
+        # 0: every A request is the same size (the default scenario). N: each A request asks
+        # for completion_tokens +- N tokens at random (the same mean), as real ones vary.
+        self.a_length_spread = int(_env("BENCH_FAIRNESS_A_LENGTH_SPREAD", 0))
 
     def as_dict(self) -> dict[str, Any]:
         return dict(vars(self))
@@ -59,7 +63,7 @@ def _standin(ctx: Context, p: Params, phase: str) -> tuple[Proc, str]:
         "--models", MODEL,
         "--ttft-ms", f"{p.ttft_ms:g}",
         "--tokens-per-second", f"{p.tokens_per_second:g}",
-        "--completion-tokens", str(p.completion_tokens),
+        "--completion-tokens", str(p.completion_tokens + p.a_length_spread),
         "--parallel", str(p.parallel),
         "--max-queue", str(p.flood * 4),
         "--request-log-size", "0", "--log-level", "warning",
@@ -71,9 +75,19 @@ def _standin(ctx: Context, p: Params, phase: str) -> tuple[Proc, str]:
 
 
 async def _stream(
-    session: aiohttp.ClientSession, url: str, key: str | None, model: str
+    session: aiohttp.ClientSession,
+    url: str,
+    key: str | None,
+    model: str,
+    max_tokens: int | None = None,
 ) -> dict[str, Any]:
-    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": [{"role": "user", "content": "hi"}],
+        "stream": True,
+    }
+    if max_tokens is not None:
+        body["max_tokens"] = max_tokens
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     started = time.perf_counter()
     ttft = None
@@ -121,9 +135,18 @@ async def _drive(
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         stop = time.perf_counter() + seconds
 
+        rng = random.Random(17)  # noqa: S311  (a reproducible workload, not a secret)
+        spread = p.a_length_spread
+        b_size = p.completion_tokens if spread else None
+
+        def a_size() -> int | None:
+            if not spread:
+                return None
+            return rng.randint(p.completion_tokens - spread, p.completion_tokens + spread)
+
         async def worker() -> None:
             while time.perf_counter() < stop:
-                a_results.append(await _stream(session, url, keys[0], model))
+                a_results.append(await _stream(session, url, keys[0], model, a_size()))
 
         workers = [asyncio.ensure_future(worker()) for _ in range(p.flood if flood else 0)]
         if flood:
@@ -131,7 +154,7 @@ async def _drive(
         started = time.perf_counter()
         sent = 0
         while time.perf_counter() < stop:
-            b_tasks.append(asyncio.ensure_future(_stream(session, url, keys[1], model)))
+            b_tasks.append(asyncio.ensure_future(_stream(session, url, keys[1], model, b_size)))
             sent += 1
             await asyncio.sleep(max(0.0, started + sent / p.b_rate - time.perf_counter()))
         b_results = list(await asyncio.gather(*b_tasks))
@@ -161,6 +184,10 @@ async def _drive(
         out["pool_share_of_capacity"] = round(
             (a_tokens + b_tokens) / wall / p.capacity_tokens_per_second, 3
         )
+        # A's share of what B leaves: B's own requests take their turn first, so A's share
+        # of the whole capacity can be at most 1 less B's.
+        left = p.capacity_tokens_per_second - b_tokens / wall
+        out["a_share_of_capacity_b_leaves"] = round(a_tokens / wall / left, 3)
         out["b_phase_seconds"] = round(flooded, 1)
     return out
 

@@ -181,6 +181,7 @@ async def _conversation(
                     "ttft": ttft,
                     "tokens": tokens,
                     "seconds": time.perf_counter() - started,
+                    "model": models[conv["model"]],
                 }
             )
         messages.append({"role": "assistant", "content": "".join(text)})
@@ -236,6 +237,16 @@ def summarize(
         "ttft_p99_ms": round(_quantile(ttfts, 0.99) or 0, 1) if ttfts else None,
         "tokens_per_second": round(sum(r["tokens"] for r in ok) / wall, 1),
         "wall_seconds": round(wall, 2),
+        # Where the tail is: each model's share of the requests and its own TTFT p50/p99.
+        "by_model": {
+            model: {
+                "requests": len(mine),
+                "ttft_p50_ms": round(statistics.median(mine), 1),
+                "ttft_p99_ms": round(_quantile(mine, 0.99) or 0, 1),
+            }
+            for model in sorted({r["model"] for r in ok})
+            for mine in [[r["ttft"] * 1000 for r in ok if r["model"] == model]]
+        },
     }
 
 

@@ -642,14 +642,14 @@ def headline(
         ),
         (
             "added_p50_ms_c1_routed",
-            "added median latency at 1 concurrent, Tollgate with routing on - direct (ms)",
+            "added median latency at 1 concurrent, Tollgate, routing + pool queue - direct (ms)",
             diff(get("chat-c1", "tollgate-routed", "p50_ms"), get("chat-c1", "direct", "p50_ms")),
             "<=",
             TARGETS["added_p50_ms_c1"],
         ),
         (
             "throughput_vs_minimal_routed",
-            "non-streaming req/s at 32 concurrent, Tollgate with routing on ÷ minimal proxy",
+            "non-streaming req/s at 32 concurrent, Tollgate, routing + pool queue ÷ minimal",
             ratio(get("chat-c32", "tollgate-routed", "rps"), mini),
             ">=",
             TARGETS["throughput_vs_minimal"],

@@ -474,12 +474,14 @@ class Tollgate(System):
 
 
 class TollgateRouted(Tollgate):
-    """Tollgate with routing on: the chat alias is routed over two replicas (both the
-    workload's upstream, under two host names) with the default policy, so the hot path
-    pays for the choice, the in-flight accounting and the polling."""
+    """Tollgate with the pool's governance on: the chat alias is routed over two replicas
+    (both the workload's upstream, under two host names) with the default policy, and its
+    pool has slots (too many to ever queue: 4,096 per replica), so the hot path pays for the
+    choice, the in-flight accounting, the pool queue's acquire and release, and the polling."""
 
     name = "tollgate-routed"
-    label = "Tollgate gateway, routing on"
+    label = "Tollgate gateway, routing and pool queue on"
+    SLOTS = 4096
 
     def env(self, upstream: str) -> dict[str, str]:
         # A database (and usage stream) of its own: it runs beside the plain Tollgate, whose
@@ -531,6 +533,7 @@ class TollgateRouted(Tollgate):
                         "replicas": [
                             {"name": "replica-a", "url": upstream},
                             {"name": "replica-b", "url": other},
-                        ]
+                        ],
+                        "routing": {"pool": "bench/routed", "slots": self.SLOTS},
                     },
                 ).raise_for_status()
