@@ -476,12 +476,12 @@ class Tollgate(System):
 class TollgateRouted(Tollgate):
     """Tollgate with the pool's governance on: the chat alias is routed over two replicas
     (both the workload's upstream, under two host names) with the default policy, and its
-    pool has slots (too many to ever queue: 4,096 per replica), so the hot path pays for the
+    pool has slots (too many to ever queue: 256 per replica), so the hot path pays for the
     choice, the in-flight accounting, the pool queue's acquire and release, and the polling."""
 
     name = "tollgate-routed"
     label = "Tollgate gateway, routing and pool queue on"
-    SLOTS = 4096
+    SLOTS = 256  # the most the admin API takes: 512 in all, above every concurrency used
 
     def env(self, upstream: str) -> dict[str, str]:
         # A database (and usage stream) of its own: it runs beside the plain Tollgate, whose
