@@ -18,28 +18,36 @@ local op, now, lease, cap = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonum
 local prefix = ARGV[5]
 local keep = lease * 4
 
--- Holders that stopped renewing (a gateway that died) give their places up.
-redis.call('ZREMRANGEBYSCORE', run, '-inf', now)
-local dead = redis.call('ZRANGEBYSCORE', wlease, '-inf', now)
-for _, m in ipairs(dead) do redis.call('ZREM', wait, m) end
-redis.call('ZREMRANGEBYSCORE', wlease, '-inf', now)
-
-local vt = tonumber(redis.call('HGET', tags, 'vt') or '0')
+-- The common case, a pool with room and nobody waiting, takes a few commands: holders that
+-- stopped renewing (a gateway that died) are purged, and room handed out, only when the pool
+-- looks full or someone waits (and on every poll, which each gateway sends every second).
+local function purge()
+  redis.call('ZREMRANGEBYSCORE', run, '-inf', now)
+  local dead = redis.call('ZRANGEBYSCORE', wlease, '-inf', now)
+  for _, m in ipairs(dead) do redis.call('ZREM', wait, m) end
+  redis.call('ZREMRANGEBYSCORE', wlease, '-inf', now)
+end
 
 local function dispatch()
-  local moved = false
+  local vt = nil
   while redis.call('ZCARD', run) < cap do
     local top = redis.call('ZPOPMIN', wait)
     if #top == 0 then break end
     local m, s = top[1], tonumber(top[2])
     redis.call('ZREM', wlease, m)
     redis.call('ZADD', run, now + lease, m)
+    if vt == nil then vt = tonumber(redis.call('HGET', tags, 'vt') or '0') end
     if s > vt then vt = s end
-    moved = true
     local owner = string.match(m, '^([^:]+):')
     if owner then redis.call('PUBLISH', prefix .. owner, m) end
   end
-  if moved then redis.call('HSET', tags, 'vt', vt) end
+  if vt ~= nil then redis.call('HSET', tags, 'vt', vt) end
+end
+
+-- Slow path: purge, then give room that appeared to those waiting.
+local function settle_room()
+  purge()
+  dispatch()
 end
 
 local function touch()
@@ -52,16 +60,22 @@ end
 if op == 'acquire' then
   local member, flow = ARGV[6], 'f:' .. ARGV[7]
   local weight, cost, most = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
-  dispatch()  -- room that appeared (more replicas, expired holders) goes to those waiting
-  local waiting = redis.call('ZCARD', wait)
   local running = redis.call('ZCARD', run)
-  local start = tonumber(redis.call('HGET', tags, flow) or '0')
+  local waiting = redis.call('ZCARD', wait)
+  if running >= cap or waiting > 0 then
+    settle_room()  -- dead holders' room, and more replicas', goes to those waiting first
+    running = redis.call('ZCARD', run)
+    waiting = redis.call('ZCARD', wait)
+  end
+  local t = redis.call('HMGET', tags, 'vt', flow)
+  local vt, start = tonumber(t[1] or '0'), tonumber(t[2] or '0')
   if start < vt then start = vt end
   if running < cap and waiting == 0 then
     redis.call('ZADD', run, now + lease, member)
     if start > vt then vt = start end
     redis.call('HSET', tags, flow, start + cost / weight, 'vt', vt)
-    touch()
+    redis.call('PEXPIRE', run, keep)
+    redis.call('PEXPIRE', tags, keep)
     return {1, running + 1, 0}
   end
   if waiting >= most then return {2, running, waiting} end
@@ -73,20 +87,26 @@ if op == 'acquire' then
 elseif op == 'release' then
   local member = ARGV[6]
   local was = redis.call('ZREM', run, member)
-  redis.call('ZREM', wait, member)
-  redis.call('ZREM', wlease, member)
-  dispatch()
-  return {was, redis.call('ZCARD', run), redis.call('ZCARD', wait)}
+  if was == 0 then  -- it was still waiting (or already gone)
+    redis.call('ZREM', wait, member)
+    redis.call('ZREM', wlease, member)
+  end
+  local waiting = redis.call('ZCARD', wait)
+  if waiting > 0 then
+    settle_room()
+    waiting = redis.call('ZCARD', wait)
+  end
+  return {was, redis.call('ZCARD', run), waiting}
 elseif op == 'cancel' then
   local member = ARGV[6]
   if redis.call('ZSCORE', run, member) then return {1, 0, 0} end
   redis.call('ZREM', wait, member)
   redis.call('ZREM', wlease, member)
-  dispatch()
+  settle_room()
   return {0, redis.call('ZCARD', run), redis.call('ZCARD', wait)}
 end
 -- poll
-dispatch()
+settle_room()
 local states = {}
 for i = 6, #ARGV do
   local m = ARGV[i]

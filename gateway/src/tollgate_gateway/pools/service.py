@@ -110,6 +110,13 @@ class Queue:
         return self.service * (self.waiting + 1) / max(self.capacity, 1)
 
 
+@dataclass(frozen=True, slots=True)
+class _Series:
+    wait: Any
+    waiting: Any
+    in_flight: Any
+
+
 class PoolQueue:
     def __init__(
         self,
@@ -143,6 +150,7 @@ class PoolQueue:
         self._tasks: list[asyncio.Task[None]] = []
         self._sending: set[asyncio.Future[Any]] = set()
         self._unqueued = False  # Redis could not be reached (logged once)
+        self._metric_series: dict[str, _Series] = {}
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
@@ -496,13 +504,26 @@ class PoolQueue:
 
     def _observe(self, hold: Hold) -> None:
         hold.queued_ms = (time.monotonic() - hold.started) * 1000
-        metrics.POOL_WAIT.labels(hold.queue.pool).observe(hold.queued_ms / 1000)
+        self._series(hold.queue).wait.observe(hold.queued_ms / 1000)
         if hold.cold:
             metrics.POOL_COLD_START_WAIT.labels(hold.queue.pool).observe(hold.queued_ms / 1000)
 
     def _gauges(self, queue: Queue) -> None:
-        metrics.POOL_WAITING.labels(queue.pool, queue.name.partition("|")[2]).set(queue.waiting)
-        metrics.POOL_IN_FLIGHT.labels(queue.pool, queue.name.partition("|")[2]).set(queue.running)
+        series = self._series(queue)
+        series.waiting.set(queue.waiting)
+        series.in_flight.set(queue.running)
+
+    def _series(self, queue: Queue) -> _Series:
+        """The queue's metric series, looked up once (a labels() call is not free)."""
+        series = self._metric_series.get(queue.name)
+        if series is None:
+            model = queue.name.partition("|")[2]
+            series = self._metric_series[queue.name] = _Series(
+                metrics.POOL_WAIT.labels(queue.pool),
+                metrics.POOL_WAITING.labels(queue.pool, model),
+                metrics.POOL_IN_FLIGHT.labels(queue.pool, model),
+            )
+        return series
 
     async def refresh(self) -> None:
         """Read every known queue's counts now (the admin API)."""
