@@ -48,6 +48,12 @@ class Params:
         self.tokens_per_second = _env("BENCH_ROUTING_TOKENS_PER_SECOND", 100)
         self.completion_tokens = int(_env("BENCH_ROUTING_COMPLETION_TOKENS", 24))
         self.parallel = int(_env("BENCH_ROUTING_PARALLEL", 4))
+        # How often each model is asked for (default 40/30/20/10 %): "0.25,0.25,0.25,0.25"
+        # for an even mix, where no model needs more than its one replica's slots.
+        weights = os.environ.get("BENCH_ROUTING_WEIGHTS")
+        self.weights = tuple(float(w) for w in weights.split(",")) if weights else WEIGHTS
+        if len(self.weights) != len(MODELS):
+            raise ValueError(f"BENCH_ROUTING_WEIGHTS needs {len(MODELS)} weights")
 
     def as_dict(self) -> dict[str, Any]:
         return dict(vars(self))
@@ -64,7 +70,7 @@ def workload(p: Params, seed: int = 7) -> list[dict[str, Any]]:
     rng = random.Random(seed)  # noqa: S311  (a reproducible workload, not a secret)
     out = []
     for n in range(p.conversations):
-        model = rng.choices(range(len(MODELS)), WEIGHTS)[0]
+        model = rng.choices(range(len(MODELS)), p.weights)[0]
         out.append(
             {
                 "model": model,

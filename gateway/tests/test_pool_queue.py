@@ -142,6 +142,73 @@ async def test_two_gateways_never_hold_more_than_the_capacity_and_a_release_wake
     assert await redis.zcard(f"tg:pool:{{{target.pool}|tiny:latest}}:run") == 0
 
 
+async def test_slots_of_a_gateway_that_died_go_to_the_living_once_their_leases_lapse(
+    redis: Redis, catalog: Catalog
+) -> None:
+    target = catalog.put(alias(new_pool(), slots=2, replicas=1))
+    run = f"tg:pool:{{{target.pool}|tiny:latest}}:run"
+
+    def gateway(lease: float) -> PoolQueue:
+        queue = PoolQueue(
+            redis, ScriptClient(redis, 2.0), catalog.get, max_wait_seconds=10.0,
+            lease_seconds=lease, poll_seconds=0.2,
+        )  # fmt: skip
+        queue.start()
+        return queue
+
+    dying, living = gateway(lease=1.0), gateway(lease=15.0)
+    try:
+        await asyncio.sleep(0.2)
+        for _ in range(2):
+            await take(dying, target, key())
+        await dying.stop()  # killed: it never releases nor renews again
+        started = asyncio.get_running_loop().time()
+        # Both requests find the pool full of the dead gateway's holds: the first waits, and
+        # the second arrives while someone waits; both are granted once the leases lapse.
+        first = asyncio.ensure_future(take(living, target, key()))
+        await asyncio.sleep(0.1)
+        second = asyncio.ensure_future(take(living, target, key()))
+        holds = await asyncio.wait_for(asyncio.gather(first, second), 8)
+        assert asyncio.get_running_loop().time() - started >= 0.5  # not before they lapsed
+        assert all(h.waited for h in holds)
+        members = {m.decode() for m in await redis.zrange(run, 0, -1)}
+        assert members == {h.member for h in holds}  # the dead holds are gone
+        for hold in holds:
+            living.release(hold)
+        await asyncio.sleep(0.1)
+        assert await redis.zcard(run) == 0
+        # With the pool free again, a request is granted at once (the fast path).
+        quick = await take(living, target, key())
+        assert not quick.waited
+        living.release(quick)
+    finally:
+        await living.stop()
+
+
+async def test_a_cancellation_is_never_swallowed_by_the_demand_write(
+    redis: Redis, catalog: Catalog
+) -> None:
+    """redis-py's pipeline may return normally when cancelled mid-write: a poll loop told to
+    stop then went on renewing a stopped gateway's leases, and a client that left while its
+    pool's demand was written stayed queued."""
+    target = catalog.put(alias(new_pool(), slots=1, replicas=1))
+    queue = PoolQueue(redis, ScriptClient(redis, 2.0), catalog.get, poll_seconds=100)
+    hold = await take(queue, target, key())  # a poll now renews it and writes the demand
+    landed = 0
+    for step in range(80):
+        tick = asyncio.ensure_future(queue.tick())
+        await asyncio.sleep(step * 0.00005)
+        if tick.done():
+            continue
+        tick.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await tick
+        landed += 1
+    assert landed >= 10  # cancellations landed at many points of the poll and the write
+    queue.release(hold)
+    await queue.stop()
+
+
 async def test_a_newcomer_goes_before_the_rest_of_a_flooding_key(
     gateways: list[PoolQueue], catalog: Catalog
 ) -> None:

@@ -40,6 +40,7 @@ from tollgate_gateway.config import RedisFailurePolicy
 from tollgate_gateway.errors import ApiError
 from tollgate_gateway.keys.service import KeyRecord
 from tollgate_gateway.limits.breaker import Breaker
+from tollgate_gateway.storage.cancellation import reraise_lost_cancel
 from tollgate_gateway.usage.stream import STREAM as USAGE_STREAM
 
 log = logging.getLogger(__name__)
@@ -754,13 +755,14 @@ class Limiter:
         by_key: dict[Any, list[Admission]] = {}
         for adm in list(self._inflight.values()):
             by_key.setdefault(adm.key.id, []).append(adm)
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.ping()
-            for held in by_key.values():
-                names = self._keys(held[0].key)
-                await self._renew(
-                    keys=[names[2], names[3], names[5]],
-                    args=[now + self._lease_ms, self._lease_ms * 4, *(a.member for a in held)],
-                    client=pipe,
-                )
-            await pipe.execute()
+        with reraise_lost_cancel():
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.ping()
+                for held in by_key.values():
+                    names = self._keys(held[0].key)
+                    await self._renew(
+                        keys=[names[2], names[3], names[5]],
+                        args=[now + self._lease_ms, self._lease_ms * 4, *(a.member for a in held)],
+                        client=pipe,
+                    )
+                await pipe.execute()

@@ -39,6 +39,7 @@ from tollgate_gateway.fairqueue.core import weight_for
 from tollgate_gateway.keys.service import KeyRecord
 from tollgate_gateway.limits.service import Script, ScriptClient
 from tollgate_gateway.routing.model import normalize_model
+from tollgate_gateway.storage.cancellation import reraise_lost_cancel
 
 log = logging.getLogger(__name__)
 
@@ -427,12 +428,15 @@ class PoolQueue:
                     await asyncio.wait_for(pubsub.aclose(), 1)  # type: ignore[no-untyped-call]
 
     async def _tick_loop(self) -> None:
+        task = asyncio.current_task()
         while True:
             await asyncio.sleep(self.poll_seconds)
             try:
                 await self.tick()
             except Exception:
                 log.exception("pool queue poll failed")
+            if task is not None and task.cancelling():  # lost below (storage/cancellation)
+                raise asyncio.CancelledError
 
     async def tick(self) -> None:
         """Renew this process's leases, hand out room that appeared, wake lost grants;
@@ -485,12 +489,14 @@ class PoolQueue:
         key = f"{DEMAND}:{{{pool}}}"
         value = orjson.dumps({"inflight": counts[0], "queued": counts[1], "at": time.time()})
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.hset(key, self.instance, value)
-                pipe.expire(key, DEMAND_TTL)
-                if wake:
-                    pipe.publish(DEMAND, pool)
-                await pipe.execute()
+            # (a client that left meanwhile still leaves the queue; a stopped poll, stops)
+            with reraise_lost_cancel():
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    pipe.hset(key, self.instance, value)
+                    pipe.expire(key, DEMAND_TTL)
+                    if wake:
+                        pipe.publish(DEMAND, pool)
+                    await pipe.execute()
         except (RedisError, OSError) as exc:
             log.debug("could not publish demand of %s: %s", pool, exc)
             return

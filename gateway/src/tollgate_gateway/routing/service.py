@@ -30,6 +30,7 @@ from tollgate_gateway.routing.health import Ejector
 from tollgate_gateway.routing.model import Policy, Reason, Replica, Target, normalize_model
 from tollgate_gateway.routing.policy import choose
 from tollgate_gateway.routing.retry import RetryBudget, retryable
+from tollgate_gateway.storage.cancellation import reraise_lost_cancel
 from tollgate_gateway.storage.upstream import Upstream, UpstreamError, read_body
 
 log = logging.getLogger(__name__)
@@ -438,13 +439,14 @@ class SharedLoad:
         now = time.time()
         urls = list(mine)
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for url in urls:
-                    key = self._prefix + url
-                    pipe.hset(key, self.me, f"{mine[url]}:{now:.3f}")
-                    pipe.expire(key, max(1, math.ceil(self._stale * 10)))
-                    pipe.hgetall(key)
-                replies = await pipe.execute()
+            with reraise_lost_cancel():
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for url in urls:
+                        key = self._prefix + url
+                        pipe.hset(key, self.me, f"{mine[url]}:{now:.3f}")
+                        pipe.expire(key, max(1, math.ceil(self._stale * 10)))
+                        pipe.hgetall(key)
+                    replies = await pipe.execute()
         except Exception as exc:  # Redis away: each process balances its own
             log.debug("could not share in-flight counts: %s", exc)
             return {}
@@ -467,7 +469,7 @@ class SharedLoad:
                     continue
             out[url] = total
         if stale:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception), reraise_lost_cancel():
                 async with self._redis.pipeline(transaction=False) as pipe:
                     for key, field in stale:
                         pipe.hdel(key, field)

@@ -26,6 +26,7 @@ from redis.exceptions import RedisError, ResponseError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tollgate_gateway import metrics
+from tollgate_gateway.storage.cancellation import reraise_lost_cancel
 from tollgate_gateway.usage.writer import insert_lines
 
 log = logging.getLogger(__name__)
@@ -224,8 +225,9 @@ class UsageStream:
             metrics.DB_LATENCY.labels("usage_flush").observe(elapsed)
             metrics.USAGE_WRITTEN.inc(written)
         all_ids = [entry_id for entry_id, _ in entries]
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.xack(self._stream, GROUP, *all_ids)
-            pipe.xdel(self._stream, *all_ids)
-            await pipe.execute()
+        with reraise_lost_cancel():
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.xack(self._stream, GROUP, *all_ids)
+                pipe.xdel(self._stream, *all_ids)
+                await pipe.execute()
         return len(ids)
