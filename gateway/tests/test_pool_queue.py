@@ -194,10 +194,17 @@ async def test_a_cancellation_is_never_swallowed_by_the_demand_write(
     target = catalog.put(alias(new_pool(), slots=1, replicas=1))
     queue = PoolQueue(redis, ScriptClient(redis, 2.0), catalog.get, poll_seconds=100)
     hold = await take(queue, target, key())  # a poll now renews it and writes the demand
+    loop = asyncio.get_running_loop()
+    times = []
+    for _ in range(5):
+        started = loop.time()
+        await queue.tick()
+        times.append(loop.time() - started)
+    took = sorted(times)[2]  # cancel at points spread over one poll, on any machine
     landed = 0
     for step in range(80):
         tick = asyncio.ensure_future(queue.tick())
-        await asyncio.sleep(step * 0.00005)
+        await asyncio.sleep(step * took / 40)
         if tick.done():
             continue
         tick.cancel()

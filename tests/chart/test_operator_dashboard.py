@@ -34,6 +34,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from tollgate_dev.controlplane.cluster import FakeNode, LocalCluster
+from tollgate_dev.plugins.cluster import ClusterHandle
 from tollgate_dev.proc import free_port, stop_process, wait_http
 from tollgate_dev.servers.backing import LocalPostgres, LocalValkey
 from tollgate_dev.servers.programs import StandinProcess
@@ -149,12 +150,9 @@ def operator(
          "-f", str(ROOT / "crds")],
         check=True, capture_output=True, timeout=60,
     )  # fmt: skip
-    subprocess.run(
-        [kubectl, f"--kubeconfig={cluster.kubeconfig}", "wait", "--for=condition=Established",
-         "--timeout=60s", "crd/apikeys.tollgate.dev", "crd/modelaliases.tollgate.dev",
-         "crd/ollamapools.tollgate.dev"],
-        check=True, capture_output=True, timeout=90,
-    )  # fmt: skip
+    ClusterHandle(cluster.kubeconfig, cluster.bin_dir, None, cluster).wait_established(
+        "crd/apikeys.tollgate.dev", "crd/modelaliases.tollgate.dev", "crd/ollamapools.tollgate.dev"
+    )
     core = client.CoreV1Api(api)
     for namespace in (NS, SYSTEM):
         core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))

@@ -428,15 +428,12 @@ class PoolQueue:
                     await asyncio.wait_for(pubsub.aclose(), 1)  # type: ignore[no-untyped-call]
 
     async def _tick_loop(self) -> None:
-        task = asyncio.current_task()
         while True:
             await asyncio.sleep(self.poll_seconds)
             try:
                 await self.tick()
             except Exception:
                 log.exception("pool queue poll failed")
-            if task is not None and task.cancelling():  # lost below (storage/cancellation)
-                raise asyncio.CancelledError
 
     async def tick(self) -> None:
         """Renew this process's leases, hand out room that appeared, wake lost grants;
