@@ -11,7 +11,8 @@ import kopf
 import pytest
 
 from tollgate_operator.__main__ import QuietSuccesses
-from tollgate_operator.handlers.common import backoff, reconciling
+from tollgate_operator.handlers.common import PASSES, backoff, reconciling, resync
+from tollgate_operator.handlers.lifecycle import shut_down
 from tollgate_operator.k8s import Conflict
 from tollgate_operator.leader import LeaderElector
 from tollgate_operator.services.errors import InvalidSpec, Unavailable, Waiting
@@ -133,3 +134,53 @@ async def test_acquire_waits_until_stopped() -> None:
     assert not waiting.done()
     stop.set()
     assert await asyncio.wait_for(waiting, timeout=5) is False
+
+
+class ClosingContext:
+    """What the cleanup closes: records which passes were still running when it closed."""
+
+    def __init__(self) -> None:
+        self.running_at_close: int | None = None
+
+    async def close(self) -> None:
+        self.running_at_close = len(PASSES)
+
+
+async def test_cleanup_ends_a_pass_in_flight_before_it_closes_the_clients(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """kopf leaves a timer that is mid-pass running when the operator exits; the pass then failed
+    on a closed session ("unexpected error in a resync"). The cleanup now ends it first."""
+    never = asyncio.Event()
+    started = asyncio.Event()
+    finished: list[str] = []
+
+    async def stuck() -> None:
+        started.set()
+        await never.wait()
+
+    async def quick() -> None:
+        await asyncio.sleep(0.05)
+        finished.append("quick")
+
+    async def change() -> None:
+        async with reconciling("ApiKey", "change"):
+            await never.wait()
+
+    passes = [
+        asyncio.create_task(resync("ApiKey", stuck, 60.0)),
+        asyncio.create_task(resync("ApiKey", quick, 60.0)),
+        asyncio.create_task(change()),
+    ]
+    await started.wait()
+    assert len(PASSES) == 3
+    ctx = ClosingContext()
+    memo = kopf.Memo()
+    memo.ctx = ctx
+    with caplog.at_level(logging.INFO):
+        await shut_down(memo)
+    assert ctx.running_at_close == 0
+    assert finished == ["quick"]  # a pass that ends within the grace is let finish
+    assert all(task.done() for task in passes)
+    assert passes[0].cancelled() and passes[2].cancelled()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

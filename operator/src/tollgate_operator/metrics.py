@@ -6,7 +6,7 @@ from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 RECONCILES = Counter(
     "tollgate_operator_reconciles_total",
-    "Reconciles by kind, trigger and result (ok, retry, invalid, error).",
+    "Reconciles by kind, trigger and result (ok, retry, invalid, error, cancelled).",
     ["kind", "trigger", "result"],
 )
 RECONCILE_SECONDS = Histogram(

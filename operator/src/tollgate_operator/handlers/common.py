@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import kopf
@@ -26,6 +26,42 @@ def context(memo: Any) -> Context:
 
 
 MAX_RETRY_DELAY = 300.0
+STOP_GRACE_SECONDS = 2.0
+
+
+class Passes:
+    """The handlers' passes in flight. kopf leaves a timer that is mid-pass running when the
+    operator exits (timers have no cancellation timeout), and its cleanup would then close the
+    clients under it; the cleanup ends them first: a short grace to finish, then a cancel."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        try:
+            yield
+        finally:
+            if task is not None:
+                self._tasks.discard(task)
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    async def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
+        tasks = {task for task in self._tasks if task is not asyncio.current_task()}
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=grace)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+
+PASSES = Passes()
 
 
 def backoff(base: float, retry: int) -> float:
@@ -43,7 +79,8 @@ async def reconciling(
     result = "ok"
     span = tracing.start_reconcile(kind, trigger, body, retry)
     try:
-        yield
+        with PASSES.running():
+            yield
     except (Unavailable, Waiting) as err:
         result = "retry"
         metrics.ERRORS.labels(kind, err.reason).inc()
@@ -56,6 +93,9 @@ async def reconciling(
         result = "retry"
         metrics.ERRORS.labels(kind, err.reason).inc()
         raise kopf.TemporaryError(err.message, delay=backoff(10, retry)) from err
+    except asyncio.CancelledError:
+        result = "cancelled"
+        raise
     except Exception:
         result = "error"
         metrics.ERRORS.labels(kind, "Unexpected").inc()
@@ -90,7 +130,8 @@ async def resync(
     delay = retry_after
     span = tracing.start_reconcile(kind, trigger, body, 0) if trigger != "autoscale" else None
     try:
-        value = await step()
+        with PASSES.running():
+            value = await step()
         if isinstance(value, int | float):
             delay = float(value)
     except (Unavailable, Waiting) as err:
@@ -103,6 +144,7 @@ async def resync(
         metrics.ERRORS.labels(kind, err.reason).inc()
         logger.info("%s: %s", kind, err.message)
     except asyncio.CancelledError:
+        result = "cancelled"
         raise
     except Exception:
         result = "error"

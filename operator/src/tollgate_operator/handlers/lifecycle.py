@@ -12,7 +12,7 @@ import kopf
 
 from tollgate_operator.builders.labels import POOL_LABEL
 from tollgate_operator.factory import Context, build_context
-from tollgate_operator.handlers.common import context
+from tollgate_operator.handlers.common import PASSES, context
 from tollgate_operator.services.autoscaler import autoscaler_key
 from tollgate_operator.services.orphans import OrphanSweeper
 from tollgate_operator.settings import get_settings
@@ -78,12 +78,18 @@ def wake_pool(ctx: Context) -> Callable[[str], None]:
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    await shut_down(memo)
+
+
+async def shut_down(memo: kopf.Memo) -> None:
+    """Our background tasks, then the handlers' passes in flight, then the clients."""
     for name in ("sweeping", "listening"):
         task: asyncio.Task[None] | None = getattr(memo, name, None)
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+    await PASSES.stop()  # before the clients they use close
     if getattr(memo, "ctx", None) is not None:
         await context(memo).close()
 
