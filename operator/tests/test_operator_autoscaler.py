@@ -15,10 +15,11 @@ import redis
 
 from tollgate_dev.servers.backing import LocalValkey
 from tollgate_operator.builders.pool import PoolDefaults, build_statefulset
-from tollgate_operator.demand import DemandReader, demand_key, sum_fresh
+from tollgate_operator.demand import DemandReader
 from tollgate_operator.resources import OllamaPoolSpec, OllamaPoolStatus
 from tollgate_operator.services.aliases import Observation, in_rotation, ordinal, pool_target
 from tollgate_operator.services.autoscaler import core_spec, statefulset_replicas
+from tollgate_schema.demand import demand_entry, demand_key, sum_fresh
 
 AUTO = {"minReplicas": 0, "maxReplicas": 3, "coldStartSeconds": 90}
 
@@ -147,3 +148,9 @@ def test_replicas_above_the_decision_leave_rotation_first() -> None:
 def test_aliases_size_by_the_decision(status: dict[str, Any], target: int) -> None:
     assert pool_target(pool_spec(autoscaling=AUTO), status) == target
     assert pool_target(pool_spec(replicas=2), status) == 2
+
+
+def test_what_a_gateway_writes_is_what_the_operator_counts() -> None:
+    now = 1000.0
+    entries = {b"gw-a": demand_entry(2, 3, now - 1), b"gw-b": demand_entry(1, 0, now - 20)}
+    assert sum_fresh(entries, now, fresh=15) == 5

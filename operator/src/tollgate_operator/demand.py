@@ -1,53 +1,24 @@
-"""Redis adapter: the demand the gateways publish per pool (autoscaling).
-
-Each gateway process keeps one field of the hash ``tg:demand:{<namespace>/<pool>}``: its
-instance id -> ``{"inflight": n, "queued": n, "at": unix seconds}``, written about once a
-second while it has requests for the pool, and at once when a request starts to wait for a
-pool with no ready replica; it then also publishes the pool on the channel ``tg:demand``.
-A pool's demand is the sum over the fields written within the last ``fresh`` seconds, so a
-gateway that died stops counting.
-"""
+"""Redis adapter: the demand the gateways publish per pool (autoscaling). The contract (key,
+entry, channel, what counts) is `tollgate_schema.demand`, shared with the gateways."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from tollgate_operator.errors import Unavailable
+from tollgate_schema.demand import CHANNEL, demand_key, sum_fresh
 
 logger = logging.getLogger(__name__)
-
-CHANNEL = "tg:demand"
-
-
-def demand_key(pool: str) -> str:
-    """``tg:demand:{team/small}``: the braces keep a pool's key in one Redis Cluster slot."""
-    return f"tg:demand:{{{pool}}}"
 
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
-
-
-def sum_fresh(entries: Mapping[Any, Any], now: float, fresh: float) -> int:
-    """In flight + queued over the entries written in the last ``fresh`` seconds; entries
-    that are not the contract's JSON are skipped."""
-    total = 0
-    for raw in entries.values():
-        try:
-            entry = json.loads(_text(raw))
-            if not isinstance(entry, dict) or now - float(entry["at"]) > fresh:
-                continue
-            total += max(0, int(entry.get("inflight", 0))) + max(0, int(entry.get("queued", 0)))
-        except (ValueError, TypeError, KeyError):
-            continue
-    return total
 
 
 class DemandReader:

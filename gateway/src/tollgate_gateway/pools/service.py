@@ -10,7 +10,7 @@ out room that appeared (more replicas), and catches a grant whose message was lo
 
 A pool with no ready replica and ``cold_start_seconds`` (it scales from zero) holds its
 requests the same way (capacity 0) and publishes its demand at once for the operator
-(``tg:demand:{<pool>}``, see the contract in the README's autoscaling section).
+(``tg:demand:{<pool>}``: the contract is ``tollgate_schema.demand``, shared with the operator).
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
@@ -40,12 +39,13 @@ from tollgate_gateway.keys.service import KeyRecord
 from tollgate_gateway.limits.service import Script, ScriptClient
 from tollgate_gateway.routing.model import normalize_model
 from tollgate_gateway.storage.cancellation import reraise_lost_cancel
+from tollgate_schema.demand import CHANNEL as DEMAND_CHANNEL
+from tollgate_schema.demand import TTL as DEMAND_TTL
+from tollgate_schema.demand import demand_entry, demand_key
 
 log = logging.getLogger(__name__)
 
 GRANTS = "tg:pool:grant:"  # + the process's instance id: grants of its waiting requests
-DEMAND = "tg:demand"  # a pool's demand hash is tg:demand:{<pool>}; pools are published here
-DEMAND_TTL = 60
 
 WAITING, RUNNING, DONE, UNGATED = "waiting", "running", "done", "ungated"
 
@@ -483,8 +483,8 @@ class PoolQueue:
         await self._write_demand(pool, counts, wake)
 
     async def _write_demand(self, pool: str, counts: tuple[int, int], wake: bool = False) -> None:
-        key = f"{DEMAND}:{{{pool}}}"
-        value = orjson.dumps({"inflight": counts[0], "queued": counts[1], "at": time.time()})
+        key = demand_key(pool)
+        value = demand_entry(counts[0], counts[1], time.time())
         try:
             # (a client that left meanwhile still leaves the queue; a stopped poll, stops)
             with reraise_lost_cancel():
@@ -492,7 +492,7 @@ class PoolQueue:
                     pipe.hset(key, self.instance, value)
                     pipe.expire(key, DEMAND_TTL)
                     if wake:
-                        pipe.publish(DEMAND, pool)
+                        pipe.publish(DEMAND_CHANNEL, pool)
                     await pipe.execute()
         except (RedisError, OSError) as exc:
             log.debug("could not publish demand of %s: %s", pool, exc)
