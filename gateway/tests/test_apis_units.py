@@ -10,7 +10,7 @@ import pytest
 from tollgate_gateway.errors import ApiError, anthropic_body, error_body
 from tollgate_gateway.messages import schemas as messages
 from tollgate_gateway.responses import schemas as responses
-from tollgate_gateway.sse import EventSplitter, frame
+from tollgate_gateway.sse import EventSplitter, frame, frame_raw
 
 
 def test_event_splitter_across_reads() -> None:
@@ -110,6 +110,26 @@ def test_messages_stream_rewrite() -> None:
     assert (state.input_tokens, state.output_tokens, state.complete) == (9, 2, False)
     state.rewrite("message_stop", {"type": "message_stop"})
     assert state.complete and not state.failed
+
+
+def test_messages_stream_passes_deltas_through_undecoded() -> None:
+    state = messages.StreamState("msg_ours", "alias")
+    # what Ollama sends, byte for byte (orjson would write it differently)
+    delta = b'{"type": "content_block_delta", "index": 0, "delta": {"text": "Hi"}}'
+    out = state.passthrough("content_block_delta", delta)
+    assert out == b"event: content_block_delta\ndata: " + delta + b"\n\n"
+    assert state.first_delta and state.deltas == 1
+    assert state.passthrough("content_block_delta", delta) is not None
+    assert not state.first_delta and state.deltas == 2
+    block = b'{"type":"content_block_start","index":1,"content_block":{"type":"tool_use","id":"t"}}'
+    assert state.passthrough("content_block_start", block) == frame_raw(
+        "content_block_start", block
+    )
+    assert state.passthrough("ping", b'{"type":"ping"}') is not None
+    # ours to rewrite (ids, usage, the end), or unnamed: decoded
+    for name in ("message_start", "message_delta", "message_stop", "error", ""):
+        assert state.passthrough(name, b"{}") is None
+    assert state.deltas == 2 and not state.complete
 
 
 def test_message_rewrite_fills_what_ollama_leaves_out() -> None:

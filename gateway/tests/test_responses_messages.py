@@ -710,3 +710,73 @@ def test_disconnect_mid_stream_records_tokens_so_far(
         while slow.state.stats.cancelled < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert slow.state.stats.cancelled == 2
+
+
+def test_a_client_that_leaves_before_the_stream_starts_frees_its_slot(
+    gateway: GatewayProcess, admin: Admin, new_key: NewKey, migrated_dsn: str
+) -> None:
+    """The client closes its connection while the model server has not answered yet (it
+    sends its headers with the first event, as Ollama does): the request is settled at once
+    (499, the slot of a concurrency-1 key free again) and the upstream request is closed.
+    On the framework's path the stream was never started, so it was never settled: the key
+    stayed at its limit for good."""
+    from .test_admin_usage import wait_for_rows
+
+    # 1.5 s to the first event, then 20 s of generation should nobody stop it
+    config = StandinConfig(port=0, ttft_ms=1500, tokens_per_second=20, completion_tokens=400)
+    with standin_in_thread(config) as slow:
+        alias = "slow-start-" + slow.url[-5:]
+        admin.ensure_model(alias, "llama3:8b", backend_url=slow.url)
+        key = new_key(concurrency_limit=1)
+        hi = [{"role": "user", "content": "hi"}]
+        requests: list[tuple[str, dict[str, str], dict[str, Any], dict[str, Any]]] = [
+            (
+                "/v1/messages",
+                {"x-api-key": key["key"]},
+                {"max_tokens": 400, "messages": hi},
+                {"max_tokens": 1, "messages": hi},
+            ),
+            (
+                "/v1/responses",
+                {"Authorization": f"Bearer {key['key']}"},
+                {"input": "hi"},
+                {"input": "hi", "max_output_tokens": 16},
+            ),
+        ]
+        for path, headers, body, short in requests:
+            with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes
+                httpx.post(
+                    gateway.url + path,
+                    headers=headers,
+                    json={**body, "model": alias, "stream": True},
+                    timeout=httpx.Timeout(30, read=0.3),
+                )
+            deadline = time.monotonic() + 6
+            while True:  # the slot comes free without waiting for the model server
+                again = httpx.post(
+                    gateway.url + path,
+                    headers=headers,
+                    json={**short, "model": alias},
+                    timeout=30,
+                )
+                if again.status_code == 200:
+                    break
+                assert again.status_code == 429, again.text
+                assert time.monotonic() < deadline, "the slot was never freed"
+                time.sleep(0.2)
+        rows = wait_for_rows(
+            migrated_dsn,
+            "SELECT endpoint, status, error_class, prompt_tokens FROM usage_events "
+            "WHERE key_id = %s AND status = 499 ORDER BY ts",
+            (key["id"],),
+            2,
+        )
+        assert [(r[0], r[1], r[2]) for r in rows] == [
+            ("messages", 499, "client_disconnected"),
+            ("responses", 499, "client_disconnected"),
+        ]
+        assert all(r[3] > 0 for r in rows), rows  # the prompt is billed
+        deadline = time.monotonic() + 10
+        while slow.state.stats.cancelled < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert slow.state.stats.cancelled == 2

@@ -118,3 +118,40 @@ def test_a_refused_request_is_traced_too(
     (root,) = jaeger.trace(trace_id)["spans"]
     assert tags(root)["http.response.status_code"] == 401
     assert tags(root)["error.type"] == "invalid_api_key"
+
+
+def test_the_responses_and_messages_apis_are_traced_like_chat(
+    jaeger: JaegerServer, gateways: Gateways, admin: Admin, chat_model: str, standin: StandinProcess
+) -> None:
+    """Streamed `/v1/responses` and `/v1/messages`: one trace each, with the same spans as a
+    chat completion, the first token, and the trace context passed to the model server.
+    (They had none: only the OpenAI and Ollama proxy routes were traced.)"""
+    gateway = gateways.start(TOLLGATE_OTLP_ENDPOINT=jaeger.otlp_endpoint)
+    key = admin.create_key(app="traced-apis", rate_limit_rpm=100)
+    hi = [{"role": "user", "content": "hi"}]
+    for path, headers, body in [  # the model server has the same paths
+        ("/v1/responses", {"Authorization": f"Bearer {key['key']}"}, {"input": "hi"}),
+        ("/v1/messages", {"x-api-key": key["key"]}, {"max_tokens": 16, "messages": hi}),
+    ]:
+        trace_id = secrets.token_hex(16)
+        with httpx.stream(
+            "POST",
+            gateway.url + path,
+            headers={**headers, "traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"},
+            json={**body, "model": chat_model, "stream": True},
+            timeout=30,
+        ) as response:
+            assert response.status_code == 200
+            response.read()
+        found = jaeger.trace(trace_id, min_spans=4)
+        by_name = {s["operationName"]: s for s in found["spans"]}
+        assert {f"POST {path}", "authenticate", "admission", "chat llama3:8b"} <= set(by_name)
+        upstream = tags(by_name["chat llama3:8b"])
+        assert upstream["gen_ai.usage.output_tokens"] > 0, path
+        assert upstream["tollgate.app"] == "traced-apis"
+        events = [log["fields"][0]["value"] for log in by_name["chat llama3:8b"]["logs"]]
+        assert events == ["gen_ai.first_token"], path
+        assert tags(by_name[f"POST {path}"])["http.response.status_code"] == 200
+        seen = httpx.get(standin.url + "/_standin/requests", params={"path": path})
+        parents = [r["headers"].get("traceparent", "") for r in seen.json()["requests"]]
+        assert any(p.split("-")[1:2] == [trace_id] for p in parents), path

@@ -19,16 +19,19 @@ from tollgate_gateway.admin.router import router as admin_router
 from tollgate_gateway.audit.router import router as audit_router
 from tollgate_gateway.chat.router import PROXY_ROUTES as OPENAI_PROXY_ROUTES
 from tollgate_gateway.chat.router import routes as openai_routes
+from tollgate_gateway.chat.schemas import Endpoint
+from tollgate_gateway.chat.service import ProxyService, Reply
 from tollgate_gateway.config import RedisFailurePolicy, Settings, get_settings
 from tollgate_gateway.console.static import console_routes
 from tollgate_gateway.errors import install_handlers
 from tollgate_gateway.keys.router import routes as key_routes
 from tollgate_gateway.messages.router import routes as messages_routes
-from tollgate_gateway.middleware import RequestContextMiddleware, serve_proxy
+from tollgate_gateway.middleware import FastRoute, Handle, RequestContextMiddleware, serve_proxy
 from tollgate_gateway.native.router import PROXY_ROUTES as NATIVE_PROXY_ROUTES
 from tollgate_gateway.native.router import routes as native_routes
 from tollgate_gateway.responses.router import routes as responses_routes
 from tollgate_gateway.services import Services
+from tollgate_gateway.tracing import RequestTrace
 from tollgate_schema.db import SchemaState, current_revision, schema_state
 
 log = logging.getLogger("tollgate_gateway")
@@ -36,20 +39,48 @@ PROXY_ROUTES = {**OPENAI_PROXY_ROUTES, **NATIVE_PROXY_ROUTES}
 
 
 class GatewayApp(FastAPI):
-    """FastAPI, except that POSTs to the proxy routes go straight to `serve_proxy`: the hot
-    path does without the framework's middleware, routing and streaming machinery."""
+    """FastAPI, except that POSTs to the proxy routes (every API's inference requests) go
+    straight to `serve_proxy`: the hot path does without the framework's middleware, routing
+    and streaming machinery. Until the services are up they take the framework's routes."""
 
     max_body_bytes = 0
+    fast_routes: dict[str, FastRoute] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
-            endpoint = PROXY_ROUTES.get(scope["path"])
-            services: Services | None = self.state._state.get("services")
-            if endpoint is not None and services is not None:
-                proxy, limit = services.proxy, self.max_body_bytes
-                await serve_proxy(scope, receive, send, endpoint, proxy, limit)
+            route = self.fast_routes.get(scope["path"])
+            if route is not None:
+                await serve_proxy(scope, receive, send, route, self.max_body_bytes)
                 return
         await super().__call__(scope, receive, send)
+
+
+def fast_routes(services: Services) -> dict[str, FastRoute]:
+    """What `serve_proxy` serves, by path: the OpenAI and Ollama proxy routes, the Responses
+    and Messages APIs' POSTs."""
+    proxy = services.proxy
+    routes = {
+        path: FastRoute(endpoint, _proxied(proxy, endpoint), proxy.tracing)
+        for path, endpoint in PROXY_ROUTES.items()
+    }
+    routes["/v1/responses"] = FastRoute(
+        Endpoint.RESPONSES, services.responses.handle, proxy.tracing
+    )
+    routes["/v1/messages"] = FastRoute(Endpoint.MESSAGES, services.messages.handle, proxy.tracing)
+    return routes
+
+
+def _proxied(proxy: ProxyService, endpoint: Endpoint) -> Handle:
+    async def handle(
+        raw: bytes,
+        authorization: str | None,
+        _x_api_key: str | None,
+        request_id: str,
+        trace: RequestTrace | None,
+    ) -> Reply:
+        return await proxy.handle(endpoint, raw, authorization, request_id, trace)
+
+    return handle
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -60,10 +91,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         services = await Services.build(settings)
         await services.start()
         app.state.services = services
+        if isinstance(app, GatewayApp):
+            app.fast_routes = fast_routes(services)
         log.info("gateway ready; upstream default %s", settings.ollama_base_url)
         try:
             yield
         finally:
+            if isinstance(app, GatewayApp):
+                app.fast_routes = {}
             await services.stop()
             log.info("gateway stopped; usage flushed")
 

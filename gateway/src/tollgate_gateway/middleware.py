@@ -1,7 +1,8 @@
 """Pure ASGI: request ids, the body-size limit and the in-flight gauge.
 
 `RequestContextMiddleware` does this for every route of the application. The proxy routes
-(the hot path) skip the framework altogether: `serve_proxy` does the same per-request work
+(the hot path: every API's inference POSTs, see `main.fast_routes`) skip the framework
+altogether: `serve_proxy` does the same per-request work
 itself and sends the proxy's `Reply` straight to the server, which saves the middleware
 and routing layers on every request and the task group Starlette spends on every stream.
 The answers are byte for byte what the routed path would send.
@@ -13,6 +14,8 @@ import asyncio
 import logging
 import re
 import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -21,11 +24,24 @@ from tollgate_gateway import metrics
 from tollgate_gateway.chat.service import error_reply, new_id
 from tollgate_gateway.errors import ApiError, error_response, internal_error, service_unavailable
 from tollgate_gateway.storage.outage import UNAVAILABLE
-from tollgate_gateway.tracing import RequestTrace
+from tollgate_gateway.tracing import RequestTrace, Tracing
 
 if TYPE_CHECKING:
     from tollgate_gateway.chat.schemas import Endpoint
-    from tollgate_gateway.chat.service import ProxyService, Reply
+    from tollgate_gateway.chat.service import Reply
+
+# A fast route's handler: (body, Authorization, x-api-key, request id, trace) -> its answer.
+Handle = Callable[[bytes, str | None, str | None, str, RequestTrace | None], Awaitable["Reply"]]
+
+
+@dataclass(frozen=True, slots=True)
+class FastRoute:
+    """A POST that `serve_proxy` serves: its endpoint (metrics), its handler, the tracing."""
+
+    endpoint: Endpoint
+    handle: Handle
+    tracing: Tracing
+
 
 log = logging.getLogger("tollgate_gateway.errors")
 
@@ -114,18 +130,21 @@ async def serve_proxy(
     scope: Scope,
     receive: Receive,
     send: Send,
-    endpoint: Endpoint,
-    proxy: ProxyService,
+    route: FastRoute,
     max_body: int,
 ) -> None:
     """One proxy request, from the raw ASGI scope to the last byte of its answer."""
     request_id: bytes | None = None
     length: int | None = None
     authorization: str | None = None
+    x_api_key: str | None = None
     for name, value in scope["headers"]:
         if name == b"authorization":
             if authorization is None:
                 authorization = value.decode("latin-1")
+        elif name == b"x-api-key":
+            if x_api_key is None:
+                x_api_key = value.decode("latin-1")
         elif name == b"x-request-id":
             if _SAFE_ID.match(value):
                 request_id = value
@@ -134,7 +153,7 @@ async def serve_proxy(
     rid = request_id or b"req_" + new_id().encode()
     path: str = scope["path"]
     if length is not None and length > max_body:
-        _count_too_large(endpoint)
+        _count_too_large(route.endpoint)
         await _send_whole(send, error_reply(path, _too_large_error(max_body)), rid)
         return
     metrics.IN_FLIGHT.inc()
@@ -147,11 +166,11 @@ async def serve_proxy(
             if body is None:
                 return  # the client left before sending its request; nobody to answer
             watch = _Disconnect(receive)
-            if proxy.tracing.enabled:
-                trace = proxy.tracing.start("POST", path, scope["headers"], rid.decode())
-            reply = await proxy.handle(endpoint, body, authorization, rid.decode(), trace)
+            if route.tracing.enabled:
+                trace = route.tracing.start("POST", path, scope["headers"], rid.decode())
+            reply = await route.handle(body, authorization, x_api_key, rid.decode(), trace)
         except BodyTooLarge:
-            _count_too_large(endpoint)
+            _count_too_large(route.endpoint)
             reply = error_reply(path, _too_large_error(max_body))
         except ApiError as exc:
             reply = error_reply(path, exc)

@@ -23,6 +23,11 @@ def frame(name: str, data: Any) -> bytes:
     return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
 
+def frame_raw(name: str, data: bytes) -> bytes:
+    """An event whose data goes out as it came (already JSON)."""
+    return b"event: " + name.encode() + b"\ndata: " + data + b"\n\n"
+
+
 class EventSplitter:
     """Feed it reads as they come; it hands back each complete event as (name, data).
 
@@ -73,6 +78,10 @@ class Translator(Protocol):
 
     complete: bool  # the stream's last event was seen
 
+    def passthrough(self, name: str, data: bytes) -> bytes | None:
+        """The event as the client gets it when it needs no rewriting (its data untouched,
+        not even decoded), else None: then `event` gets it decoded."""
+
     async def event(self, name: str, data: dict[str, Any]) -> bytes: ...
 
     def broken(self, message: str) -> bytes: ...
@@ -99,6 +108,10 @@ async def relay(
                 events = splitter.feed(chunk)
             out = []
             for name, data in events:
+                piece = translator.passthrough(name, data)
+                if piece is not None:
+                    out.append(piece)
+                    continue
                 decoded = orjson.loads(data)
                 if isinstance(decoded, dict):
                     piece = await translator.event(name, decoded)

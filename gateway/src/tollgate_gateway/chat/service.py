@@ -325,6 +325,13 @@ class Call:
     def replica_url(self) -> str:
         return self.alias.backend_url if self.route is None else self.route.url
 
+    def first_token(self) -> None:
+        """The first token reached the client: time to first token, and the trace's event."""
+        if self.ttft is None:
+            self.ttft = time.perf_counter() - self.started
+            if self.trace is not None:
+                self.trace.first_token()
+
 
 class ProxyService:
     def __init__(
@@ -620,6 +627,14 @@ class ProxyService:
             call.status, call.error_class = 499, "client_disconnected"
             self.finish(call)
 
+    def traced(self, call: Call) -> dict[str, str] | None:
+        """The inference span of a traced call, started now; its context to send upstream."""
+        if call.trace is None:
+            return None
+        return call.trace.start_upstream(
+            operation(call.endpoint.value), call.alias.backend_tag, call.alias.backend_url
+        )
+
     async def send_upstream(
         self,
         call: Call,
@@ -663,12 +678,9 @@ class ProxyService:
             body["stream_options"] = {"include_usage": True}
         elif call.endpoint in (Endpoint.OLLAMA_CHAT, Endpoint.OLLAMA_GENERATE):
             body["stream"] = call.parsed.stream
-        carrier = None
-        if call.trace is not None:
-            carrier = call.trace.start_upstream(
-                operation(call.endpoint.value), call.alias.backend_tag, call.alias.backend_url
-            )
-        resp = await self.send_upstream(call, UPSTREAM_PATHS[call.endpoint], body, carrier)
+        resp = await self.send_upstream(
+            call, UPSTREAM_PATHS[call.endpoint], body, self.traced(call)
+        )
         if resp.status != 200 or not call.parsed.stream or call.endpoint in WHOLE:
             try:
                 payload = await read_body(resp)
@@ -783,10 +795,7 @@ class ProxyService:
                         chunks += 1
                         for choice in event.get("choices") or ():
                             choice.setdefault("logprobs", None)
-                        if call.ttft is None:
-                            call.ttft = time.perf_counter() - call.started
-                            if call.trace is not None:
-                                call.trace.first_token()
+                        call.first_token()
                         if include_usage:
                             event["usage"] = None
                     out.append(b"data: " + orjson.dumps(event) + b"\n\n")
@@ -864,10 +873,7 @@ class ProxyService:
                         yield b"".join(out)
                         return
                     event["model"] = alias
-                    if call.ttft is None:
-                        call.ttft = time.perf_counter() - call.started
-                        if call.trace is not None:
-                            call.trace.first_token()
+                    call.first_token()
                     if event.get("done"):
                         done = True
                         call.prompt_tokens = int(event.get("prompt_eval_count") or 0)

@@ -14,7 +14,7 @@ import orjson
 
 from tollgate_gateway.chat.schemas import Parsed
 from tollgate_gateway.errors import ApiError, bad_request
-from tollgate_gateway.sse import frame
+from tollgate_gateway.sse import frame, frame_raw
 
 ROLES = ("user", "assistant")
 PING = frame("ping", {"type": "ping"})
@@ -175,6 +175,9 @@ def rewrite_message(data: dict[str, Any], message_id: str, alias: str) -> tuple[
     return int(usage.get("input_tokens") or 0), int(usage.get("output_tokens") or 0)
 
 
+_UNTOUCHED = frozenset({"content_block_start", "content_block_stop", "ping"})
+
+
 @dataclass(slots=True)
 class StreamState:
     """What a Messages stream has told us so far."""
@@ -187,6 +190,18 @@ class StreamState:
     complete: bool = False
     failed: bool = False
     first_delta: bool = field(default=False)
+
+    def passthrough(self, name: str, data: bytes) -> bytes | None:
+        """A text or tool-input delta, a block's start or stop, a ping: nothing in them is
+        ours to change, so they go out as they came, undecoded (most of a stream's events).
+        Only a named event is trusted this way; the rest are decoded and rewritten."""
+        if name == "content_block_delta":
+            self.deltas += 1
+            self.first_delta = self.deltas == 1
+            return frame_raw(name, data)
+        if name in _UNTOUCHED:
+            return frame_raw(name, data)
+        return None
 
     def rewrite(self, name: str, data: dict[str, Any]) -> bytes:
         """One upstream event as the client gets it (a ``ping`` follows ``message_start``,

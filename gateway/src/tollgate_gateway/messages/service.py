@@ -32,6 +32,7 @@ from tollgate_gateway.messages.schemas import (
 )
 from tollgate_gateway.sse import relay
 from tollgate_gateway.storage.upstream import read_body
+from tollgate_gateway.tracing import RequestTrace, now_ns
 
 UPSTREAM_PATH = "/v1/messages"
 
@@ -47,25 +48,48 @@ class MessagesService:
             raise missing_key()
         return await self.proxy.authenticate_key(key)
 
+    async def handle(
+        self,
+        raw: bytes,
+        authorization: str | None,
+        x_api_key: str | None,
+        request_id: str,
+        trace: RequestTrace | None = None,
+    ) -> Reply:
+        """`POST /v1/messages` as `middleware.serve_proxy` calls it."""
+        return await self.create(raw, x_api_key, authorization, request_id, trace)
+
     async def create(
-        self, raw: bytes, x_api_key: str | None, authorization: str | None, request_id: str
+        self,
+        raw: bytes,
+        x_api_key: str | None,
+        authorization: str | None,
+        request_id: str,
+        trace: RequestTrace | None = None,
     ) -> Reply:
         started = time.perf_counter()
         key: KeyRecord | None = None
         model: str | None = None
         try:
+            begun = now_ns() if trace is not None else 0
             key = await self.authenticate(x_api_key, authorization)
+            if trace is not None:
+                trace.step("authenticate", begun, now_ns(), **{"tollgate.key.id": str(key.id)})
             parsed = parse_request(raw)
             model = parsed.model
             alias = await self.proxy.resolve(key, parsed.model)
             constrain(Endpoint.MESSAGES, alias, parsed)
+            begun = now_ns() if trace is not None else 0
             admission, estimate = await self.proxy.admit(
                 Endpoint.MESSAGES, key, alias, parsed, len(raw), request_id
             )
+            if trace is not None:
+                trace.step("admission", begun, now_ns(), **{"tollgate.limited": key.limited})
         except ApiError as exc:
-            self.proxy.refused(Endpoint.MESSAGES, request_id, exc, key, model, started)
+            self.proxy.refused(Endpoint.MESSAGES, request_id, exc, key, model, started, trace)
             raise
         call = Call(request_id, Endpoint.MESSAGES, key, alias, parsed, admission, estimate)
+        call.trace = trace
         return await self.proxy.serve(call, self._forward(call), _overloaded_is_529)
 
     async def _forward(self, call: Call) -> Reply:
@@ -73,7 +97,7 @@ class MessagesService:
         body["model"] = call.alias.backend_tag
         if call.admission.cap is not None:  # reserved for exactly this many output tokens
             body["max_tokens"] = call.admission.cap
-        resp = await self.proxy.send_upstream(call, UPSTREAM_PATH, body)
+        resp = await self.proxy.send_upstream(call, UPSTREAM_PATH, body, self.proxy.traced(call))
         if resp.status != 200:
             payload = await read_body(resp)
             resp.release()
@@ -127,10 +151,16 @@ class _Stream:
         self.state = state
         self.complete = False
 
+    def passthrough(self, name: str, data: bytes) -> bytes | None:
+        out = self.state.passthrough(name, data)
+        if out is not None and self.state.first_delta:
+            self.call.first_token()
+        return out
+
     async def event(self, name: str, data: dict[str, Any]) -> bytes:
         out = self.state.rewrite(name, data)
-        if self.state.first_delta and self.call.ttft is None:
-            self.call.ttft = time.perf_counter() - self.call.started
+        if self.state.first_delta:
+            self.call.first_token()
         if self.state.failed:
             self.call.status, self.call.error_class = 502, "upstream_stream_error"
             metrics.UPSTREAM_ERRORS.labels("stream").inc()

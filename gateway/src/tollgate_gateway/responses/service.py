@@ -46,6 +46,7 @@ from tollgate_gateway.responses.schemas import (
 from tollgate_gateway.sse import frame, relay
 from tollgate_gateway.storage.responses import ResponseStore, ResponseStoreUnavailable, Stored
 from tollgate_gateway.storage.upstream import read_body
+from tollgate_gateway.tracing import RequestTrace, now_ns
 
 log = logging.getLogger(__name__)
 
@@ -67,25 +68,50 @@ class ResponsesService:
         self.proxy = proxy
         self.store = store
 
-    async def create(self, raw: bytes, authorization: str | None, request_id: str) -> Reply:
+    async def handle(
+        self,
+        raw: bytes,
+        authorization: str | None,
+        x_api_key: str | None,
+        request_id: str,
+        trace: RequestTrace | None = None,
+    ) -> Reply:
+        """`POST /v1/responses` as `middleware.serve_proxy` calls it (x-api-key is not
+        OpenAI's)."""
+        return await self.create(raw, authorization, request_id, trace)
+
+    async def create(
+        self,
+        raw: bytes,
+        authorization: str | None,
+        request_id: str,
+        trace: RequestTrace | None = None,
+    ) -> Reply:
         started = time.perf_counter()
         key: KeyRecord | None = None
         model: str | None = None
         try:
+            begun = now_ns() if trace is not None else 0
             key = await self.proxy.authenticate(authorization)
+            if trace is not None:
+                trace.step("authenticate", begun, now_ns(), **{"tollgate.key.id": str(key.id)})
             request = parse_request(raw)
             parsed = request.parsed
             model = parsed.model
             alias = await self.proxy.resolve(key, parsed.model)
             constrain(Endpoint.RESPONSES, alias, parsed)
             items = await self._conversation(key, request)
+            begun = now_ns() if trace is not None else 0
             admission, estimate = await self.proxy.admit(
                 Endpoint.RESPONSES, key, alias, parsed, len(raw), request_id
             )
+            if trace is not None:
+                trace.step("admission", begun, now_ns(), **{"tollgate.limited": key.limited})
         except ApiError as exc:
-            self.proxy.refused(Endpoint.RESPONSES, request_id, exc, key, model, started)
+            self.proxy.refused(Endpoint.RESPONSES, request_id, exc, key, model, started, trace)
             raise
         call = Call(request_id, Endpoint.RESPONSES, key, alias, parsed, admission, estimate)
+        call.trace = trace
         return await self.proxy.serve(call, self._forward(call, request, items))
 
     async def _conversation(self, key: KeyRecord, request: ResponsesRequest) -> list[Any]:
@@ -104,7 +130,7 @@ class ResponsesService:
         body = upstream_body(call.parsed.body, call.alias.backend_tag, items)
         if call.admission.cap is not None:  # reserved for exactly this many output tokens
             body["max_output_tokens"] = call.admission.cap
-        resp = await self.proxy.send_upstream(call, UPSTREAM_PATH, body)
+        resp = await self.proxy.send_upstream(call, UPSTREAM_PATH, body, self.proxy.traced(call))
         if resp.status != 200:
             payload = await read_body(resp)
             resp.release()
@@ -196,14 +222,16 @@ class _Stream:
         self.deltas = 0
         self.sequence = 0
 
+    def passthrough(self, name: str, data: bytes) -> bytes | None:
+        return None  # every event carries ids the rewriter maps to ours
+
     async def event(self, name: str, data: dict[str, Any]) -> bytes:
         kind = data.get("type") or name
         self.sequence = int(data.get("sequence_number") or self.sequence) + 1
         self.rewriter.event(data)
         if kind in DELTAS:
             self.deltas += 1
-            if self.call.ttft is None:
-                self.call.ttft = time.perf_counter() - self.call.started
+            self.call.first_token()
         elif kind in TERMINAL:
             self.complete = True
             response = data.get("response")
