@@ -410,6 +410,20 @@ def eager(gateways: Gateways) -> GatewayProcess:
     return gateways.start(TOLLGATE_QUEUE_KEEPALIVE_SECONDS="0.3", TOLLGATE_QUEUE_POLL_SECONDS="0.2")
 
 
+def slot_taken(gateway: GatewayProcess, admin: Admin, alias: str, taken: bool = True) -> None:
+    """Wait until the alias's pool has a request in flight (`taken`), or none."""
+    watch = Admin(gateway.url)
+    try:
+        wait_until(
+            "the slot to be taken" if taken else "the slot to be free",
+            lambda: (
+                any(r["in_flight"] >= 1 for r in queue_of(watch, pool_of(admin, alias))) is taken
+            ),
+        )
+    finally:
+        watch.http.close()
+
+
 def test_a_waiting_stream_gets_sse_comments_then_its_answer_or_the_refusal_as_an_event(
     eager: GatewayProcess, admin: Admin, new_key: NewKey, pool_standin: StandinProcess
 ) -> None:
@@ -422,14 +436,7 @@ def test_a_waiting_stream_gets_sse_comments_then_its_answer_or_the_refusal_as_an
         timeout=5,
     ).raise_for_status()
     holder, _ = in_background(lambda: chat(eager.url, key, alias, "holder"))
-    watch = Admin(eager.url)
-    try:
-        wait_until(
-            "the slot to be taken",
-            lambda: any(r["in_flight"] >= 1 for r in queue_of(watch, pool_of(admin, alias))),
-        )
-    finally:
-        watch.http.close()
+    slot_taken(eager, admin, alias)
     served = chat(eager.url, key, alias, "patient", stream=True)  # waits ~1.4 s, then served
     assert served.status_code == 200
     lines = served.text.split("\n\n")
@@ -437,6 +444,7 @@ def test_a_waiting_stream_gets_sse_comments_then_its_answer_or_the_refusal_as_an
     data = [line for line in lines if line.startswith("data: ")]
     assert data[-1] == "data: [DONE]"
     holder.join(30)
+    slot_taken(eager, admin, alias, taken=False)  # both released
     # Now one holds the slot for longer than the other may wait: the refusal comes in-stream.
     httpx.post(
         pool_standin.url + "/_standin/faults",
@@ -444,7 +452,7 @@ def test_a_waiting_stream_gets_sse_comments_then_its_answer_or_the_refusal_as_an
         timeout=5,
     ).raise_for_status()
     holder, _ = in_background(lambda: chat(eager.url, key, alias, "holder"))
-    time.sleep(0.3)  # not a measurement: the holder is sent first (checked below)
+    slot_taken(eager, admin, alias)  # (a fixed pause let "too late" go first under load)
     refused = chat(eager.url, key, alias, "too late", stream=True)
     holder.join(30)
     assert refused.status_code == 200  # the stream had begun
