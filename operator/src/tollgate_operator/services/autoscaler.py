@@ -26,7 +26,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tollgate_operator import metrics
-from tollgate_operator.autoscaling import AutoscalingSpec, Sample, desired_replicas, prune
+from tollgate_operator.autoscaling import (
+    AutoscalingSpec,
+    Sample,
+    ScaleDecision,
+    desired_replicas,
+    prune,
+)
 from tollgate_operator.demand import DemandReader
 from tollgate_operator.k8s import Kube
 from tollgate_operator.resources import (
@@ -124,13 +130,14 @@ class Autoscaler:
 
     async def restore_manual_scale(
         self, ref: ObjectRef, status: OllamaPoolStatus, sts: dict[str, Any] | None, wanted: int
-    ) -> None:
-        """The StatefulSet was scaled by someone else: say so (the caller sets it back)."""
+    ) -> bool:
+        """The StatefulSet was scaled by someone else: say so, and whether it was (the caller
+        sets it back)."""
         if sts is None:
-            return
+            return False
         found = int((sts.get("spec") or {}).get("replicas", 1))
         if found == wanted or status.replicas is None:
-            return
+            return False
         metrics.SCALE_EVENTS.labels(f"{ref.namespace}/{ref.name}", "restored").inc()
         self._events(
             ref.body,
@@ -141,9 +148,12 @@ class Autoscaler:
             "To pin the size set spec.autoscaling.minReplicas = maxReplicas, or remove "
             "spec.autoscaling.",
         )
+        return True
 
     async def step(self, ref: ObjectRef) -> float:
-        """One pass; returns the seconds until the next."""
+        """One pass: sample the demand, decide, carry out what was decided (a scale up at
+        once; a scale down as a drain: out of rotation first, removed once drained). Returns
+        the seconds until the next pass."""
         interval = self._settings.autoscale_interval_seconds
         spec = parse_spec(OllamaPoolSpec, ref)
         if spec.autoscaling is None or ref.deleting:
@@ -169,72 +179,98 @@ class Autoscaler:
             sts = await self._kube.get("apps/v1", "StatefulSet", ref.namespace, ref.name)
             if sts is None or status.replicas is None:
                 return interval  # the pool's reconcile has not created it yet
-            set_to = status.replicas
-            await self.restore_manual_scale(ref, status, sts, set_to)
-            if int((sts.get("spec") or {}).get("replicas", 1)) != set_to:
+            set_to = status.replicas  # what the StatefulSet is to have now
+            if await self.restore_manual_scale(ref, status, sts, set_to):
                 await self._scale(ref, set_to)
             current = status.desired_replicas if status.desired_replicas is not None else set_to
             decision = desired_replicas(auto, samples, current, now)
-            fields: dict[str, Any] = {"demand": demand}
-            desired = current
-            draining_since = status.draining_since
             if decision.changes(current):
-                desired = decision.replicas
-                stamp = utcnow()
-                fields.update(
-                    desiredReplicas=desired,
-                    lastScaleTime=format_time(stamp),
-                    lastScaleReason=decision.reason,
+                desired, draining = await self._carry_out(
+                    ref, pool, demand, decision, current, set_to, status.draining_since
                 )
-                if desired > current:
-                    direction, reason = "up", "ScaleUp"
-                    message = f"{current} → {desired} replicas: {decision.reason}"
-                    if desired > set_to:
-                        fields["replicas"] = desired
-                    if desired >= set_to:  # a drain in progress is called off
-                        fields["drainingSince"] = None
-                        draining_since = None
-                else:
-                    direction, reason = "drain", "ScaleDown"
-                    message = (
-                        f"{current} → {desired} replicas: {decision.reason}; "
-                        f"{pod_names(ref.name, desired, set_to)} leave rotation first"
-                    )
-                    if draining_since is None:
-                        draining_since = stamp
-                        fields["drainingSince"] = format_time(stamp)
-                # Persisted before it is carried out: a restart resumes, never repeats it.
-                await self._statuses.merge(ref, fields)
-                metrics.SCALE_EVENTS.labels(pool, direction).inc()
-                metrics.POOL_DESIRED_REPLICAS.labels(pool).set(desired)
-                self._events(ref.body, "Normal", reason, message)
-                logger.info("%s: %s", pool, message)
-                if "replicas" in fields:
-                    await self._scale(ref, desired)
-                    metrics.POOL_REPLICAS.labels(pool).set(desired)
-                self._wakers.wake(pool_key(ref.namespace, ref.name))  # the aliases' rows
             else:
-                await self._statuses.merge(ref, fields)
-            if set_to > desired and draining_since is None:
-                draining_since = utcnow()
-                await self._statuses.merge(ref, {"drainingSince": format_time(draining_since)})
-            if (
-                set_to > desired
-                and draining_since
-                and self._drained(spec, demand, draining_since, utcnow())
-            ):
-                await self._statuses.merge(ref, {"replicas": desired, "drainingSince": None})
-                await self._scale(ref, desired)
-                metrics.SCALE_EVENTS.labels(pool, "down").inc()
-                metrics.POOL_REPLICAS.labels(pool).set(desired)
-                self._events(
-                    ref.body,
-                    "Normal",
-                    "ReplicasRemoved",
-                    f"{pod_names(ref.name, desired, set_to)} removed "
-                    + ("(no request in flight)" if demand == 0 else "(drainSeconds passed)"),
-                )
+                await self._statuses.merge(ref, {"demand": demand})
+                desired, draining = current, status.draining_since
+            if set_to > desired:
+                await self._drain(ref, spec, pool, demand, desired, set_to, draining)
         return interval
+
+    async def _carry_out(
+        self,
+        ref: ObjectRef,
+        pool: str,
+        demand: int,
+        decision: ScaleDecision,
+        current: int,
+        set_to: int,
+        draining: datetime | None,
+    ) -> tuple[int, datetime | None]:
+        """A new size: persisted before it is carried out (a restart resumes, never repeats
+        it). Up: more replicas at once, and a drain in progress is called off; down: the
+        drain starts (the replicas leave rotation first). Returns the size and the drain."""
+        desired = decision.replicas
+        stamp = utcnow()
+        fields: dict[str, Any] = {
+            "demand": demand,
+            "desiredReplicas": desired,
+            "lastScaleTime": format_time(stamp),
+            "lastScaleReason": decision.reason,
+        }
+        if desired > current:
+            direction, reason = "up", "ScaleUp"
+            message = f"{current} → {desired} replicas: {decision.reason}"
+            if desired > set_to:
+                fields["replicas"] = desired
+            if desired >= set_to:
+                fields["drainingSince"] = draining = None
+        else:
+            direction, reason = "drain", "ScaleDown"
+            message = (
+                f"{current} → {desired} replicas: {decision.reason}; "
+                f"{pod_names(ref.name, desired, set_to)} leave rotation first"
+            )
+            if draining is None:
+                draining = stamp
+                fields["drainingSince"] = format_time(stamp)
+        await self._statuses.merge(ref, fields)
+        metrics.SCALE_EVENTS.labels(pool, direction).inc()
+        metrics.POOL_DESIRED_REPLICAS.labels(pool).set(desired)
+        self._events(ref.body, "Normal", reason, message)
+        logger.info("%s: %s", pool, message)
+        if "replicas" in fields:
+            await self._scale(ref, desired)
+            metrics.POOL_REPLICAS.labels(pool).set(desired)
+        self._wakers.wake(pool_key(ref.namespace, ref.name))  # the aliases' rows
+        return desired, draining
+
+    async def _drain(
+        self,
+        ref: ObjectRef,
+        spec: OllamaPoolSpec,
+        pool: str,
+        demand: int,
+        desired: int,
+        set_to: int,
+        draining: datetime | None,
+    ) -> None:
+        """Replicas above `desired` are out of rotation; remove them once drained (no request
+        in flight, or drainSeconds passed)."""
+        if draining is None:
+            draining = utcnow()
+            await self._statuses.merge(ref, {"drainingSince": format_time(draining)})
+        if not self._drained(spec, demand, draining, utcnow()):
+            return
+        await self._statuses.merge(ref, {"replicas": desired, "drainingSince": None})
+        await self._scale(ref, desired)
+        metrics.SCALE_EVENTS.labels(pool, "down").inc()
+        metrics.POOL_REPLICAS.labels(pool).set(desired)
+        self._events(
+            ref.body,
+            "Normal",
+            "ReplicasRemoved",
+            f"{pod_names(ref.name, desired, set_to)} removed "
+            + ("(no request in flight)" if demand == 0 else "(drainSeconds passed)"),
+        )
 
     def _drained(self, spec: OllamaPoolSpec, demand: int, since: datetime, now: datetime) -> bool:
         assert spec.autoscaling is not None
