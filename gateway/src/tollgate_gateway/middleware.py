@@ -2,9 +2,9 @@
 
 `RequestContextMiddleware` does this for every route of the application. The proxy routes
 (the hot path: every API's inference POSTs, see `main.fast_routes`) skip the framework
-altogether: `serve_proxy` does the same per-request work
-itself and sends the proxy's `Reply` straight to the server, which saves the middleware
-and routing layers on every request and the task group Starlette spends on every stream.
+altogether: `serve_proxy` does the same per-request work itself and sends the proxy's
+`Reply` straight to the server, which saves the middleware and routing layers on every
+request and the task group Starlette spends on every stream.
 The answers are byte for byte what the routed path would send.
 """
 
