@@ -1,5 +1,7 @@
 """Anthropic Messages API routes. Errors here are written in Anthropic's shape
-(`errors.error_body` picks it by path); ``anthropic-version`` is accepted, whatever it says."""
+(`errors.error_body` picks it by path); ``anthropic-version`` is accepted, whatever it says.
+Once the services are up, ``POST /v1/messages`` is served by `middleware.serve_proxy` before
+routing (`main.fast_routes`); its route here stands in until then."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""Responses API routes (OpenAI's shapes and errors)."""
+"""Responses API routes (OpenAI's shapes and errors). Once the services are up,
+``POST /v1/responses`` is served by `middleware.serve_proxy` before routing
+(`main.fast_routes`); its route here stands in until then."""
 
 from __future__ import annotations
 
