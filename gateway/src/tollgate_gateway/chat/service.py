@@ -372,11 +372,17 @@ class ProxyService:
         keys.on_change = self._key_changed
 
     # -- shared steps ------------------------------------------------------------------
-    async def authenticate(self, authorization: str | None) -> KeyRecord:
-        return await self.authenticate_key(bearer_key(authorization))
+    async def authenticate(
+        self, authorization: str | None, trace: RequestTrace | None = None
+    ) -> KeyRecord:
+        return await self.authenticate_key(bearer_key(authorization), trace)
 
-    async def authenticate_key(self, key: str | None) -> KeyRecord:
-        """The key's record; 401 ApiErrors when it is missing or not valid."""
+    async def authenticate_key(
+        self, key: str | None, trace: RequestTrace | None = None
+    ) -> KeyRecord:
+        """The key's record; 401 ApiErrors when it is missing or not valid. A traced request
+        gets its `authenticate` step."""
+        begun = now_ns() if trace is not None else 0
         if key is None:
             metrics.AUTH_FAILURES.inc()
             raise missing_key()
@@ -384,6 +390,8 @@ class ProxyService:
         if record is None:
             metrics.AUTH_FAILURES.inc()
             raise invalid_key()
+        if trace is not None:
+            trace.step("authenticate", begun, now_ns(), **{"tollgate.key.id": str(record.id)})
         return record
 
     async def resolve(self, key: KeyRecord, name: str) -> Alias:
@@ -424,10 +432,12 @@ class ProxyService:
         parsed: Parsed,
         size: int,
         request_id: str,
+        trace: RequestTrace | None = None,
     ) -> tuple[Admission, int]:
         """Admit one request under the key's limits (429 ApiErrors are counted); returns the
         admission and the prompt estimate (billed when the client leaves before the model
-        server counted the prompt)."""
+        server counted the prompt). A traced request gets its `admission` step."""
+        begun = now_ns() if trace is not None else 0
         estimate = 0 if endpoint is Endpoint.OLLAMA_SHOW else self._estimate(size)
         ask = self._ask(endpoint, key, alias, parsed, estimate) if key.limited else NOTHING
         # The pool slot is asked for now: its script leaves in the admission's write.
@@ -445,6 +455,8 @@ class ProxyService:
                 metrics.LIMIT_REFUSALS.labels(reason).inc()
             raise
         admission.hold = hold
+        if trace is not None:
+            trace.step("admission", begun, now_ns(), **{"tollgate.limited": key.limited})
         return admission, estimate
 
     async def handle(
@@ -459,21 +471,14 @@ class ProxyService:
         key: KeyRecord | None = None
         model: str | None = None
         try:
-            begun = now_ns() if trace is not None else 0
-            key = await self.authenticate(authorization)
-            if trace is not None:
-                authenticated = now_ns()
-                trace.step("authenticate", begun, authenticated, **{"tollgate.key.id": str(key.id)})
+            key = await self.authenticate(authorization, trace)
             parsed = parse(endpoint, parse_json(raw))
             model = parsed.model
             alias = await self.resolve(key, parsed.model)
             constrain(endpoint, alias, parsed)
-            begun = now_ns() if trace is not None else 0
             admission, estimate = await self.admit(
-                endpoint, key, alias, parsed, len(raw), request_id
+                endpoint, key, alias, parsed, len(raw), request_id, trace
             )
-            if trace is not None:
-                trace.step("admission", begun, now_ns(), **{"tollgate.limited": key.limited})
         except ApiError as exc:
             self.refused(endpoint, request_id, exc, key, model, started, trace)
             raise

@@ -32,7 +32,7 @@ from tollgate_gateway.messages.schemas import (
 )
 from tollgate_gateway.sse import relay
 from tollgate_gateway.storage.upstream import read_body
-from tollgate_gateway.tracing import RequestTrace, now_ns
+from tollgate_gateway.tracing import RequestTrace
 
 UPSTREAM_PATH = "/v1/messages"
 
@@ -41,12 +41,14 @@ class MessagesService:
     def __init__(self, proxy: ProxyService) -> None:
         self.proxy = proxy
 
-    async def authenticate(self, x_api_key: str | None, authorization: str | None) -> KeyRecord:
+    async def authenticate(
+        self, x_api_key: str | None, authorization: str | None, trace: RequestTrace | None = None
+    ) -> KeyRecord:
         key = api_key(x_api_key, authorization)
         if key is None:
             metrics.AUTH_FAILURES.inc()
             raise missing_key()
-        return await self.proxy.authenticate_key(key)
+        return await self.proxy.authenticate_key(key, trace)
 
     async def handle(
         self,
@@ -71,20 +73,14 @@ class MessagesService:
         key: KeyRecord | None = None
         model: str | None = None
         try:
-            begun = now_ns() if trace is not None else 0
-            key = await self.authenticate(x_api_key, authorization)
-            if trace is not None:
-                trace.step("authenticate", begun, now_ns(), **{"tollgate.key.id": str(key.id)})
+            key = await self.authenticate(x_api_key, authorization, trace)
             parsed = parse_request(raw)
             model = parsed.model
             alias = await self.proxy.resolve(key, parsed.model)
             constrain(Endpoint.MESSAGES, alias, parsed)
-            begun = now_ns() if trace is not None else 0
             admission, estimate = await self.proxy.admit(
-                Endpoint.MESSAGES, key, alias, parsed, len(raw), request_id
+                Endpoint.MESSAGES, key, alias, parsed, len(raw), request_id, trace
             )
-            if trace is not None:
-                trace.step("admission", begun, now_ns(), **{"tollgate.limited": key.limited})
         except ApiError as exc:
             self.proxy.refused(Endpoint.MESSAGES, request_id, exc, key, model, started, trace)
             raise

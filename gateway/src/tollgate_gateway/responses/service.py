@@ -46,7 +46,7 @@ from tollgate_gateway.responses.schemas import (
 from tollgate_gateway.sse import frame, relay
 from tollgate_gateway.storage.responses import ResponseStore, ResponseStoreUnavailable, Stored
 from tollgate_gateway.storage.upstream import read_body
-from tollgate_gateway.tracing import RequestTrace, now_ns
+from tollgate_gateway.tracing import RequestTrace
 
 log = logging.getLogger(__name__)
 
@@ -91,22 +91,16 @@ class ResponsesService:
         key: KeyRecord | None = None
         model: str | None = None
         try:
-            begun = now_ns() if trace is not None else 0
-            key = await self.proxy.authenticate(authorization)
-            if trace is not None:
-                trace.step("authenticate", begun, now_ns(), **{"tollgate.key.id": str(key.id)})
+            key = await self.proxy.authenticate(authorization, trace)
             request = parse_request(raw)
             parsed = request.parsed
             model = parsed.model
             alias = await self.proxy.resolve(key, parsed.model)
             constrain(Endpoint.RESPONSES, alias, parsed)
             items = await self._conversation(key, request)
-            begun = now_ns() if trace is not None else 0
             admission, estimate = await self.proxy.admit(
-                Endpoint.RESPONSES, key, alias, parsed, len(raw), request_id
+                Endpoint.RESPONSES, key, alias, parsed, len(raw), request_id, trace
             )
-            if trace is not None:
-                trace.step("admission", begun, now_ns(), **{"tollgate.limited": key.limited})
         except ApiError as exc:
             self.proxy.refused(Endpoint.RESPONSES, request_id, exc, key, model, started, trace)
             raise
