@@ -17,6 +17,7 @@ from tollgate_gateway import metrics
 
 if TYPE_CHECKING:
     from tollgate_gateway.chat.service import Call, ProxyService
+    from tollgate_gateway.storage.upstream import UpstreamResponse
 
 
 def frame(name: str, data: Any) -> bytes:
@@ -90,14 +91,14 @@ class Translator(Protocol):
 
 
 async def relay(
-    proxy: ProxyService, call: Call, resp: aiohttp.ClientResponse, translator: Translator
+    proxy: ProxyService, call: Call, resp: UpstreamResponse, translator: Translator
 ) -> AsyncGenerator[bytes, None]:
     """The client's stream: each upstream read answered by one write of the events it
     completed, rewritten; a broken upstream ends it with the translator's error event."""
     splitter = EventSplitter()
     proxy.hold_stream(call, resp)  # a revocation closes resp, ending the read below
     try:
-        reads = resp.content.iter_any()
+        reads = resp.iter_any()
         ended = False
         while not translator.complete and not ended:
             try:

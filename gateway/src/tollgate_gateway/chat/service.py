@@ -54,7 +54,7 @@ from tollgate_gateway.routing.model import Policy
 from tollgate_gateway.routing.prefix import chat_prefix, generate_prefix
 from tollgate_gateway.routing.service import Route, Router, no_replica
 from tollgate_gateway.storage.outage import UNAVAILABLE
-from tollgate_gateway.storage.upstream import Upstream, UpstreamError, read_body
+from tollgate_gateway.storage.upstream import Upstream, UpstreamError, UpstreamResponse, read_body
 from tollgate_gateway.tracing import RequestTrace, Tracing, now_ns
 from tollgate_gateway.usage.writer import UsageRow, UsageWriter, copy_line
 
@@ -316,7 +316,7 @@ class Call:
     error_class: str | None = None
     finished: bool = False
     revoked: bool = False  # the key was revoked or disabled while the response streamed
-    resp: aiohttp.ClientResponse | None = None
+    resp: UpstreamResponse | None = None
     trace: RequestTrace | None = None  # only when tracing is on
     route: Route | None = None  # the replica chosen, when the alias has several
     load_ns: int | None = None  # the response's load_duration (native API)
@@ -646,7 +646,7 @@ class ProxyService:
         path: str,
         body: dict[str, Any],
         carrier: dict[str, str] | None = None,
-    ) -> aiohttp.ClientResponse:
+    ) -> UpstreamResponse:
         """POST ``body`` to the alias's backend: its one URL, or the replica the router
         chooses (retried on another before any byte of an answer, see routing/)."""
         alias = call.alias
@@ -706,7 +706,7 @@ class ProxyService:
         reply.after = functools.partial(self._abandon, call, resp)
         return reply
 
-    def _abandon(self, call: Call, resp: aiohttp.ClientResponse) -> None:
+    def _abandon(self, call: Call, resp: UpstreamResponse) -> None:
         if not call.finished:
             resp.close()
             call.status, call.error_class = 499, "client_disconnected"
@@ -751,7 +751,7 @@ class ProxyService:
         *lines, rest = pending.split(b"\n")
         return [line for line in lines if line.strip()], rest
 
-    async def _sse(self, call: Call, resp: aiohttp.ClientResponse) -> AsyncGenerator[bytes, None]:
+    async def _sse(self, call: Call, resp: UpstreamResponse) -> AsyncGenerator[bytes, None]:
         stream_id = ID_PREFIX[call.endpoint] + new_id()
         alias = call.alias.alias
         include_usage = call.parsed.include_usage
@@ -761,7 +761,7 @@ class ProxyService:
         self.hold_stream(call, resp)
         try:
             pending = b""
-            reads = resp.content.iter_any()
+            reads = resp.iter_any()
             while not done:
                 try:
                     chunk = await reads.__anext__()
@@ -846,9 +846,7 @@ class ProxyService:
             self._close_upstream(resp, done)
             self.finish(call)
 
-    async def _ndjson(
-        self, call: Call, resp: aiohttp.ClientResponse
-    ) -> AsyncGenerator[bytes, None]:
+    async def _ndjson(self, call: Call, resp: UpstreamResponse) -> AsyncGenerator[bytes, None]:
         alias = call.alias.alias
         chunks = 0
         done = False
@@ -856,7 +854,7 @@ class ProxyService:
         self.hold_stream(call, resp)
         try:
             pending = b""
-            reads = resp.content.iter_any()
+            reads = resp.iter_any()
             while True:
                 try:
                     chunk = await reads.__anext__()
@@ -920,7 +918,7 @@ class ProxyService:
             self.finish(call)
 
     # -- revocation of streams in progress ------------------------------------------------
-    def hold_stream(self, call: Call, resp: aiohttp.ClientResponse) -> None:
+    def hold_stream(self, call: Call, resp: UpstreamResponse) -> None:
         call.resp = resp
         self._open.setdefault(call.key.key_hash, set()).add(call)
 
@@ -955,7 +953,7 @@ class ProxyService:
                 call.resp.close()
 
     @staticmethod
-    def _close_upstream(resp: aiohttp.ClientResponse, complete: bool) -> None:
+    def _close_upstream(resp: UpstreamResponse, complete: bool) -> None:
         if complete:
             resp.release()
         else:

@@ -31,7 +31,7 @@ from tollgate_gateway.routing.model import Policy, Reason, Replica, Target, norm
 from tollgate_gateway.routing.policy import choose
 from tollgate_gateway.routing.retry import RetryBudget, retryable
 from tollgate_gateway.storage.cancellation import reraise_lost_cancel
-from tollgate_gateway.storage.upstream import Upstream, UpstreamError, read_body
+from tollgate_gateway.storage.upstream import Upstream, UpstreamError, UpstreamResponse, read_body
 
 log = logging.getLogger(__name__)
 
@@ -253,7 +253,7 @@ class Router:
         body: bytes,
         prefix: bytes | None,
         headers: dict[str, str] | None = None,
-    ) -> tuple[aiohttp.ClientResponse, Route]:
+    ) -> tuple[UpstreamResponse, Route]:
         """The response of the first replica that answers. A failure before any byte of an
         answer (refused, reset, Ollama's 503) goes to another replica, at most ``attempts``
         tries in all and none begun after ``retry_seconds``."""
