@@ -1,12 +1,13 @@
 """Where the gateway's time goes: py-spy samples Tollgate while wrk or streamload loads it.
 
     python bench/profile.py --py-spy PATH --streamload PATH [--workload chat-c32|stream-c100]
-                            [--seconds 15] [--folded] [--hold]
+                            [--seconds 15] [--folded] [--hold] [--routed]
 
-Writes `profile-<workload>.txt` to --out: the load and its result, where the samples fall
-(by part of the request path) and the hottest functions. With --folded also the collapsed
-stacks (`profile-<workload>.folded`, for any flame-graph viewer). --hold keeps the gateway
-and its upstreams up and prints their addresses and key instead.
+Writes `profile-<workload>.txt` (`-routed.txt` with --routed: routing and the pool queue
+on, as the `tollgate-routed` system of the bench) to --out: the load and its result, where
+the samples fall (by part of the request path) and the hottest functions. With --folded
+also the collapsed stacks (`.folded`, for any flame-graph viewer). --hold keeps the
+gateway and its upstreams up and prints their addresses and key instead.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from tollbench import load
 from tollbench.run import Bench, Params, say, scrub
-from tollbench.systems import CHAT_MODEL, Tollgate
+from tollbench.systems import CHAT_MODEL, Tollgate, TollgateRouted
 
 # Parts of the request path, matched against a sample's frames in this order.
 PARTS = [
@@ -90,6 +91,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/results/profiles"))
     parser.add_argument("--folded", action="store_true", help="keep the collapsed stacks")
     parser.add_argument("--hold", action="store_true")
+    parser.add_argument(
+        "--routed", action="store_true", help="routing and the pool queue on (tollgate-routed)"
+    )
     args = parser.parse_args()
     params = Params()
     os.sched_setaffinity(0, {int(c) for c in params.side_cpus.split(",")})
@@ -97,7 +101,7 @@ def main() -> None:
     tollgate: Tollgate | None = None
     try:
         ctx = bench.start_infra()
-        tollgate = Tollgate(ctx, bench.standin_url)
+        tollgate = (TollgateRouted if args.routed else Tollgate)(ctx, bench.standin_url)
         stream = args.workload.startswith("stream")
         url = tollgate.start(bench.standin_url if stream else bench.fixed_url, "profile")
         assert tollgate.proc is not None
@@ -112,7 +116,8 @@ def main() -> None:
         target = url + "/v1/chat/completions"
         load.wrk(target, bench.bodies["chat"], tollgate.key, 8, 2, params.side_cpus)  # warm
         args.out.mkdir(parents=True, exist_ok=True)
-        folded = (args.out if args.folded else bench.work) / f"profile-{args.workload}.folded"
+        name = f"profile-{args.workload}{'-routed' if args.routed else ''}"
+        folded = (args.out if args.folded else bench.work) / f"{name}.folded"
         spy = subprocess.Popen(
             [
                 str(args.py_spy),
@@ -159,7 +164,7 @@ def main() -> None:
             f"load: {generated.command}\nresult: {generated.output}\n\n"
         )
         text = scrub(header + summarize_folded(folded))
-        (args.out / f"profile-{args.workload}.txt").write_text(text)
+        (args.out / f"{name}.txt").write_text(text)
         print(text)
     finally:
         if tollgate is not None:

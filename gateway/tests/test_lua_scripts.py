@@ -7,7 +7,8 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from decimal import Decimal
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
 import pytest
 from redis.asyncio import Redis
@@ -133,3 +134,110 @@ async def test_many_admissions_of_one_loop_turn_share_the_pipe(limiter: Limiter)
     admissions = await asyncio.gather(*(limiter.admit(record, f"r{i}") for i in range(50)))
     remaining = sorted(int(a.headers["x-ratelimit-remaining-requests"]) for a in admissions)
     assert remaining == list(range(950, 1000))  # each saw the ones before it, none twice
+
+
+# -- the scripts' sums, with the clock in the test's hands -------------------------------------
+SCRIPTS = Path(__file__).resolve().parents[1] / "src" / "tollgate_gateway" / "limits"
+
+
+class Scripts:
+    """admit.lua and settle.lua called directly, with `now` chosen by the test."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        base = f"tg:{{test-{uuid.uuid4().hex}}}"
+        self.keys = [f"{base}:{n}" for n in ("rpm", "tpm:2", "inflight", "resv:2", "spend", "t:2")]
+        self.admit_src = (SCRIPTS / "admit.lua").read_text()
+        self.settle_src = (SCRIPTS / "settle.lua").read_text()
+        self.stream = f"{base}:usage"
+
+    async def admit(
+        self,
+        now: int,
+        member: str,
+        *,
+        tpm: int = 0,
+        budget: int = -1,
+        conc: int = 0,
+        prompt: int = 0,
+        output: int = 0,
+        lease: int = 30_000,
+    ) -> list[Any]:
+        args = [now, 0, tpm, conc, lease, member, budget, 0, 3600, prompt, output, 1, 1, 1]
+        return cast(list[Any], await self.redis.eval(self.admit_src, 6, *self.keys, *args))
+
+    async def settle(self, now: int, member: str, tokens: int, cost: int = 0) -> None:
+        k = self.keys
+        keys = [k[1], k[2], k[3], k[4], k[5], self.stream]
+        args = [now, member, tokens, cost, 3600, 1, 1, ""]
+        await self.redis.eval(self.settle_src, 6, *keys, *args)
+
+    async def hash(self, index: int) -> dict[str, int]:
+        raw = await self.redis.hgetall(self.keys[index])
+        return {k.decode(): int(v) for k, v in raw.items()}
+
+
+@pytest.fixture
+async def scripts(valkey: LocalValkey) -> AsyncIterator[Scripts]:
+    redis = Redis.from_url(valkey.url)
+    yield Scripts(redis)
+    await redis.aclose()
+
+
+async def test_tokens_leave_the_minute_bucket_by_bucket(scripts: Scripts) -> None:
+    t0 = 1_800_000_000_000  # ms, on a second boundary
+    await scripts.admit(t0, "a", tpm=10_000, prompt=10, output=90)
+    await scripts.settle(t0 + 10, "a", 100)
+    await scripts.admit(t0 + 30_000, "b", tpm=10_000, prompt=10, output=40)
+    await scripts.settle(t0 + 30_000, "b", 50)
+    seen = await scripts.admit(t0 + 59_999, "c", tpm=10_000, prompt=1, output=1)
+    assert seen[0] == 0 and seen[3] == 150 + 2  # both charges, and c's own reservation
+    assert seen[4] == 1001  # the reset: surely past when t0's bucket leaves, at 61 s
+    await scripts.settle(t0 + 59_999, "c", 0)
+    later = await scripts.admit(t0 + 61_000, "d", tpm=10_000, prompt=1, output=1)
+    assert later[3] == 50 + 2  # t0's bucket left the window
+    await scripts.settle(t0 + 61_000, "d", 0)
+    tpm = await scripts.hash(1)
+    assert tpm == {"s": 50, "lo": t0 // 1000 + 30, str(t0 // 1000 + 30): 50}
+    gone = await scripts.admit(t0 + 200_000, "e", tpm=10_000, prompt=1, output=1)
+    assert gone[3] == 2
+    assert (await scripts.hash(1))["s"] == 0
+
+
+async def test_a_settlement_from_a_clock_behind_still_leaves_the_window(scripts: Scripts) -> None:
+    t0 = 1_800_000_000_000
+    await scripts.settle(t0 + 5_000, "x", 70)  # the first bucket: t0 + 5 s
+    await scripts.settle(t0, "y", 30)  # a gateway 5 s behind: charged to the oldest bucket
+    assert await scripts.hash(1) == {"s": 100, "lo": t0 // 1000 + 5, str(t0 // 1000 + 5): 100}
+    after = await scripts.admit(t0 + 65_000, "z", tpm=1_000, prompt=1, output=1)
+    assert after[3] == 2  # all of it left together, nothing stuck in the sum
+
+
+async def test_a_sum_from_another_shape_is_counted_afresh(scripts: Scripts) -> None:
+    t0 = 1_800_000_000_000
+    sec = t0 // 1000
+    # "lo" far in the past (a clock that jumped): the buckets are visited once and recounted.
+    await scripts.redis.hset(
+        scripts.keys[1], mapping={"s": 999, "lo": 1, str(sec - 100): 500, str(sec - 10): 40}
+    )
+    seen = await scripts.admit(t0, "a", tpm=1_000, prompt=1, output=1)
+    assert seen[3] == 40 + 2
+    assert await scripts.hash(1) == {"s": 40, "lo": sec - 10, str(sec - 10): 40}
+
+
+async def test_reservation_sums_follow_admissions_settlements_and_dead_leases(
+    scripts: Scripts,
+) -> None:
+    t0 = 1_800_000_000_000
+    for i in range(5):
+        await scripts.admit(t0, f"m{i}", tpm=1_000_000, budget=10**12, prompt=10, output=20)
+    assert (await scripts.hash(5))["#"] == 5 * 30
+    assert (await scripts.hash(3))["#"] == 5 * 30  # 1 nano per token in and out
+    await scripts.settle(t0 + 1, "m0", 25, cost=25)
+    await scripts.settle(t0 + 1, "m1", 25, cost=25)
+    assert await scripts.hash(5) == {"#": 90, "m2": 30, "m3": 30, "m4": 30}
+    # m2..m4 were never settled: their holder died, and the leases lapse after 30 s.
+    seen = await scripts.admit(t0 + 30_001, "n", tpm=1_000_000, budget=10**12, prompt=1, output=1)
+    assert seen[3] == 50 + 2  # what m0 and m1 used, and n's own reservation
+    assert await scripts.hash(5) == {"#": 2, "n": 2}
+    assert await scripts.hash(3) == {"#": 2, "n": 2}

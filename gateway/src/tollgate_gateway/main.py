@@ -64,9 +64,9 @@ def fast_routes(services: Services) -> dict[str, FastRoute]:
         for path, endpoint in PROXY_ROUTES.items()
     }
     routes["/v1/responses"] = FastRoute(
-        Endpoint.RESPONSES, services.responses.handle, proxy.tracing
+        Endpoint.RESPONSES, services.responses.create, proxy.tracing
     )
-    routes["/v1/messages"] = FastRoute(Endpoint.MESSAGES, services.messages.handle, proxy.tracing)
+    routes["/v1/messages"] = FastRoute(Endpoint.MESSAGES, services.messages.create, proxy.tracing)
     return routes
 
 

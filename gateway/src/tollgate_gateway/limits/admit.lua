@@ -1,8 +1,10 @@
 -- Atomic admission for one request of one key. Checks every limit first, then
 -- applies all of them, so a refused request consumes nothing.
--- KEYS: 1 rpm zset (member -> arrival ms)   2 tpm hash (unix second -> tokens charged)
---       3 in-flight zset (member -> lease expiry ms)   4 reservations hash (member -> nanos)
---       5 month spend string (nanos)   6 token reservations hash (member -> tokens)
+-- KEYS: 1 rpm zset (member -> arrival ms)   2 tpm hash (unix second -> tokens charged;
+--       "s" -> their sum, "lo" -> no bucket is older than this second)
+--       3 in-flight zset (member -> lease expiry ms)   4 reservations hash (member -> nanos;
+--       "#" -> their sum)   5 month spend string (nanos)   6 token reservations hash
+--       (member -> tokens; "#" -> their sum)
 -- ARGV: 1 now ms  2 rpm limit  3 tpm limit  4 concurrency limit (0 = none)  5 lease ms
 --       6 member  7 budget nanos (-1 = none)  8 seed nanos (-1 = unknown)  9 month key ttl s
 --       10 prompt tokens (the estimate)  11 output tokens asked for  12 fewest output tokens
@@ -16,6 +18,10 @@
 -- sends upstream. So (charged in the last 60 s + reserved in flight) never exceeds the TPM
 -- limit, and (spent + reserved) never exceeds the budget, as long as real prompts are no
 -- larger than their estimate; settlement replaces a reservation by the real, smaller charge.
+--
+-- The sums are kept beside what they add up (settle.lua keeps them too), so an admission
+-- costs the same whatever a key has in flight or charged in the last minute: only buckets
+-- that just left the window, and leases that expired, are visited.
 local now = tonumber(ARGV[1])
 local rpm, tpm, conc = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local lease, member = tonumber(ARGV[5]), ARGV[6]
@@ -39,16 +45,24 @@ end
 
 local tracked = conc > 0 or budget >= 0 or tpm > 0
 if tracked then
-  local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)
-  for _, dead in ipairs(expired) do
-    redis.call('HDEL', KEYS[4], dead)
-    redis.call('HDEL', KEYS[6], dead)
+  local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+  if #first > 0 and tonumber(first[2]) <= now then
+    -- Leases their holders stopped renewing (a gateway that died): free what they reserved.
+    for _, dead in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)) do
+      for _, hash in ipairs({KEYS[4], KEYS[6]}) do
+        local v = redis.call('HGET', hash, dead)
+        if v then
+          redis.call('HDEL', hash, dead)
+          redis.call('HINCRBY', hash, '#', string.format('%d', -tonumber(v)))
+        end
+      end
+    end
+    redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+    first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
   end
-  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
   if conc > 0 then
     local n = redis.call('ZCARD', KEYS[3])
     if n >= conc then
-      local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
       return {3, math.min(1000, tonumber(first[2]) - now), n, 0, 0, 0}
     end
   end
@@ -57,19 +71,44 @@ end
 local tpm_used, tpm_reset = 0, 0
 if tpm > 0 then
   local sec = math.floor(now / 1000)
-  local all = redis.call('HGETALL', KEYS[2])
-  local oldest = nil
-  for i = 1, #all, 2 do
-    local s = tonumber(all[i])
-    if s <= sec - 60 then
-      redis.call('HDEL', KEYS[2], all[i])
-    else
-      tpm_used = tpm_used + tonumber(all[i + 1])
-      if oldest == nil or s < oldest then oldest = s end
+  local head = redis.call('HMGET', KEYS[2], 's', 'lo')
+  local charged, lo = tonumber(head[1] or '0'), tonumber(head[2] or '0')
+  if charged > 0 and lo < sec - 240 then
+    -- Older than the hash can live: a clock that jumped, or a hash of another shape. Count
+    -- the buckets afresh (the one step here that visits them all).
+    local all = redis.call('HGETALL', KEYS[2])
+    charged, lo = 0, sec
+    for i = 1, #all, 2 do
+      local b = tonumber(all[i])
+      if b ~= nil then
+        if b <= sec - 60 then
+          redis.call('HDEL', KEYS[2], all[i])
+        else
+          charged = charged + tonumber(all[i + 1])
+          if b < lo then lo = b end
+        end
+      end
     end
+    redis.call('HSET', KEYS[2], 's', string.format('%d', charged), 'lo', lo)
+  elseif charged > 0 and lo <= sec - 60 then
+    -- Buckets that left the window leave the sum (the hash expires two minutes after its
+    -- last charge, so this visits at most a few minutes of seconds, and mostly one).
+    local s = lo
+    while s <= sec - 60 do
+      local v = redis.call('HGET', KEYS[2], s)
+      if v then
+        charged = charged - tonumber(v)
+        redis.call('HDEL', KEYS[2], s)
+      end
+      s = s + 1
+    end
+    while charged > 0 and s < sec and redis.call('HEXISTS', KEYS[2], s) == 0 do s = s + 1 end
+    if charged < 0 then charged = 0 end
+    lo = s
+    redis.call('HSET', KEYS[2], 's', string.format('%d', charged), 'lo', lo)
   end
-  if oldest ~= nil then tpm_reset = (oldest + 61) * 1000 - now end
-  for _, v in ipairs(redis.call('HVALS', KEYS[6])) do tpm_used = tpm_used + tonumber(v) end
+  if charged > 0 then tpm_reset = (lo + 61) * 1000 - now end
+  tpm_used = charged + tonumber(redis.call('HGET', KEYS[6], '#') or '0')
   local left = tpm - tpm_used - prompt
   if left < least then
     -- What is in flight is released when it ends; what was charged, when it leaves the window.
@@ -90,7 +129,7 @@ if budget >= 0 then
   else
     spent = tonumber(value)
   end
-  for _, v in ipairs(redis.call('HVALS', KEYS[4])) do reserved = reserved + tonumber(v) end
+  reserved = tonumber(redis.call('HGET', KEYS[4], '#') or '0')
   local left = budget - spent - reserved
   if left <= 0 or left < prompt * in_price + least * out_price then
     return {4, 0, spent, reserved, 0, 0}
@@ -112,11 +151,15 @@ if tracked then
   redis.call('ZADD', KEYS[3], now + lease, member)
   redis.call('PEXPIRE', KEYS[3], lease * 4)
   if budget >= 0 then
-    redis.call('HSET', KEYS[4], member, math.ceil(prompt * in_price + cap * out_price))
+    local nanos = math.ceil(prompt * in_price + cap * out_price)
+    local text = string.format('%d', nanos)
+    redis.call('HSET', KEYS[4], member, text)
+    redis.call('HINCRBY', KEYS[4], '#', text)
     redis.call('PEXPIRE', KEYS[4], lease * 4)
   end
   if tpm > 0 then
     redis.call('HSET', KEYS[6], member, prompt + cap)
+    redis.call('HINCRBY', KEYS[6], '#', string.format('%d', prompt + cap))
     redis.call('PEXPIRE', KEYS[6], lease * 4)
     tpm_used = tpm_used + prompt + cap
     if tpm_reset <= 0 then tpm_reset = window end

@@ -519,13 +519,15 @@ class Limiter:
         if cached is not None and cached[0] == month:
             return cached[1]
         base = f"tg:{{{key.id}}}"
+        # The hashes that keep their sum beside their entries are named for that shape (":2"),
+        # so gateways of an earlier release, during a rolling upgrade, never read them.
         names = [
             f"{base}:rpm",
-            f"{base}:tpm",
+            f"{base}:tpm:2",
             f"{base}:inflight",
-            f"{base}:resv",
+            f"{base}:resv:2",
             f"{base}:spend:{month}",
-            f"{base}:tresv",
+            f"{base}:tresv:2",
         ]
         if len(self._names) >= 100_000:
             self._names.clear()

@@ -2,17 +2,30 @@
 -- tokens to the tokens-per-minute window and the real cost to the month's spend, and append
 -- its usage row to the stream the writers drain to Postgres, all in one step.
 -- KEYS: 1 tpm hash  2 in-flight zset  3 reservations hash  4 month spend string
---       5 token reservations hash  6 usage stream
+--       5 token reservations hash  6 usage stream   (the hashes' shapes: see admit.lua)
 -- ARGV: 1 now ms  2 member  3 tokens  4 cost nanos  5 month ttl s  6 charge tpm (1/0)
 --       7 charge spend (1/0)  8 usage row (a COPY line; empty: none)
 local now, member = tonumber(ARGV[1]), ARGV[2]
 local tokens, cost = tonumber(ARGV[3]), tonumber(ARGV[4])
 redis.call('ZREM', KEYS[2], member)
-redis.call('HDEL', KEYS[3], member)
-redis.call('HDEL', KEYS[5], member)
+for _, hash in ipairs({KEYS[3], KEYS[5]}) do
+  local v = redis.call('HGET', hash, member)
+  if v then
+    redis.call('HDEL', hash, member)
+    redis.call('HINCRBY', hash, '#', '-' .. v)
+  end
+end
 if ARGV[6] == '1' and tokens > 0 then
-  local sec = tostring(math.floor(now / 1000))
-  redis.call('HINCRBY', KEYS[1], sec, tokens)
+  local sec = math.floor(now / 1000)
+  local head = redis.call('HMGET', KEYS[1], 's', 'lo')
+  local lo = tonumber(head[2] or '0')
+  if tonumber(head[1] or '0') <= 0 then
+    redis.call('HSET', KEYS[1], 'lo', sec)  -- the only bucket, so the oldest
+  elseif sec < lo then
+    sec = lo  -- a clock behind the others': the oldest bucket still counted takes it
+  end
+  redis.call('HINCRBY', KEYS[1], sec, ARGV[3])
+  redis.call('HINCRBY', KEYS[1], 's', ARGV[3])
   redis.call('EXPIRE', KEYS[1], 120)
 end
 if ARGV[7] == '1' and cost > 0 and redis.call('EXISTS', KEYS[4]) == 1 then

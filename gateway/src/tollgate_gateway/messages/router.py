@@ -22,8 +22,8 @@ async def create_message(request: Request) -> Response:
     raw = await request.body()
     reply = await _service(request).create(
         raw,
-        request.headers.get("x-api-key"),
         request.headers.get("authorization"),
+        request.headers.get("x-api-key"),
         request.state.request_id,
     )
     return await to_response(reply)

@@ -50,25 +50,15 @@ class MessagesService:
             raise missing_key()
         return await self.proxy.authenticate_key(key, trace)
 
-    async def handle(
-        self,
-        raw: bytes,
-        authorization: str | None,
-        x_api_key: str | None,
-        request_id: str,
-        trace: RequestTrace | None = None,
-    ) -> Reply:
-        """`POST /v1/messages` as `middleware.serve_proxy` calls it."""
-        return await self.create(raw, x_api_key, authorization, request_id, trace)
-
     async def create(
         self,
         raw: bytes,
-        x_api_key: str | None,
         authorization: str | None,
+        x_api_key: str | None,
         request_id: str,
         trace: RequestTrace | None = None,
     ) -> Reply:
+        """`POST /v1/messages`, called as `middleware.Handle`."""
         started = time.perf_counter()
         key: KeyRecord | None = None
         model: str | None = None

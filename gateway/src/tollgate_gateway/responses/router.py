@@ -20,7 +20,7 @@ def _service(request: Request) -> ResponsesService:
 async def create_response(request: Request) -> Response:
     raw = await request.body()
     reply = await _service(request).create(
-        raw, request.headers.get("authorization"), request.state.request_id
+        raw, request.headers.get("authorization"), None, request.state.request_id
     )
     return await to_response(reply)
 

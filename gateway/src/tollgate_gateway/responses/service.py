@@ -68,25 +68,16 @@ class ResponsesService:
         self.proxy = proxy
         self.store = store
 
-    async def handle(
-        self,
-        raw: bytes,
-        authorization: str | None,
-        x_api_key: str | None,
-        request_id: str,
-        trace: RequestTrace | None = None,
-    ) -> Reply:
-        """`POST /v1/responses` as `middleware.serve_proxy` calls it (x-api-key is not
-        OpenAI's)."""
-        return await self.create(raw, authorization, request_id, trace)
-
     async def create(
         self,
         raw: bytes,
         authorization: str | None,
+        _x_api_key: str | None,
         request_id: str,
         trace: RequestTrace | None = None,
     ) -> Reply:
+        """`POST /v1/responses`, called as `middleware.Handle` (an x-api-key header is not
+        OpenAI's and is not read)."""
         started = time.perf_counter()
         key: KeyRecord | None = None
         model: str | None = None
