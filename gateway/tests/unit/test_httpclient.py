@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import aiohttp
 import pytest
 
-from tollgate_gateway.storage.httpclient import HIGH_WATER, Target, request_bytes
+from tollgate_gateway.storage.httpclient import HIGH_WATER, Pool, Target, request_bytes
 from tollgate_gateway.storage.upstream import Upstream, UpstreamError, read_body
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -319,3 +319,26 @@ async def test_a_stream_nobody_reads_stops_being_read() -> None:
         assert total == TOTAL
         resp.release()
         await upstream.close()
+
+
+async def test_idle_connections_close_after_the_keep_alive_time() -> None:
+    def make(server: Server) -> Handler:
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while True:
+                await server.read_request(reader)
+                writer.write(ok(b"{}"))
+
+        return handler
+
+    async with serving(make) as server:
+        pool = Pool(asyncio.get_running_loop(), 2.0, 5.0, 10, keepalive=0.2)
+        target = Target.parse(server.url + "/api/ps")
+        resp = await pool.request("GET", target, None)
+        await resp.read()
+        resp.release()
+        assert pool.open_connections == 1
+        # No traffic follows: the timer, not a later request, closes it.
+        await asyncio.wait_for(server.closed.wait(), 2)
+        await asyncio.sleep(0)
+        assert pool.open_connections == 0
+        await pool.close()

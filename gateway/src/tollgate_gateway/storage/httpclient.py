@@ -363,7 +363,7 @@ class Pool:
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
         self._open: set[_Connection] = set()
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
-        self._sweep_at = 0.0
+        self._sweeper: asyncio.TimerHandle | None = None
         self._tls: ssl.SSLContext | None = None
         self._closed = False
 
@@ -443,8 +443,8 @@ class Pool:
         now = self.loop.time()
         conn.idle_since = now
         self._idle.setdefault(conn.key, []).append(conn)
-        if now >= self._sweep_at:
-            self._sweep(now)
+        if self._sweeper is None:
+            self._sweeper = self.loop.call_at(now + self._keepalive, self._sweep)
         self._wake()
 
     def lost(self, conn: _Connection) -> None:
@@ -454,17 +454,22 @@ class Pool:
             idle.remove(conn)
         self._wake()
 
-    def _sweep(self, now: float) -> None:
-        """Close the connections idle past the keep-alive time (checked every few seconds,
-        on the way)."""
-        self._sweep_at = now + min(5.0, self._keepalive)
+    def _sweep(self) -> None:
+        """Close the connections idle past the keep-alive time; a timer, due when the oldest
+        idle one's time is up, runs it while any are idle."""
+        self._sweeper = None
+        now = self.loop.time()
+        oldest = now
         for key, conns in list(self._idle.items()):
-            stale = [c for c in conns if now - c.idle_since >= self._keepalive]
-            for conn in stale:
+            for conn in [c for c in conns if now - c.idle_since >= self._keepalive]:
                 conns.remove(conn)
                 conn.abort()
-            if not conns:
+            if conns:
+                oldest = min(oldest, min(c.idle_since for c in conns))
+            else:
                 del self._idle[key]
+        if self._idle and not self._closed:
+            self._sweeper = self.loop.call_at(oldest + self._keepalive, self._sweep)
 
     def _wake(self) -> None:
         while self._waiters:
@@ -475,6 +480,9 @@ class Pool:
 
     async def close(self) -> None:
         self._closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for conn in list(self._open):
             conn.abort()
         while self._waiters:
