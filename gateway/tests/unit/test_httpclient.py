@@ -14,7 +14,9 @@ import pytest
 from tollgate_gateway.storage.httpclient import HIGH_WATER, Pool, Target, request_bytes
 from tollgate_gateway.storage.upstream import Upstream, UpstreamError, read_body
 
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+Reader = asyncio.StreamReader
+Writer = asyncio.StreamWriter
+Handler = Callable[["Server", Reader, Writer], Awaitable[None]]
 
 
 class Server:
@@ -28,7 +30,7 @@ class Server:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         try:
-            await self.handler(reader, writer)
+            await self.handler(self, reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
@@ -47,9 +49,8 @@ class Server:
 
 
 @contextlib.asynccontextmanager
-async def serving(make: Callable[[Server], Handler]) -> AsyncIterator[Server]:
-    server = Server(lambda r, w: asyncio.sleep(0))
-    server.handler = make(server)
+async def serving(handler: Handler) -> AsyncIterator[Server]:
+    server = Server(handler)
     listener = await asyncio.start_server(server._serve, "127.0.0.1", 0)
     port = listener.sockets[0].getsockname()[1]
     server.url = f"http://127.0.0.1:{port}"
@@ -84,15 +85,12 @@ def test_request_bytes_carry_host_length_and_extra_headers() -> None:
 
 
 async def test_keep_alive_reuses_one_connection_for_sequential_requests() -> None:
-    def make(server: Server) -> Handler:
-        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            while True:
-                await server.read_request(reader)
-                writer.write(ok(b'{"n": %d}' % len(server.requests)))
+    async def handler(server: Server, reader: Reader, writer: Writer) -> None:
+        while True:
+            await server.read_request(reader)
+            writer.write(ok(b'{"n": %d}' % len(server.requests)))
 
-        return handler
-
-    async with serving(make) as server:
+    async with serving(handler) as server:
         upstream = client()
         for n in (1, 2, 3):
             resp = await upstream.request("POST", server.url + "/api/chat", b'{"a":1}')
@@ -107,23 +105,20 @@ async def test_keep_alive_reuses_one_connection_for_sequential_requests() -> Non
 async def test_chunked_stream_arrives_piece_by_piece() -> None:
     step = asyncio.Event()
 
-    def make(server: Server) -> Handler:
-        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await server.read_request(reader)
-            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
-            for piece in (b"one\n", b"two\n"):
-                writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
-                await writer.drain()
-                await step.wait()
-                step.clear()
-            writer.write(b"0\r\n\r\n")
-            await server.read_request(reader)  # the connection is reused
-            writer.write(ok(b"again"))
+    async def handler(server: Server, reader: Reader, writer: Writer) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for piece in (b"one\n", b"two\n"):
+            writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
             await writer.drain()
+            await step.wait()
+            step.clear()
+        writer.write(b"0\r\n\r\n")
+        await server.read_request(reader)  # the connection is reused
+        writer.write(ok(b"again"))
+        await writer.drain()
 
-        return handler
-
-    async with serving(make) as server:
+    async with serving(handler) as server:
         upstream = client()
         resp = await upstream.request("POST", server.url + "/api/chat", b"{}")
         pieces = resp.iter_any()
@@ -142,15 +137,12 @@ async def test_chunked_stream_arrives_piece_by_piece() -> None:
 
 
 async def test_a_body_that_ends_with_the_connection_is_read_whole() -> None:
-    def make(server: Server) -> Handler:
-        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await server.read_request(reader)
-            writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nall of it")
-            await writer.drain()
+    async def handler(server: Server, reader: Reader, writer: Writer) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nall of it")
+        await writer.drain()
 
-        return handler
-
-    async with serving(make) as server:
+    async with serving(handler) as server:
         upstream = client()
         resp = await upstream.request("GET", server.url + "/")
         assert await read_body(resp) == b"all of it"
@@ -160,13 +152,10 @@ async def test_a_body_that_ends_with_the_connection_is_read_whole() -> None:
 
 
 async def test_failures_before_the_answer_are_told_apart() -> None:
-    def make(server: Server) -> Handler:
-        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await server.read_request(reader)  # and hang up without a word
+    async def handler(server: Server, reader: Reader, writer: Writer) -> None:
+        await server.read_request(reader)  # and hang up without a word
 
-        return handler
-
-    async with serving(make) as server:
+    async with serving(handler) as server:
         upstream = client()
         with pytest.raises(UpstreamError) as failed:
             await upstream.request("POST", server.url + "/api/chat", b"{}")
@@ -182,16 +171,13 @@ async def test_failures_before_the_answer_are_told_apart() -> None:
 async def test_silence_past_the_read_timeout_is_a_timeout() -> None:
     release = asyncio.Event()
 
-    def make(server: Server) -> Handler:
-        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await server.read_request(reader)
-            if len(server.requests) == 2:  # the second: a head, then silence mid-body
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf")
-            await release.wait()
+    async def handler(server: Server, reader: Reader, writer: Writer) -> None:
+        await server.read_request(reader)
+        if len(server.requests) == 2:  # the second: a head, then silence mid-body
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf")
+        await release.wait()
 
-        return handler
-
-    async with serving(make) as server:
+    async with serving(handler) as server:
         upstream = client(read_timeout=0.3)
         with pytest.raises(UpstreamError) as silent:
             await upstream.request("POST", server.url + "/api/chat", b"{}")
@@ -206,18 +192,15 @@ async def test_silence_past_the_read_timeout_is_a_timeout() -> None:
 
 
 async def test_a_body_cut_short_or_closed_by_us_fails_the_reader() -> None:
-    def make(server: Server) -> Handler:
-        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await server.read_request(reader)
-            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\npart\r\n")
-            await writer.drain()
-            if len(server.requests) == 1:
-                return  # hang up mid-body
-            await reader.read()  # the second: wait until the client closes
+    async def handler(server: Server, reader: Reader, writer: Writer) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\npart\r\n")
+        await writer.drain()
+        if len(server.requests) == 1:
+            return  # hang up mid-body
+        await reader.read()  # the second: wait until the client closes
 
-        return handler
-
-    async with serving(make) as server:
+    async with serving(handler) as server:
         upstream = client()
         resp = await upstream.request("POST", server.url + "/api/chat", b"{}")
         pieces = resp.iter_any()
@@ -241,14 +224,11 @@ async def test_a_body_cut_short_or_closed_by_us_fails_the_reader() -> None:
 
 
 async def test_a_caller_cancelled_before_the_answer_closes_the_connection() -> None:
-    def make(server: Server) -> Handler:
-        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await server.read_request(reader)
-            await reader.read()  # until the client hangs up
+    async def handler(server: Server, reader: Reader, writer: Writer) -> None:
+        await server.read_request(reader)
+        await reader.read()  # until the client hangs up
 
-        return handler
-
-    async with serving(make) as server:
+    async with serving(handler) as server:
         upstream = client()
         task = asyncio.ensure_future(upstream.request("POST", server.url + "/api/chat", b"{}"))
         await asyncio.sleep(0.05)
@@ -262,16 +242,13 @@ async def test_a_caller_cancelled_before_the_answer_closes_the_connection() -> N
 
 
 async def test_callers_past_the_connection_cap_wait_for_one() -> None:
-    def make(server: Server) -> Handler:
-        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            while True:
-                await server.read_request(reader)
-                await asyncio.sleep(0.05)
-                writer.write(ok(b"done"))
+    async def handler(server: Server, reader: Reader, writer: Writer) -> None:
+        while True:
+            await server.read_request(reader)
+            await asyncio.sleep(0.05)
+            writer.write(ok(b"done"))
 
-        return handler
-
-    async with serving(make) as server:
+    async with serving(handler) as server:
         upstream = client(limit=2)
 
         async def one() -> bytes:
@@ -290,22 +267,19 @@ async def test_a_stream_nobody_reads_stops_being_read() -> None:
     sent = 0
     TOTAL = 512 * 65536  # 32 MiB
 
-    def make(server: Server) -> Handler:
-        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            nonlocal sent
-            await server.read_request(reader)
-            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
-            piece = b"x" * 65536
-            while sent < TOTAL:
-                writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
-                await writer.drain()  # blocks once the client stops reading
-                sent += len(piece)
-            writer.write(b"0\r\n\r\n")
-            await writer.drain()
+    async def handler(server: Server, reader: Reader, writer: Writer) -> None:
+        nonlocal sent
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        piece = b"x" * 65536
+        while sent < TOTAL:
+            writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            await writer.drain()  # blocks once the client stops reading
+            sent += len(piece)
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
 
-        return handler
-
-    async with serving(make) as server:
+    async with serving(handler) as server:
         upstream = client()
         resp = await upstream.request("POST", server.url + "/api/chat", b"{}")
         pieces = resp.iter_any()
@@ -322,15 +296,12 @@ async def test_a_stream_nobody_reads_stops_being_read() -> None:
 
 
 async def test_idle_connections_close_after_the_keep_alive_time() -> None:
-    def make(server: Server) -> Handler:
-        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            while True:
-                await server.read_request(reader)
-                writer.write(ok(b"{}"))
+    async def handler(server: Server, reader: Reader, writer: Writer) -> None:
+        while True:
+            await server.read_request(reader)
+            writer.write(ok(b"{}"))
 
-        return handler
-
-    async with serving(make) as server:
+    async with serving(handler) as server:
         pool = Pool(asyncio.get_running_loop(), 2.0, 5.0, 10, keepalive=0.2)
         target = Target.parse(server.url + "/api/ps")
         resp = await pool.request("GET", target, None)
