@@ -168,22 +168,24 @@ class Response:
         self._size = 0
         return data
 
-    async def iter_any(self) -> AsyncIterator[bytes]:
+    def iter_any(self) -> AsyncIterator[bytes]:
         """The body as it arrives: everything buffered at each step, in one piece."""
-        chunks = self._chunks
         self._streaming = True
+        return _Pieces(self)
+
+    async def _next_piece(self) -> bytes:
+        chunks = self._chunks
         while True:
             if chunks:
                 data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
                 chunks.clear()
                 self._size = 0
-                yield data
-            elif self._done:
-                return
-            elif self._exc is not None:
+                return data
+            if self._done:
+                raise StopAsyncIteration
+            if self._exc is not None:
                 raise self._exc
-            else:
-                await self._wait()
+            await self._wait()
 
     def release(self) -> None:
         """Done with it: a connection whose response was read to its end is kept for the
@@ -198,6 +200,22 @@ class Response:
         self._fail(aiohttp.ClientPayloadError("Connection closed."))
         if conn is not None:
             conn.finished(reuse=False)
+
+
+class _Pieces:
+    """`Response.iter_any()`: an iterator object, not an async generator, so a stream left
+    before its end needs no finalizer task."""
+
+    __slots__ = ("_response",)
+
+    def __init__(self, response: Response) -> None:
+        self._response = response
+
+    def __aiter__(self) -> _Pieces:
+        return self
+
+    async def __anext__(self) -> bytes:
+        return await self._response._next_piece()
 
 
 class _Connection(asyncio.Protocol):
