@@ -233,13 +233,18 @@ def test_non_streamed_disconnect_cancels_the_upstream_and_frees_the_slot(
         url, json=chat_body(slow_model, max_tokens=1), headers=auth(key["key"]), timeout=30
     )
     assert again.status_code == 200
-    with psycopg.connect(migrated_dsn) as conn:
-        rows = conn.execute(
-            "SELECT status, error_class, prompt_tokens FROM usage_events WHERE key_id = %s "
-            "ORDER BY ts",
-            (key["id"],),
-        ).fetchall()
-    assert rows[0][:2] == (499, "client_disconnected"), rows
+    deadline = time.monotonic() + 10  # the rows reach Postgres in the writers' next batch
+    while True:
+        with psycopg.connect(migrated_dsn) as conn:
+            rows = conn.execute(
+                "SELECT status, error_class, prompt_tokens FROM usage_events WHERE key_id = %s "
+                "ORDER BY ts",
+                (key["id"],),
+            ).fetchall()
+        if len(rows) >= 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert rows and rows[0][:2] == (499, "client_disconnected"), rows
 
 
 # -- tokens and money: reserved for the whole request, the cap sent upstream -------------
