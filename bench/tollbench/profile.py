@@ -110,7 +110,9 @@ def main() -> None:
             say(f"tollgate {url} key {tollgate.key} pid {pid}")
             say(f"admin {tollgate.setup.admin_email} {tollgate.setup.admin_password}")
             say(f"fixed {bench.fixed_url} standin {bench.standin_url}; Ctrl-C to stop")
-            signal.sigwait({signal.SIGINT, signal.SIGTERM})
+            stop = {signal.SIGINT, signal.SIGTERM}
+            signal.pthread_sigmask(signal.SIG_BLOCK, stop)  # else a handler takes them first
+            signal.sigwait(stop)
             return
         kind, _, concurrency = args.workload.partition("-c")
         target = url + "/v1/chat/completions"
