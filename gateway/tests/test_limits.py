@@ -16,6 +16,7 @@ import httpx
 import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from psycopg import sql
 
 from tollgate_dev.plugins.services import Admin, Gateways
 from tollgate_dev.servers.backing import LocalValkey
@@ -111,6 +112,21 @@ async def burst(
         return await asyncio.gather(
             *(http.post(url + "/v1/chat/completions", json=b, headers=sent) for b in bodies)
         )
+
+
+def usage_rows(dsn: str, key_id: str, columns: str, at_least: int = 1) -> list[tuple[Any, ...]]:
+    """A key's usage rows, oldest first, once `at_least` of them reached Postgres (or after
+    10 s): the writers take them from Redis in batches."""
+    query = sql.SQL("SELECT {} FROM usage_events WHERE key_id = %s ORDER BY ts").format(
+        sql.SQL(columns)
+    )
+    deadline = time.monotonic() + 10
+    while True:
+        with psycopg.connect(dsn) as conn:
+            rows = conn.execute(query, (key_id,)).fetchall()
+        if len(rows) >= at_least or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.1)
 
 
 def spent_by(dsn: str, key_id: str, expected_rows: int) -> tuple[int, Decimal, int]:
@@ -233,18 +249,8 @@ def test_non_streamed_disconnect_cancels_the_upstream_and_frees_the_slot(
         url, json=chat_body(slow_model, max_tokens=1), headers=auth(key["key"]), timeout=30
     )
     assert again.status_code == 200
-    deadline = time.monotonic() + 10  # the rows reach Postgres in the writers' next batch
-    while True:
-        with psycopg.connect(migrated_dsn) as conn:
-            rows = conn.execute(
-                "SELECT status, error_class, prompt_tokens FROM usage_events WHERE key_id = %s "
-                "ORDER BY ts",
-                (key["id"],),
-            ).fetchall()
-        if len(rows) >= 2 or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
-    assert rows and rows[0][:2] == (499, "client_disconnected"), rows
+    rows = usage_rows(migrated_dsn, key["id"], "status, error_class", at_least=2)
+    assert rows and rows[0] == (499, "client_disconnected"), rows
 
 
 # -- tokens and money: reserved for the whole request, the cap sent upstream -------------
@@ -345,19 +351,9 @@ def test_early_disconnect_bills_the_prompt(
     ) as response:
         assert response.status_code == 200
         assert next(response.iter_lines())  # the first chunk, then the client leaves
-    deadline = time.monotonic() + 10
-    while True:
-        with psycopg.connect(migrated_dsn) as conn:
-            row = conn.execute(
-                "SELECT status, prompt_tokens, completion_tokens, cost FROM usage_events "
-                "WHERE key_id = %s",
-                (key["id"],),
-            ).fetchone()
-        if row is not None or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
-    assert row is not None
-    status, prompt, completion, cost = row
+    rows = usage_rows(migrated_dsn, key["id"], "status, prompt_tokens, completion_tokens, cost")
+    assert rows
+    status, prompt, completion, cost = rows[0]
     assert status == 499
     assert prompt >= 2004  # at least the real prompt: the estimate, as nothing counted it
     assert completion >= 1
@@ -487,13 +483,4 @@ def test_revoked_key_ends_its_open_stream(
         assert "revoked or disabled" in json.loads(last)["error"]
     else:
         assert json.loads(last.removeprefix("data:"))["error"]["code"] == "invalid_api_key"
-    deadline = time.monotonic() + 10
-    while True:
-        with psycopg.connect(migrated_dsn) as conn:
-            row = conn.execute(
-                "SELECT status, error_class FROM usage_events WHERE key_id = %s", (key["id"],)
-            ).fetchone()
-        if row is not None or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
-    assert row == (401, "key_revoked")
+    assert usage_rows(migrated_dsn, key["id"], "status, error_class")[:1] == [(401, "key_revoked")]
