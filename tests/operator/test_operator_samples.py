@@ -70,8 +70,14 @@ def test_every_sample_becomes_ready(
 
     # The basic key sees every alias of the samples at the gateway.
     key = kube.secret(demo, "demo-app-api-key")["OPENAI_API_KEY"]  # type: ignore[index]
-    listed = httpx.get(
-        op_gateway.url + "/v1/models", headers={"Authorization": f"Bearer {key}"}, timeout=10
-    ).json()
     aliases = {d["spec"]["alias"] for d in resources if d["kind"] == "ModelAlias"}
-    assert aliases <= {m["id"] for m in listed["data"]}
+
+    def listed() -> set[str]:
+        models = httpx.get(
+            op_gateway.url + "/v1/models", headers={"Authorization": f"Bearer {key}"}, timeout=10
+        ).json()
+        return {m["id"] for m in models["data"]}
+
+    # Ready is the operator's word; the gateway learns the aliases through the change feed.
+    wait_for("the gateway to list every sample alias", lambda: aliases <= listed(), timeout=15)
+    assert aliases <= listed()
