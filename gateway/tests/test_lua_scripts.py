@@ -17,7 +17,7 @@ from tollgate_dev.servers.backing import LocalValkey
 from tollgate_gateway.config import RedisFailurePolicy
 from tollgate_gateway.errors import ApiError
 from tollgate_gateway.keys.service import KeyRecord
-from tollgate_gateway.limits.service import NOTHING, Ask, Limiter
+from tollgate_gateway.limits.service import NOTHING, Ask, Limiter, Rider, Script
 from tollgate_gateway.usage.service import UsageService
 from tollgate_schema.db import create_engine
 from tollgate_schema.dsn import to_sqlalchemy_dsn
@@ -61,9 +61,11 @@ async def limiter(valkey: LocalValkey, migrated_dsn: str) -> AsyncIterator[Limit
     await engine.dispose()
 
 
-async def refused(limiter: Limiter, record: KeyRecord, ask: Ask = NOTHING) -> ApiError:
+async def refused(
+    limiter: Limiter, record: KeyRecord, ask: Ask = NOTHING, ride: Rider | None = None
+) -> ApiError:
     with pytest.raises(ApiError) as caught:
-        await limiter.admit(record, "r", ask)
+        await limiter.admit(record, "r", ask, ride)
     assert caught.value.status == 429
     return caught.value
 
@@ -241,3 +243,87 @@ async def test_reservation_sums_follow_admissions_settlements_and_dead_leases(
     assert seen[3] == 50 + 2  # what m0 and m1 used, and n's own reservation
     assert await scripts.hash(5) == {"#": 2, "n": 2}
     assert await scripts.hash(3) == {"#": 2, "n": 2}
+
+
+# -- riders: a second script in the same call (the pool queue's acquire and release) --------
+ECHO = Script.of("redis.call('SET', KEYS[1], ARGV[1]) return {0, #KEYS, #ARGV, ARGV[1]}")
+SAY = Script.of("redis.call('SET', KEYS[1], ARGV[1]) return {7, KEYS[1], ARGV[#ARGV]}")
+
+
+async def test_a_composed_script_gives_each_part_only_its_own_keys_and_args(
+    valkey: LocalValkey,
+) -> None:
+    redis = Redis.from_url(valkey.url)
+    base = f"t:{uuid.uuid4().hex}"
+    try:
+        for gated in (True, False):
+            both = ECHO.then(SAY, gated)
+            keys = [f"{base}:a", f"{base}:b"]
+            reply = await redis.eval(both.source, 2, *keys, 1, 1, "first", "second", "last")
+            assert reply == [[0, 1, 1, b"first"], [7, keys[1].encode(), b"last"]]
+            assert await redis.mget(keys) == [b"first", b"second"]
+        refusing = SAY.then(ECHO, gated=True)  # the first part's code is 7: not admitted
+        keys = [f"{base}:c", f"{base}:d"]
+        reply = await redis.eval(refusing.source, 2, *keys, 1, 1, "x", "y")
+        assert reply == [[7, keys[0].encode(), b"x"], None]
+        assert await redis.get(keys[1]) is None  # the gated part never ran
+        ungated = SAY.then(ECHO, gated=False)
+        reply = await redis.eval(ungated.source, 2, *keys, 1, 1, "x", "y")
+        assert reply[1] == [0, 1, 1, b"y"]
+    finally:
+        await redis.delete(*[f"{base}:{n}" for n in "abcd"])
+        await redis.aclose()
+
+
+def rider(redis_key: str, value: str, sent: list[str]) -> Rider:
+    ride = Rider(SAY, [redis_key], [value], lambda: sent.append(value))
+    ride.reply = asyncio.get_running_loop().create_future()
+    return ride
+
+
+async def test_an_admission_carries_its_rider_only_when_it_admits(
+    limiter: Limiter, valkey: LocalValkey
+) -> None:
+    redis = Redis.from_url(valkey.url)
+    base = f"t:{uuid.uuid4().hex}"
+    sent: list[str] = []
+    try:
+        record = key(rate_limit_rpm=1)
+        ride = rider(f"{base}:1", "granted", sent)
+        await limiter.admit(record, "r1", NOTHING, ride)
+        assert ride.reply is not None and await ride.reply == [7, f"{base}:1".encode(), b"granted"]
+        refused_ride = rider(f"{base}:2", "refused", sent)
+        await refused(limiter, record, NOTHING, refused_ride)
+        assert refused_ride.reply is not None and await refused_ride.reply is None
+        assert await redis.get(f"{base}:2") is None  # it did not run
+        unlimited = rider(f"{base}:3", "alone", sent)
+        await limiter.admit(key(), "r3", NOTHING, unlimited)
+        assert sent == ["alone"]  # no admission script: the owner sends it by itself
+        assert unlimited.reply is not None and not unlimited.reply.done()
+    finally:
+        await redis.delete(*[f"{base}:{n}" for n in "123"])
+        await redis.aclose()
+
+
+async def test_a_settlement_carries_its_rider_with_the_usage_row(
+    limiter: Limiter, valkey: LocalValkey
+) -> None:
+    redis = Redis.from_url(valkey.url)
+    base = f"t:{uuid.uuid4().hex}"
+    sent: list[str] = []
+    try:
+        admission = await limiter.admit(key(concurrency_limit=1), "r1")
+        limiter.settle(
+            admission, 3, Decimal(0), "row\n", rider=rider(f"{base}:1", "released", sent)
+        )
+        await limiter.drain()
+        assert await redis.get(f"{base}:1") == b"released"
+        assert sent == []
+        # A settlement with nothing to write (no limits, no row) sends its rider alone.
+        limiter.settle(
+            await limiter.admit(key(), "r2"), 0, Decimal(0), rider=rider(base, "x", sent)
+        )
+        assert sent == ["x"]
+    finally:
+        await redis.delete(f"{base}:1")
+        await redis.aclose()

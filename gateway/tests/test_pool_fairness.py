@@ -176,7 +176,10 @@ def test_two_gateways_keep_the_pool_at_capacity_and_a_lone_request_skips_the_flo
     one, two = pair
     alias = pool_alias(admin, pool_standin)
     pool = pool_of(admin, alias)
-    a, b = new_key()["key"], new_key()["key"]
+    # A's key has limits, so its acquires ride on its admission script; B's has none, so
+    # its acquire goes alone: both paths share the one queue.
+    a = new_key(rate_limit_rpm=1_000_000, concurrency_limit=1_000)["key"]
+    b = new_key()["key"]
     visible(a, alias, one, two)
     assert chat(two.url, b, alias, "warm").status_code == 200  # B's key is known there now
     httpx.post(pool_standin.url + "/_standin/reset", timeout=5).raise_for_status()
@@ -204,8 +207,10 @@ def test_two_gateways_keep_the_pool_at_capacity_and_a_lone_request_skips_the_flo
     joined = b_at - int(lone.headers["x-tollgate-queue-ms"]) / 1000
     ahead = [at for at, prompt in order if prompt == "from A" and joined < at < b_at]
     # Once queued, B waited behind at most one turn of A's queue (FIFO would put ~90 of A's
-    # first); one more may have been granted just before B joined and still be on its way.
-    assert len(ahead) <= 2, (len(ahead), len(order))
+    # first). Slots that come free together are granted in one order, B first, but A's
+    # granted in the same instant may reach the stand-in before B's grant has crossed its
+    # gateway (a grant is a message to the waiting request's process): fewer than one turn.
+    assert len(ahead) < CAPACITY, (len(ahead), len(order))
     # Before it joined, while B's request crossed the gateway, at most the slots that came
     # free meanwhile went to A: one turn of the pool.
     on_the_way = [at for at, prompt in order if prompt == "from A" and sent < at <= joined]

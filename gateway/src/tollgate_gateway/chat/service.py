@@ -440,12 +440,14 @@ class ProxyService:
         begun = now_ns() if trace is not None else 0
         estimate = 0 if endpoint is Endpoint.OLLAMA_SHOW else self._estimate(size)
         ask = self._ask(endpoint, key, alias, parsed, estimate) if key.limited else NOTHING
-        # The pool slot is asked for now: its script leaves in the admission's write.
+        # The pool slot is asked for now: its script rides in the admission's (or, when the
+        # admission does not go to Redis, leaves on its own at once).
         hold = None
         if self.pools is not None and endpoint is not Endpoint.OLLAMA_SHOW:
-            hold = self.pools.begin(alias, key)
+            hold = self.pools.begin(alias, key, carried=True)
         try:
-            admission = await self.limiter.admit(key, request_id, ask)
+            rider = None if hold is None else hold.rider
+            admission = await self.limiter.admit(key, request_id, ask, rider)
         except BaseException as exc:
             if hold is not None:
                 assert self.pools is not None
@@ -969,8 +971,9 @@ class ProxyService:
         call.finished = True
         if call.route is not None and self.router is not None:
             self.router.release(call.route, call.load_ns)
+        rider = None  # the pool slot's release, to ride in the settlement's script
         if call.admission.hold is not None and self.pools is not None:
-            self.pools.release(call.admission.hold)
+            rider = self.pools.release(call.admission.hold, carried=True)
         elapsed = time.perf_counter() - call.started
         alias = call.alias
         cost = alias.cost(call.prompt_tokens, call.completion_tokens)
@@ -988,7 +991,7 @@ class ProxyService:
         if cost:
             child(metrics.COST, name).inc(float(cost))
         if self._per_key:
-            metrics.KEY_REQUESTS.labels(str(call.key.id), alias.alias).inc()
+            metrics.KEY_REQUESTS.labels(call.key.id_text, alias.alias).inc()
         self._genai(call, elapsed)
         if call.trace is not None:
             call.trace.finish(call.status, call.error_class, self._span_attributes(call))
@@ -996,7 +999,7 @@ class ProxyService:
             self.access_log.write(
                 {
                     "request_id": call.request_id,
-                    "key_id": str(call.key.id),
+                    "key_id": call.key.id_text,
                     "key_prefix": call.key.prefix,
                     "app": call.key.app,
                     "alias": name,
@@ -1033,12 +1036,14 @@ class ProxyService:
         if self._durable:  # the row goes to Redis with the settlement, else to the buffer
             lost = functools.partial(self.usage.record, row)
             self.limiter.settle(
-                call.admission, tokens, cost, copy_line(row), lost, urgent=not batched
+                call.admission, tokens, cost, copy_line(row), lost, not batched, rider
             )
             return
         self.usage.record(row)
         if call.admission.tracked or call.key.tpm_limit or call.key.monthly_budget is not None:
-            self.limiter.settle(call.admission, tokens, cost)
+            self.limiter.settle(call.admission, tokens, cost, rider=rider)
+        elif rider is not None:
+            rider.alone()
 
     def refused(
         self,

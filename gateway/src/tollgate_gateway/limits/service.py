@@ -329,8 +329,63 @@ class Script:
 
     @classmethod
     def load(cls, name: str, package: str = "tollgate_gateway.limits") -> Script:
-        source = resources.files(package).joinpath(name).read_text()
+        return cls.of(resources.files(package).joinpath(name).read_text())
+
+    @classmethod
+    def of(cls, source: str) -> Script:
         return cls(source, hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest())
+
+    def then(self, second: Script, gated: bool) -> Script:
+        """One script that runs this one and then `second`, each seeing only its own KEYS
+        and ARGV (the call passes this one's keys then the second's, and ARGV: the number of
+        this one's keys, the number of its args, its args, the second's args). `gated`: the
+        second runs only when this one's reply begins with 0 (admitted). Returns {this
+        one's reply, the second's reply (false when it did not run)}. One script call where
+        there were two: a request's pool-queue acquire rides on its admission, its release
+        on its settlement."""
+        return Script.of(
+            "local function first(KEYS, ARGV)\n"
+            f"{self.source}\nend\n"
+            "local function second(KEYS, ARGV)\n"
+            f"{second.source}\nend\n"
+            "local nk, na = tonumber(ARGV[1]), tonumber(ARGV[2])\n"
+            "local k1, a1, k2, a2 = {}, {}, {}, {}\n"
+            "for i = 1, #KEYS do\n"
+            "  if i <= nk then k1[i] = KEYS[i] else k2[i - nk] = KEYS[i] end\n"
+            "end\n"
+            "for i = 3, #ARGV do\n"
+            "  if i <= na + 2 then a1[i - 2] = ARGV[i] else a2[i - na - 2] = ARGV[i] end\n"
+            "end\n"
+            "local r = first(k1, a1)\n"
+            + ("if tonumber(r[1]) ~= 0 then return {r, false} end\n" if gated else "")
+            + "return {r, second(k2, a2)}\n"
+        )
+
+
+@dataclass(slots=True, eq=False)
+class Rider:
+    """Another script that may run in the same script call as an admission or a settlement
+    (the pool queue's acquire and release). The limiter either carries it, and resolves
+    `reply` with its reply (None: it did not run, the admission was refused) or with the
+    error of the call, or has it sent `alone` (the request's own call does not go to Redis
+    through the pipe: no limits, the circuit breaker open, redis-py's client)."""
+
+    script: Script
+    keys: list[str]
+    args: list[Any]
+    alone: Callable[[], object]
+    reply: asyncio.Future[Any] | None = None
+
+    def resolve(self, value: Any) -> None:
+        if self.reply is not None and not self.reply.done():
+            self.reply.set_result(value)
+
+    def fail(self, exc: BaseException) -> None:
+        """The call failed or was given up (cancelled): whether the rider ran is unknown."""
+        if self.reply is not None and not self.reply.done():
+            if not isinstance(exc, Exception):
+                exc = RedisConnectionError("The script call was given up.")
+            self.reply.set_exception(exc)
 
 
 @dataclass(slots=True)
@@ -408,6 +463,7 @@ class Limiter:
         self._settling: set[asyncio.Future[Any]] = set()
         self._names: dict[Any, tuple[str, list[str]]] = {}
         self._latency_children: dict[str, Any] = {}
+        self._pairs: dict[tuple[str, str, bool], Script] = {}
         self._month = ""
         self._month_ends = 0.0
         self._renewer: asyncio.Task[None] | None = None
@@ -441,24 +497,42 @@ class Limiter:
         return len(self._inflight)
 
     # -- admission -------------------------------------------------------------------
-    async def admit(self, key: KeyRecord, request_id: str, ask: Ask = NOTHING) -> Admission:
+    async def admit(
+        self, key: KeyRecord, request_id: str, ask: Ask = NOTHING, rider: Rider | None = None
+    ) -> Admission:
+        """Admit one request under the key's limits (a 429 ApiError when refused). A `rider`
+        (the pool queue's acquire) runs in the same script, after the limits admitted the
+        request, when the admission goes through the pipe; otherwise it is sent alone."""
         if not key.has_limits:
+            if rider is not None:
+                rider.alone()
             return Admission(key, request_id, tracked=False)
         if not self.breaker.allow():
+            if rider is not None:
+                rider.alone()
             metrics.LIMITS_UNCHECKED.inc()
             return self._unchecked(key, request_id)
+        if rider is not None and self._client is None:
+            rider.alone()
+            rider = None
         member = f"{self._member_prefix}{next(self._member_seq)}"
         started = time.perf_counter()
         try:
-            result = await self._run_admit(key, member, ask, seed=-1)
+            result = await self._run_admit(key, member, ask, -1, rider)
             if result[0] == -1:
                 now = datetime.now(UTC)
                 seed = await self._spend.month_spend(key.id, month_start(now))
-                result = await self._run_admit(key, member, ask, int(seed * NANOS))
+                result = await self._run_admit(key, member, ask, int(seed * NANOS), rider)
         except (TimeoutError, RedisError, OSError) as exc:
+            if rider is not None:
+                rider.fail(exc)
             if not isinstance(exc, ResponseError):
                 self._failed()
             return self._redis_down(key, request_id, exc)
+        except BaseException as exc:
+            if rider is not None:
+                rider.fail(exc)
+            raise
         self._latency("admit").observe(time.perf_counter() - started)
         if self.breaker.success():
             log.warning("redis answers again: circuit breaker closed")
@@ -478,7 +552,9 @@ class Limiter:
             self._inflight[member] = admission
         return admission
 
-    async def _run_admit(self, key: KeyRecord, member: str, ask: Ask, seed: int) -> list[Any]:
+    async def _run_admit(
+        self, key: KeyRecord, member: str, ask: Ask, seed: int, rider: Rider | None = None
+    ) -> list[Any]:
         budget = -1 if key.monthly_budget is None else int(key.monthly_budget * NANOS)
         keys = self._keys(key)
         args: list[int | float | str] = [
@@ -497,11 +573,27 @@ class Limiter:
             ask.input_nanos,
             ask.output_nanos,
         ]
+        if rider is not None and self._client is not None:
+            script = self._composed(self._admit_script, rider.script, gated=True)
+            both: list[Any] = await self._client.run(
+                script, [*keys, *rider.keys], [len(keys), len(args), *args, *rider.args]
+            )
+            result: list[Any] = both[0]
+            if result[0] != -1:  # (-1: run again with the month's spend, the rider too)
+                rider.resolve(both[1] or None)
+            return result
         if self._client is not None:
-            result: list[Any] = await self._client.run(self._admit_script, keys, args)
+            result = await self._client.run(self._admit_script, keys, args)
         else:
             result = await self._admit(keys=keys, args=args)
         return result
+
+    def _composed(self, first: Script, second: Script, gated: bool) -> Script:
+        name = (first.sha, second.sha, gated)
+        script = self._pairs.get(name)
+        if script is None:
+            script = self._pairs[name] = first.then(second, gated)
+        return script
 
     def _month_tag(self) -> str:
         """``YYYYMM`` of now (UTC), recomputed only when a month ends."""
@@ -637,14 +729,19 @@ class Limiter:
         usage: str | None = None,
         lost: Callable[[], None] | None = None,
         urgent: bool = True,
+        rider: Rider | None = None,
     ) -> None:
         """Free the admission's lease and reservation, charge its tokens and cost, and append
         its `usage` row (a COPY line) to the usage stream, in one script. Not awaited: the
         request does not wait for it (`drain` does, at shutdown). A row is written to the
         socket at once unless `urgent` is False (then with the other commands of this
         event-loop turn: the caller yields before answering). `lost` is called when the row
-        may not have reached Redis (it then goes elsewhere)."""
+        may not have reached Redis (it then goes elsewhere). A `rider` (the pool queue's
+        release) runs in the same script when the settlement goes through the pipe;
+        otherwise it is sent alone."""
         if admission.settled:
+            if rider is not None:
+                rider.alone()
             return
         admission.settled = True
         self._inflight.pop(admission.member, None)
@@ -652,6 +749,10 @@ class Limiter:
         charge_tpm = key.tpm_limit is not None and tokens > 0
         charge_spend = key.monthly_budget is not None and cost > 0
         limits = admission.tracked or charge_tpm or charge_spend
+        if (not limits and usage is None) or self._client is None or self.breaker.open:
+            if rider is not None:
+                rider.alone()
+            rider = None
         if not limits and usage is None:
             return
         if self.breaker.open:  # its lease expires by itself; the spend is re-seeded later
@@ -674,6 +775,10 @@ class Limiter:
             ]
         else:
             script, keys, args = self._usage_script, [self._usage_stream], [usage]
+        if rider is not None:
+            script = self._composed(script, rider.script, gated=False)
+            args = [len(keys), len(args), *args, *rider.args]
+            keys = [*keys, *rider.keys]
         job = _Settlement(
             admission.request_id, script, keys, args, lost, urgent and usage is not None
         )

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import math
@@ -36,7 +37,7 @@ from tollgate_gateway.errors import ApiError
 from tollgate_gateway.fairqueue.config import DEFAULT_MAX_QUEUE, DEFAULT_MAX_WAIT_SECONDS
 from tollgate_gateway.fairqueue.core import weight_for
 from tollgate_gateway.keys.service import KeyRecord
-from tollgate_gateway.limits.service import Script, ScriptClient
+from tollgate_gateway.limits.service import Rider, Script, ScriptClient
 from tollgate_gateway.routing.model import normalize_model
 from tollgate_gateway.storage.cancellation import reraise_lost_cancel
 from tollgate_schema.demand import CHANNEL as DEMAND_CHANNEL
@@ -61,6 +62,17 @@ def pool_busy(alias: str, retry_after: float, why: str) -> ApiError:
     )
 
 
+def _never_acquired(reply: Awaitable[Any] | None) -> bool:
+    """The acquire rode on an admission that refused: it never ran (its reply is None)."""
+    return (
+        isinstance(reply, asyncio.Future)
+        and reply.done()
+        and not reply.cancelled()
+        and reply.exception() is None
+        and reply.result() is None
+    )
+
+
 @dataclass(slots=True, eq=False)
 class Hold:
     """One request's place in a pool queue: waiting, then holding a slot until released."""
@@ -81,6 +93,7 @@ class Hold:
     deadline: float = 0.0  # monotonic
     future: asyncio.Future[None] | None = None  # set when it is granted
     refusal: ApiError | None = None  # the 503 it got (asked again: the same)
+    rider: Rider | None = None  # its acquire, to ride on the key's admission script
 
     @property
     def pool(self) -> str:
@@ -170,9 +183,11 @@ class PoolQueue:
             await asyncio.wait(self._sending, timeout=2)
 
     # -- per request -------------------------------------------------------------------
-    def begin(self, alias: Alias, key: KeyRecord) -> Hold | None:
+    def begin(self, alias: Alias, key: KeyRecord, carried: bool = False) -> Hold | None:
         """A hold in the alias's pool queue, its acquire script already on its way (None: the
-        alias's pool has no queue). Await it with :meth:`wait`; always :meth:`release` it."""
+        alias's pool has no queue). Await it with :meth:`wait`; always :meth:`release` it.
+        `carried`: the acquire is the hold's `rider`, for the limiter to run in the key's
+        admission script (or to send alone)."""
         config = alias.queue
         if config is None:
             return None
@@ -194,14 +209,24 @@ class PoolQueue:
             )
         queue.alias, queue.capacity = alias.alias, capacity
         queue.max_queue = config.max_queue if config.max_queue is not None else self.max_waiting
-        flow = (key.app or str(key.id)) if self._by_app else str(key.id)
+        flow = (key.app or key.id_text) if self._by_app else key.id_text
         weight = weight_for(key.priority)
         member = f"{self.instance}:{next(self._seq)}"
         args = ["acquire", *self._common(queue), member, flow, weight, 1, queue.max_queue]
-        reply = self._send(queue, args)
-        hold = Hold(queue, member, flow, weight, alias.alias, str(key.id), reply)
+        hold = Hold(queue, member, flow, weight, alias.alias, key.id_text, None)
+        if carried and self._client is not None:
+            rider = Rider(self._script, queue.keys, args, functools.partial(self._alone, hold))
+            rider.reply = hold.reply = asyncio.get_running_loop().create_future()
+            hold.rider = rider
+        else:
+            hold.reply = self._send(queue, args)
         queue.holds[member] = hold
         return hold
+
+    def _alone(self, hold: Hold) -> None:
+        """The acquire did not ride on an admission: on its own, now."""
+        assert hold.rider is not None
+        hold.reply = self._send(hold.queue, hold.rider.args)
 
     async def wait(self, hold: Hold, alias: Alias, patience: float | None = None) -> bool:
         """Until the hold has a slot (True). Raises 503 ``pool_busy`` when the queue is full
@@ -308,15 +333,23 @@ class PoolQueue:
         hold.refusal = pool_busy(alias.alias, retry or queue.retry_after(), why)
         return hold.refusal
 
-    def release(self, hold: Hold) -> None:
-        """The request is over (or never went on): its slot or its place goes to the next."""
+    def release(self, hold: Hold, carried: bool = False) -> Rider | None:
+        """The request is over (or never went on): its slot or its place goes to the next.
+        `carried`: the release script is returned as a rider, for the limiter to run in the
+        settlement's script (or to send alone), rather than sent."""
         if hold.state == DONE:
             hold.queue.holds.pop(hold.member, None)
-            return
+            return None
+        if _never_acquired(hold.reply):  # it rode on an admission that refused
+            hold.state = DONE
+            hold.queue.holds.pop(hold.member, None)
+            hold.reply = None
+            return None
         if hold.state == UNGATED:  # its acquire may have reached Redis after all
             hold.state = DONE
-            self._fire(hold.queue, ["release", *self._common(hold.queue), hold.member])
-            return
+            return self._fire(
+                hold.queue, ["release", *self._common(hold.queue), hold.member], carried
+            )
         queue = hold.queue
         if hold.state == RUNNING:
             held = time.monotonic() - hold.started - hold.queued_ms / 1000
@@ -330,12 +363,15 @@ class PoolQueue:
             task = asyncio.ensure_future(self._release_after(queue, hold.member, reply))
             self._sending.add(task)
             task.add_done_callback(self._sending.discard)
-            return
-        self._fire(queue, ["release", *self._common(queue), hold.member])
+            return None
+        return self._fire(queue, ["release", *self._common(queue), hold.member], carried)
 
     async def _release_after(self, queue: Queue, member: str, reply: Awaitable[Any]) -> None:
-        with contextlib.suppress(Exception):
-            await reply
+        try:
+            if await reply is None:
+                return  # it rode on an admission that refused: never acquired
+        except Exception as exc:  # unknown whether it reached Redis: released to be sure
+            log.debug("releasing after a failed acquire: %s", exc)
         self._fire(queue, ["release", *self._common(queue), member])
 
     # -- Redis -------------------------------------------------------------------------
@@ -361,10 +397,14 @@ class PoolQueue:
             raise reply
         return reply
 
-    def _fire(self, queue: Queue, args: list[Any]) -> None:
+    def _fire(self, queue: Queue, args: list[Any], carried: bool = False) -> Rider | None:
+        """Send a script whose reply nobody waits for (`carried`: return it as a rider)."""
+        if carried and self._client is not None:
+            return Rider(self._script, queue.keys, args, functools.partial(self._fire, queue, args))
         task = asyncio.ensure_future(self._quiet(self._send(queue, args)))
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
+        return None
 
     @staticmethod
     async def _quiet(reply: Awaitable[Any]) -> None:
