@@ -67,8 +67,10 @@ class KeyRecord:
     priority: str | float | None = None
     limited: bool = field(init=False, compare=False, repr=False)
     tracked: bool = field(init=False, compare=False, repr=False)
+    id_text: str = field(init=False, compare=False, repr=False)  # str(id), asked per request
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "id_text", str(self.id))
         # Asked on every request: worked out once per record.
         limits = (self.rate_limit_rpm, self.tpm_limit, self.concurrency_limit, self.monthly_budget)
         object.__setattr__(self, "limited", any(v is not None for v in limits))
