@@ -285,13 +285,14 @@ async def _read_body(receive: Receive, max_body: int) -> bytes | None:
 
 
 async def _send_whole(send: Send, reply: Reply, rid: bytes) -> None:
-    if reply.settle is not None:
-        # Usage and limits are settled before the answer leaves, and one loop turn lets the
-        # settlement's write (batched with the turn's other Redis commands) go out first:
-        # a SIGKILL after the answer never loses its usage row.
-        reply.settle()
-        await asyncio.sleep(0)
     try:
+        if reply.settle is not None:
+            # Usage and limits are settled before the answer leaves, and one loop turn lets
+            # the settlement's write (batched with the turn's other Redis commands) go out
+            # first: a SIGKILL after the answer never loses its usage row. (Its metrics and
+            # access line come after the answer, in `after`.)
+            reply.settle()
+            await asyncio.sleep(0)
         await send(
             {
                 "type": "http.response.start",

@@ -132,6 +132,19 @@ class Reply:
     settle: Callable[[], None] | None = None
 
 
+def _then(first: Callable[[], None] | None, second: Callable[[], None]) -> Callable[[], None]:
+    if first is None:
+        return second
+
+    def both() -> None:
+        try:
+            first()
+        finally:
+            second()
+
+    return both
+
+
 def _raw(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
     return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
 
@@ -616,7 +629,11 @@ class ProxyService:
             if reply.stream is None:  # a whole answer (settled before it leaves)
                 if reply.settle is not None:
                     reply.settle()
-                yield waited + reply.body
+                try:
+                    yield waited + reply.body
+                finally:
+                    if reply.after is not None:
+                        reply.after()
                 return
             inner = reply.stream
             async for chunk in inner:
@@ -698,7 +715,7 @@ class ProxyService:
             if resp.status != 200:
                 raise upstream_error(resp.status, payload, call.alias.alias)
             reply = json_reply(self._rewrite_whole(call, payload))
-            reply.settle = functools.partial(self.finish, call, batched=True)
+            reply.settle = functools.partial(self.settle_whole, call, reply)
             return reply
         if call.endpoint in NATIVE:
             reply = Reply(200, list(NDJSON_HEADERS), stream=self._ndjson(call, resp))
@@ -962,10 +979,17 @@ class ProxyService:
             resp.close()  # closing the connection tells Ollama to stop generating
 
     # -- accounting --------------------------------------------------------------------
-    def finish(self, call: Call, batched: bool = False) -> None:
+    def settle_whole(self, call: Call, reply: Reply) -> None:
+        """`Reply.settle` of a whole answer: usage and limits settled before it leaves (in
+        this loop turn's Redis write), metrics and the access line once it has left."""
+        self.finish(call, batched=True, reply=reply)
+
+    def finish(self, call: Call, batched: bool = False, reply: Reply | None = None) -> None:
         """Record usage, metrics and settle limits; safe to call from a cancelled stream.
         `batched`: the settlement may wait for the end of this event-loop turn (the caller
-        yields once before answering, see `Reply.settle`); otherwise it is written at once."""
+        yields once before answering, see `Reply.settle`); otherwise it is written at once.
+        With the whole `reply` about to leave, its metrics and access line wait for its
+        `after` (the same loop turn, once the answer is written)."""
         if call.finished:
             return
         call.finished = True
@@ -977,6 +1001,44 @@ class ProxyService:
         elapsed = time.perf_counter() - call.started
         alias = call.alias
         cost = alias.cost(call.prompt_tokens, call.completion_tokens)
+        account = functools.partial(self._account, call, elapsed, cost)
+        if reply is None:
+            account()
+        else:
+            reply.after = _then(reply.after, account)
+        row = UsageRow(
+            ts=datetime.now(UTC),
+            request_id=call.request_id,
+            key_id=call.key.id,
+            app=call.key.app,
+            alias=alias.alias,
+            backend_tag=alias.backend_tag,
+            endpoint=call.endpoint.value,
+            status=call.status,
+            prompt_tokens=call.prompt_tokens,
+            completion_tokens=call.completion_tokens,
+            cost=cost,
+            latency_ms=elapsed * 1000,
+            ttft_ms=call.ttft * 1000 if call.ttft is not None else None,
+            streamed=call.parsed.stream,
+            error_class=call.error_class,
+        )
+        tokens = call.prompt_tokens + call.completion_tokens
+        if self._durable:  # the row goes to Redis with the settlement, else to the buffer
+            lost = functools.partial(self.usage.record, row)
+            self.limiter.settle(
+                call.admission, tokens, cost, copy_line(row), lost, not batched, rider
+            )
+            return
+        self.usage.record(row)
+        if call.admission.tracked or call.key.tpm_limit or call.key.monthly_budget is not None:
+            self.limiter.settle(call.admission, tokens, cost, rider=rider)
+        elif rider is not None:
+            rider.alone()
+
+    def _account(self, call: Call, elapsed: float, cost: Decimal) -> None:
+        """A finished call's metrics, trace and access line."""
+        alias = call.alias
         endpoint = call.endpoint.value
         name = alias.alias
         child = self._child
@@ -1015,35 +1077,6 @@ class ProxyService:
                     "streamed": call.parsed.stream,
                 }
             )
-        row = UsageRow(
-            ts=datetime.now(UTC),
-            request_id=call.request_id,
-            key_id=call.key.id,
-            app=call.key.app,
-            alias=alias.alias,
-            backend_tag=alias.backend_tag,
-            endpoint=endpoint,
-            status=call.status,
-            prompt_tokens=call.prompt_tokens,
-            completion_tokens=call.completion_tokens,
-            cost=cost,
-            latency_ms=elapsed * 1000,
-            ttft_ms=call.ttft * 1000 if call.ttft is not None else None,
-            streamed=call.parsed.stream,
-            error_class=call.error_class,
-        )
-        tokens = call.prompt_tokens + call.completion_tokens
-        if self._durable:  # the row goes to Redis with the settlement, else to the buffer
-            lost = functools.partial(self.usage.record, row)
-            self.limiter.settle(
-                call.admission, tokens, cost, copy_line(row), lost, not batched, rider
-            )
-            return
-        self.usage.record(row)
-        if call.admission.tracked or call.key.tpm_limit or call.key.monthly_budget is not None:
-            self.limiter.settle(call.admission, tokens, cost, rider=rider)
-        elif rider is not None:
-            rider.alone()
 
     def refused(
         self,

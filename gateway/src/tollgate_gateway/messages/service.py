@@ -97,7 +97,7 @@ class MessagesService:
                 data, message_id, call.alias.alias
             )
             reply = json_reply(orjson.dumps(data))
-            reply.settle = functools.partial(self.proxy.finish, call, batched=True)
+            reply.settle = functools.partial(self.proxy.settle_whole, call, reply)
             return reply
         translator = _Stream(call, StreamState(message_id, call.alias.alias))
         return Reply(200, list(SSE_HEADERS), stream=relay(self.proxy, call, resp, translator))

@@ -134,7 +134,7 @@ class ResponsesService:
         call.prompt_tokens, call.completion_tokens = usage_tokens(response)
         await saver(response)
         reply = json_reply(orjson.dumps(response))
-        reply.settle = functools.partial(self.proxy.finish, call, batched=True)
+        reply.settle = functools.partial(self.proxy.settle_whole, call, reply)
         return reply
 
     async def _save(
