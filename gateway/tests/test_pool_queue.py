@@ -343,3 +343,30 @@ async def test_a_pool_at_zero_answers_pool_busy_after_its_cold_start(
         await take(first, cold, key())
     assert (refused.value.status, refused.value.code) == (503, "pool_busy")
     assert refused.value.headers["retry-after"] == "1"
+
+
+async def test_a_pools_keys_always_expire_and_keep_their_expiry_while_in_use(
+    gateways: list[PoolQueue], catalog: Catalog, redis: Redis
+) -> None:
+    """The acquire's fast path pushes the expiry back only every half of it (and whenever
+    the running set is new): the keys never live on without one."""
+    first = gateways[0]
+    target = catalog.put(alias(new_pool(), slots=4, replicas=1))
+    base = f"tg:pool:{{{target.pool}|tiny:latest}}"
+    keep_ms = 15_000 * 4
+    for _ in range(2):  # the second round starts from an empty (deleted) running set
+        holds = [await take(first, target, key()) for _ in range(3)]
+        for name in ("run", "tags"):
+            ttl = await redis.pttl(f"{base}:{name}")
+            assert keep_ms / 2 < ttl <= keep_ms, (name, ttl)
+        for hold in holds:
+            first.release(hold)
+        await asyncio.sleep(0.1)
+        assert await redis.exists(f"{base}:run") == 0
+    # Due again (as half the expiry later): the next acquire pushes both back to the full span.
+    await redis.hset(f"{base}:tags", "x", 0)
+    await redis.pexpire(f"{base}:tags", 1_000)
+    hold = await take(first, target, key())
+    assert await redis.pttl(f"{base}:tags") > keep_ms / 2
+    assert int(await redis.hget(f"{base}:tags", "x")) > 0
+    first.release(hold)

@@ -3,7 +3,8 @@
 -- pool's capacity in flight and serve waiting requests in one fair order.
 -- KEYS (one hash tag, the pool's queue): 1 running zset (member -> lease expiry ms)
 --   2 waiting zset (member -> start tag)   3 waiting leases zset (member -> expiry ms)
---   4 tags hash ("vt" -> virtual time, "f:<flow>" -> the flow's last finish tag)
+--   4 tags hash ("vt" -> virtual time, "f:<flow>" -> the flow's last finish tag, "x" -> when
+--   the acquire's fast path next pushes the keys' expiry back, ms)
 -- ARGV: 1 op (acquire | release | cancel | poll)  2 now ms  3 lease ms  4 capacity
 --   5 grant channel prefix (the member's owner is appended)
 --   acquire: 6 member  7 flow  8 weight  9 cost  10 most waiting
@@ -67,15 +68,22 @@ if op == 'acquire' then
     running = redis.call('ZCARD', run)
     waiting = redis.call('ZCARD', wait)
   end
-  local t = redis.call('HMGET', tags, 'vt', flow)
+  local t = redis.call('HMGET', tags, 'vt', flow, 'x')
   local vt, start = tonumber(t[1] or '0'), tonumber(t[2] or '0')
   if start < vt then start = vt end
   if running < cap and waiting == 0 then
     redis.call('ZADD', run, now + lease, member)
     if start > vt then vt = start end
-    redis.call('HSET', tags, flow, start + cost / weight, 'vt', vt)
-    redis.call('PEXPIRE', run, keep)
-    redis.call('PEXPIRE', tags, keep)
+    -- The keys' expiry is pushed back when "x" (due ms) says so, at most every keep / 2,
+    -- and whenever the running set is new; holders' polls push it back too (touch).
+    local due = tonumber(t[3] or '0') <= now
+    if due then
+      redis.call('HSET', tags, flow, start + cost / weight, 'vt', vt, 'x', now + keep / 2)
+      redis.call('PEXPIRE', tags, keep)
+    else
+      redis.call('HSET', tags, flow, start + cost / weight, 'vt', vt)
+    end
+    if due or running == 0 then redis.call('PEXPIRE', run, keep) end
     return {1, running + 1, 0}
   end
   if waiting >= most then return {2, running, waiting} end
