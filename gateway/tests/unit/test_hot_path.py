@@ -173,6 +173,10 @@ def test_commands_are_resp_arrays_of_bulk_strings() -> None:
     reader = hiredis.Reader()  # the server's view: the same bytes parse back to the arguments
     reader.feed(packed)
     assert reader.gets() == [b"EVALSHA", b"abc", b"2", b"k1", b"k\r\n2", b"10"]
+    # Text only (the fast path) and text that is not ASCII: lengths are bytes either way.
+    for args in [("EVALSHA", "abc", 1, "k1", -2, 0.5, "row\tx\n"), ("EVAL", "s", 0, "café ✓")]:
+        reader.feed(_pack(args))
+        assert reader.gets() == [str(a).encode() for a in args]
 
 
 class Transport(asyncio.Transport):

@@ -107,7 +107,14 @@ def month_start(now: datetime) -> datetime:
 # types, so the failure policy sees exactly what it saw before.
 
 
-def _pack(args: tuple[bytes | str | int, ...]) -> bytes:
+def _pack(args: tuple[bytes | str | int | float, ...]) -> bytes:
+    """One RESP command. Text is counted in characters and encoded once when it is all
+    ASCII (the usual case: ids, numbers, key names); otherwise argument by argument."""
+    if bytes not in map(type, args):
+        texts = [a if type(a) is str else str(a) for a in args]
+        body = "".join([f"${len(t)}\r\n{t}\r\n" for t in texts])
+        if body.isascii():
+            return f"*{len(texts)}\r\n{body}".encode()
     out = [b"*%d\r\n" % len(args)]
     for arg in args:
         data = arg if isinstance(arg, bytes) else str(arg).encode()

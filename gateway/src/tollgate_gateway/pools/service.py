@@ -1,10 +1,11 @@
 """The pool queue: at most a pool's capacity in flight per pool and model, across every
 gateway process, and the rest waiting here in one fair order (``pool.lua``).
 
-A request of an alias whose pool has ``slots`` takes a :class:`Hold`: the acquire script is
-written to Redis at once, in the same write as the key's admission script when the key has
-limits (so a pool that is not full costs no extra round trip then). Granted: the request goes
-on. Otherwise it waits for a grant, which the releasing gateway publishes on this process's
+A request of an alias whose pool has ``slots`` takes a :class:`Hold`: when the key has
+limits, the acquire runs inside the key's admission script (a :class:`Rider`: one script
+call, and only once the limits admitted the request), and the release inside its
+settlement's; otherwise each is written to Redis on its own at once. Granted: the request
+goes on. Otherwise it waits for a grant, which the releasing gateway publishes on this process's
 channel; a poll every ``poll_seconds`` renews the leases of what this process holds, hands
 out room that appeared (more replicas), and catches a grant whose message was lost.
 
