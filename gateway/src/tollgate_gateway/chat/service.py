@@ -460,6 +460,8 @@ class ProxyService:
             hold = self.pools.begin(alias, key, carried=True)
         try:
             rider = None if hold is None else hold.rider
+            if hold is not None:
+                hold.rider = None  # (it refers to the hold: no reference cycle left behind)
             admission = await self.limiter.admit(key, request_id, ask, rider)
         except BaseException as exc:
             if hold is not None:
@@ -982,6 +984,7 @@ class ProxyService:
     def settle_whole(self, call: Call, reply: Reply) -> None:
         """`Reply.settle` of a whole answer: usage and limits settled before it leaves (in
         this loop turn's Redis write), metrics and the access line once it has left."""
+        reply.settle = None  # it held the reply: no reference cycle left for the collector
         self.finish(call, batched=True, reply=reply)
 
     def finish(self, call: Call, batched: bool = False, reply: Reply | None = None) -> None:

@@ -216,7 +216,8 @@ class PoolQueue:
         args = ["acquire", *self._common(queue), member, flow, weight, 1, queue.max_queue]
         hold = Hold(queue, member, flow, weight, alias.alias, key.id_text, None)
         if carried and self._client is not None:
-            rider = Rider(self._script, queue.keys, args, functools.partial(self._alone, hold))
+            alone = functools.partial(self._alone, hold, args)
+            rider = Rider(self._script, queue.keys, args, alone)
             rider.reply = hold.reply = asyncio.get_running_loop().create_future()
             hold.rider = rider
         else:
@@ -224,10 +225,9 @@ class PoolQueue:
         queue.holds[member] = hold
         return hold
 
-    def _alone(self, hold: Hold) -> None:
+    def _alone(self, hold: Hold, args: list[Any]) -> None:
         """The acquire did not ride on an admission: on its own, now."""
-        assert hold.rider is not None
-        hold.reply = self._send(hold.queue, hold.rider.args)
+        hold.reply = self._send(hold.queue, args)
 
     async def wait(self, hold: Hold, alias: Alias, patience: float | None = None) -> bool:
         """Until the hold has a slot (True). Raises 503 ``pool_busy`` when the queue is full
