@@ -250,29 +250,35 @@ ECHO = Script.of("redis.call('SET', KEYS[1], ARGV[1]) return {0, #KEYS, #ARGV, A
 SAY = Script.of("redis.call('SET', KEYS[1], ARGV[1]) return {7, KEYS[1], ARGV[#ARGV]}")
 
 
-async def test_a_composed_script_gives_each_part_only_its_own_keys_and_args(
-    valkey: LocalValkey,
-) -> None:
+@pytest.fixture
+async def scratch(valkey: LocalValkey) -> AsyncIterator[tuple[Redis, str]]:
+    """A Redis client and a key prefix of the test's own; its keys are deleted after."""
     redis = Redis.from_url(valkey.url)
     base = f"t:{uuid.uuid4().hex}"
-    try:
-        for gated in (True, False):
-            both = ECHO.then(SAY, gated)
-            keys = [f"{base}:a", f"{base}:b"]
-            reply = await redis.eval(both.source, 2, *keys, 1, 1, "first", "second", "last")
-            assert reply == [[0, 1, 1, b"first"], [7, keys[1].encode(), b"last"]]
-            assert await redis.mget(keys) == [b"first", b"second"]
-        refusing = SAY.then(ECHO, gated=True)  # the first part's code is 7: not admitted
-        keys = [f"{base}:c", f"{base}:d"]
-        reply = await redis.eval(refusing.source, 2, *keys, 1, 1, "x", "y")
-        assert reply == [[7, keys[0].encode(), b"x"], None]
-        assert await redis.get(keys[1]) is None  # the gated part never ran
-        ungated = SAY.then(ECHO, gated=False)
-        reply = await redis.eval(ungated.source, 2, *keys, 1, 1, "x", "y")
-        assert reply[1] == [0, 1, 1, b"y"]
-    finally:
-        await redis.delete(*[f"{base}:{n}" for n in "abcd"])
-        await redis.aclose()
+    yield redis, base
+    async for name in redis.scan_iter(match=f"{base}*"):
+        await redis.delete(name)
+    await redis.aclose()
+
+
+async def test_a_composed_script_gives_each_part_only_its_own_keys_and_args(
+    scratch: tuple[Redis, str],
+) -> None:
+    redis, base = scratch
+    for gated in (True, False):
+        both = ECHO.then(SAY, gated)
+        keys = [f"{base}:a", f"{base}:b"]
+        reply = await redis.eval(both.source, 2, *keys, 1, 1, "first", "second", "last")
+        assert reply == [[0, 1, 1, b"first"], [7, keys[1].encode(), b"last"]]
+        assert await redis.mget(keys) == [b"first", b"second"]
+    refusing = SAY.then(ECHO, gated=True)  # the first part's code is 7: not admitted
+    keys = [f"{base}:c", f"{base}:d"]
+    reply = await redis.eval(refusing.source, 2, *keys, 1, 1, "x", "y")
+    assert reply == [[7, keys[0].encode(), b"x"], None]
+    assert await redis.get(keys[1]) is None  # the gated part never ran
+    ungated = SAY.then(ECHO, gated=False)
+    reply = await redis.eval(ungated.source, 2, *keys, 1, 1, "x", "y")
+    assert reply[1] == [0, 1, 1, b"y"]
 
 
 def rider(redis_key: str, value: str, sent: list[str]) -> Rider:
@@ -282,48 +288,34 @@ def rider(redis_key: str, value: str, sent: list[str]) -> Rider:
 
 
 async def test_an_admission_carries_its_rider_only_when_it_admits(
-    limiter: Limiter, valkey: LocalValkey
+    limiter: Limiter, scratch: tuple[Redis, str]
 ) -> None:
-    redis = Redis.from_url(valkey.url)
-    base = f"t:{uuid.uuid4().hex}"
+    redis, base = scratch
     sent: list[str] = []
-    try:
-        record = key(rate_limit_rpm=1)
-        ride = rider(f"{base}:1", "granted", sent)
-        await limiter.admit(record, "r1", NOTHING, ride)
-        assert ride.reply is not None and await ride.reply == [7, f"{base}:1".encode(), b"granted"]
-        refused_ride = rider(f"{base}:2", "refused", sent)
-        await refused(limiter, record, NOTHING, refused_ride)
-        assert refused_ride.reply is not None and await refused_ride.reply is None
-        assert await redis.get(f"{base}:2") is None  # it did not run
-        unlimited = rider(f"{base}:3", "alone", sent)
-        await limiter.admit(key(), "r3", NOTHING, unlimited)
-        assert sent == ["alone"]  # no admission script: the owner sends it by itself
-        assert unlimited.reply is not None and not unlimited.reply.done()
-    finally:
-        await redis.delete(*[f"{base}:{n}" for n in "123"])
-        await redis.aclose()
+    record = key(rate_limit_rpm=1)
+    ride = rider(f"{base}:1", "granted", sent)
+    await limiter.admit(record, "r1", NOTHING, ride)
+    assert ride.reply is not None and await ride.reply == [7, f"{base}:1".encode(), b"granted"]
+    refused_ride = rider(f"{base}:2", "refused", sent)
+    await refused(limiter, record, NOTHING, refused_ride)
+    assert refused_ride.reply is not None and await refused_ride.reply is None
+    assert await redis.get(f"{base}:2") is None  # it did not run
+    unlimited = rider(f"{base}:3", "alone", sent)
+    await limiter.admit(key(), "r3", NOTHING, unlimited)
+    assert sent == ["alone"]  # no admission script: the owner sends it by itself
+    assert unlimited.reply is not None and not unlimited.reply.done()
 
 
 async def test_a_settlement_carries_its_rider_with_the_usage_row(
-    limiter: Limiter, valkey: LocalValkey
+    limiter: Limiter, scratch: tuple[Redis, str]
 ) -> None:
-    redis = Redis.from_url(valkey.url)
-    base = f"t:{uuid.uuid4().hex}"
+    redis, base = scratch
     sent: list[str] = []
-    try:
-        admission = await limiter.admit(key(concurrency_limit=1), "r1")
-        limiter.settle(
-            admission, 3, Decimal(0), "row\n", rider=rider(f"{base}:1", "released", sent)
-        )
-        await limiter.drain()
-        assert await redis.get(f"{base}:1") == b"released"
-        assert sent == []
-        # A settlement with nothing to write (no limits, no row) sends its rider alone.
-        limiter.settle(
-            await limiter.admit(key(), "r2"), 0, Decimal(0), rider=rider(base, "x", sent)
-        )
-        assert sent == ["x"]
-    finally:
-        await redis.delete(f"{base}:1")
-        await redis.aclose()
+    admission = await limiter.admit(key(concurrency_limit=1), "r1")
+    limiter.settle(admission, 3, Decimal(0), "row\n", rider=rider(f"{base}:1", "released", sent))
+    await limiter.drain()
+    assert await redis.get(f"{base}:1") == b"released"
+    assert sent == []
+    # A settlement with nothing to write (no limits, no row) sends its rider alone.
+    limiter.settle(await limiter.admit(key(), "r2"), 0, Decimal(0), rider=rider(base, "x", sent))
+    assert sent == ["x"]
