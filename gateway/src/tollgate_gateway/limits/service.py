@@ -530,16 +530,14 @@ class Limiter:
                 now = datetime.now(UTC)
                 seed = await self._spend.month_spend(key.id, month_start(now))
                 result = await self._run_admit(key, member, ask, int(seed * NANOS), rider)
-        except (TimeoutError, RedisError, OSError) as exc:
-            if rider is not None:
-                rider.fail(exc)
-            if not isinstance(exc, ResponseError):
-                self._failed()
-            return self._redis_down(key, request_id, exc)
         except BaseException as exc:
             if rider is not None:
                 rider.fail(exc)
-            raise
+            if not isinstance(exc, TimeoutError | RedisError | OSError):
+                raise
+            if not isinstance(exc, ResponseError):
+                self._failed()
+            return self._redis_down(key, request_id, exc)
         self._latency("admit").observe(time.perf_counter() - started)
         if self.breaker.success():
             log.warning("redis answers again: circuit breaker closed")
