@@ -259,7 +259,10 @@ def markdown(doc: dict[str, Any], png: str) -> str:
             + ", ".join(f"`{k}` = {v:,.0f}" for k, v in acc.items()),
             "",
         ]
+    out += routing_section(doc.get("routing"), "40/30/20/10 % of requests per model")
+    out += routing_section(doc.get("routing_even"), "an even mix of models")
     out += fairness_section(doc.get("fairness"))
+    out += fairness_section(doc.get("fairness_varied"))
     out += [
         "## Did the load generator or the upstream saturate?",
         "",
@@ -318,13 +321,40 @@ def markdown(doc: dict[str, Any], png: str) -> str:
     return "\n".join(out)
 
 
+def routing_section(routed: dict[str, Any] | None, mix: str) -> list[str]:
+    """The routing scenario: loads, TTFT and throughput of each policy, on one mix."""
+    if not routed:
+        return []
+    p = routed["parameters"]
+    out = [
+        f"## Routing ({mix})",
+        "",
+        f"{p['replicas']} stand-in replicas, 1 loaded model each ({p['load_ms']:g} ms to load "
+        f"one), {p['conversations']} conversations of {p['turns']} turns sharing system "
+        f"prompts, {p['concurrency']} at a time; mix "
+        + "/".join(f"{w:g}" for w in p["weights"])
+        + ".",
+        "",
+        "| system | model loads | TTFT p50 ms | TTFT p99 ms | tokens/s | errors |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, r in routed["systems"].items():
+        out.append(
+            f"| {name} | {r['model_loads']} | {fmt(r['ttft_p50_ms'], 1)} "
+            f"| {fmt(r['ttft_p99_ms'], 1)} | {fmt(r['tokens_per_second'], 1)} | {r['errors']} |"
+        )
+    return [*out, ""]
+
+
 def fairness_section(fair: dict[str, Any] | None) -> list[str]:
     """The fairness scenario: B's TTFT and A's throughput, Tollgate's queue vs the FIFO."""
     if not fair:
         return []
     p = fair["parameters"]
+    spread = p.get("a_length_spread", 0)
     out = [
-        "## Fairness (one full pool, two keys)",
+        "## Fairness (one full pool, two keys"
+        + (f"; A's sizes {p['completion_tokens']} ± {spread} tokens)" if spread else ")"),
         "",
         f"Key A floods {p['flood']} concurrent streams for {p['seconds']:g} s, key B sends "
         f"{p['b_rate']:g} streams/s; the pool has {p['parallel']} slots. 'fifo' passes the "

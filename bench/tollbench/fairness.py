@@ -25,6 +25,7 @@ from tollbench.procs import Proc
 from tollbench.systems import Context, Tollgate, _wait_port, free_port
 
 MODEL = "fair:latest"
+VARIED_SPREAD = 12  # the variant's A sizes: 16 +- 12 tokens
 
 
 def _env(name: str, default: float) -> float:
@@ -33,7 +34,7 @@ def _env(name: str, default: float) -> float:
 
 
 class Params:
-    def __init__(self) -> None:
+    def __init__(self, a_length_spread: int | None = None) -> None:
         self.parallel = int(_env("BENCH_FAIRNESS_PARALLEL", 4))
         self.flood = int(_env("BENCH_FAIRNESS_FLOOD", 200))
         self.b_rate = _env("BENCH_FAIRNESS_B_RATE", 2.0)
@@ -43,8 +44,11 @@ class Params:
         self.tokens_per_second = _env("BENCH_FAIRNESS_TOKENS_PER_SECOND", 200)
         self.completion_tokens = int(_env("BENCH_FAIRNESS_COMPLETION_TOKENS", 16))
         # 0: every A request is the same size (the default scenario). N: each A request asks
-        # for completion_tokens +- N tokens at random (the same mean), as real ones vary.
-        self.a_length_spread = int(_env("BENCH_FAIRNESS_A_LENGTH_SPREAD", 0))
+        # for completion_tokens +- N tokens at random (the same mean), as real ones vary; the
+        # bench runs that variant too (VARIED_SPREAD), and `a_length_spread` given wins.
+        if a_length_spread is None:
+            a_length_spread = int(_env("BENCH_FAIRNESS_A_LENGTH_SPREAD", 0))
+        self.a_length_spread = a_length_spread
 
     def as_dict(self) -> dict[str, Any]:
         return dict(vars(self))
@@ -197,15 +201,23 @@ def _quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def _provision(tollgate: Tollgate, url: str, upstream: str, p: Params) -> tuple[str, str]:
+def _provision(
+    tollgate: Tollgate, url: str, upstream: str, p: Params, pool: str
+) -> tuple[str, str]:
     with tollgate.admin(url) as http:
+        # A variant run before on the same database left its alias (another stand-in's URL).
+        listed = http.get("/admin/models")
+        listed.raise_for_status()
+        for row in listed.json():
+            if row["alias"] == MODEL:
+                http.delete(f"/admin/models/{row['id']}").raise_for_status()
         http.post(
             "/admin/models",
             json={
                 "alias": MODEL,
                 "backend_tag": MODEL,
                 "backend_url": upstream,
-                "routing": {"pool": "bench/fairness", "slots": p.parallel, "max_queue": 10_000},
+                "routing": {"pool": pool, "slots": p.parallel, "max_queue": 10_000},
             },
         ).raise_for_status()
         keys = []
@@ -216,15 +228,21 @@ def _provision(tollgate: Tollgate, url: str, upstream: str, p: Params) -> tuple[
         return keys[0], keys[1]
 
 
-def run(ctx: Context, say: Any) -> dict[str, Any]:
-    p = Params()
+def run(
+    ctx: Context,
+    say: Any,
+    a_length_spread: int | None = None,
+    label: str = "fairness",
+    systems: tuple[str, ...] = ("tollgate", "fifo"),
+) -> dict[str, Any]:
+    p = Params(a_length_spread)
     say(
-        f"fairness: A floods {p.flood} streams, B {p.b_rate:g}/s, {p.parallel} slots, "
-        f"{p.seconds:g} s"
+        f"{label}: A floods {p.flood} streams ({p.completion_tokens} +- {p.a_length_spread} "
+        f"tokens), B {p.b_rate:g}/s, {p.parallel} slots, {p.seconds:g} s"
     )
     out: dict[str, Any] = {"parameters": p.as_dict(), "systems": {}}
-    for name in ("tollgate", "fifo"):
-        standin, upstream = _standin(ctx, p, name)
+    for name in systems:
+        standin, upstream = _standin(ctx, p, f"{label}-{name}")
         tollgate: Tollgate | None = None
         try:
             if name == "tollgate":
@@ -234,8 +252,10 @@ def run(ctx: Context, say: Any) -> dict[str, Any]:
                     "TOLLGATE_QUEUE_MAX_WAIT_SECONDS": "300",
                 }
                 tollgate.provision = False  # its own aliases and keys (below)
-                url = tollgate.start(upstream, "fairness")
-                keys: tuple[str | None, str | None] = _provision(tollgate, url, upstream, p)
+                url = tollgate.start(upstream, label)
+                keys: tuple[str | None, str | None] = _provision(
+                    tollgate, url, upstream, p, f"bench/{label}"
+                )
             else:
                 url, keys = upstream, (None, None)
             target = url + "/v1/chat/completions"
@@ -243,7 +263,7 @@ def run(ctx: Context, say: Any) -> dict[str, Any]:
             loaded = asyncio.run(_drive(target, keys, MODEL, p, flood=True))
             summary = {"idle": idle, "flooded": loaded}
             out["systems"][name] = summary
-            say(f"fairness {name}: {json.dumps(summary)}")
+            say(f"{label} {name}: {json.dumps(summary)}")
         finally:
             if tollgate is not None:
                 tollgate.stop()

@@ -37,8 +37,11 @@ def _env(name: str, default: float) -> float:
     return float(value) if value else default
 
 
+EVEN = (0.25, 0.25, 0.25, 0.25)  # the "even" variant: no model needs more than one replica
+
+
 class Params:
-    def __init__(self) -> None:
+    def __init__(self, weights: tuple[float, ...] | None = None) -> None:
         self.replicas = int(_env("BENCH_ROUTING_REPLICAS", 4))
         self.load_ms = _env("BENCH_ROUTING_LOAD_MS", 2000)
         self.conversations = int(_env("BENCH_ROUTING_CONVERSATIONS", 120))
@@ -48,10 +51,13 @@ class Params:
         self.tokens_per_second = _env("BENCH_ROUTING_TOKENS_PER_SECOND", 100)
         self.completion_tokens = int(_env("BENCH_ROUTING_COMPLETION_TOKENS", 24))
         self.parallel = int(_env("BENCH_ROUTING_PARALLEL", 4))
-        # How often each model is asked for (default 40/30/20/10 %): "0.25,0.25,0.25,0.25"
-        # for an even mix, where no model needs more than its one replica's slots.
-        weights = os.environ.get("BENCH_ROUTING_WEIGHTS")
-        self.weights = tuple(float(w) for w in weights.split(",")) if weights else WEIGHTS
+        # How often each model is asked for (default 40/30/20/10 %; BENCH_ROUTING_WEIGHTS
+        # overrides it). The bench also runs the even mix (EVEN), where no model needs more
+        # than its one replica's slots: `weights` given here wins over both.
+        env = os.environ.get("BENCH_ROUTING_WEIGHTS")
+        if weights is None:
+            weights = tuple(float(w) for w in env.split(",")) if env else WEIGHTS
+        self.weights = weights
         if len(self.weights) != len(MODELS):
             raise ValueError(f"BENCH_ROUTING_WEIGHTS needs {len(MODELS)} weights")
 
@@ -256,8 +262,14 @@ def summarize(
     }
 
 
-def _provision(tollgate: Tollgate, url: str, replicas: list[str]) -> str:
+def _provision(tollgate: Tollgate, url: str, replicas: list[str], pool: str) -> str:
     with tollgate.admin(url) as http:
+        # A variant run before on the same database left its aliases (other replicas' URLs).
+        listed = http.get("/admin/models")
+        listed.raise_for_status()
+        for row in listed.json():
+            if row["alias"] in MODELS:
+                http.delete(f"/admin/models/{row['id']}").raise_for_status()
         for model in MODELS:
             http.post(
                 "/admin/models",
@@ -265,7 +277,7 @@ def _provision(tollgate: Tollgate, url: str, replicas: list[str]) -> str:
                     "alias": model,
                     "backend_tag": model,
                     "replicas": [{"name": f"r{i}", "url": u} for i, u in enumerate(replicas)],
-                    "routing": {"pool": "bench/routing", "policy": "modelAware"},
+                    "routing": {"pool": pool, "policy": "modelAware"},
                 },
             ).raise_for_status()
         created = http.post("/admin/keys", json={"name": "routing", "allowed_models": list(MODELS)})
@@ -273,17 +285,24 @@ def _provision(tollgate: Tollgate, url: str, replicas: list[str]) -> str:
         return str(created.json()["key"])
 
 
-def run(ctx: Context, say: Any, systems: tuple[str, ...] = SYSTEMS) -> dict[str, Any]:
-    p = Params()
+def run(
+    ctx: Context,
+    say: Any,
+    systems: tuple[str, ...] = SYSTEMS,
+    weights: tuple[float, ...] | None = None,
+    label: str = "routing",
+) -> dict[str, Any]:
+    p = Params(weights)
     convs = workload(p)
     say(
-        f"routing: {len(convs)} conversations x {p.turns} turns over {p.replicas} replicas, "
+        f"{label}: mix {'/'.join(f'{w:g}' for w in p.weights)}, "
+        f"{len(convs)} conversations x {p.turns} turns over {p.replicas} replicas, "
         f"concurrency {p.concurrency}"
     )
     out: dict[str, Any] = {"parameters": p.as_dict(), "systems": {}}
     for name in systems:
         replicas = Replicas(ctx, p)
-        replicas.start(name)
+        replicas.start(f"{label}-{name}")
         front: Proc | None = None
         tollgate: Tollgate | None = None
         try:
@@ -291,13 +310,13 @@ def run(ctx: Context, say: Any, systems: tuple[str, ...] = SYSTEMS) -> dict[str,
                 tollgate = Tollgate(ctx, replicas.urls[0])
                 tollgate.extra_env = {"TOLLGATE_ACCESS_LOG": "false"}
                 tollgate.provision = False
-                url = tollgate.start(replicas.urls[0], "routing")
-                key = _provision(tollgate, url, replicas.urls)
+                url = tollgate.start(replicas.urls[0], label)
+                key = _provision(tollgate, url, replicas.urls, f"bench/{label}")
                 headers = {"Authorization": f"Bearer {key}"}
                 time.sleep(3)  # the gateway reads every replica once
             else:
                 policy = "round_robin" if name == "round_robin" else "least_conn"
-                front, url = caddy(ctx, replicas.urls, policy, name)
+                front, url = caddy(ctx, replicas.urls, policy, f"{label}-{name}")
                 headers = {}
             asyncio.run(_warm(url + "/v1/chat/completions", headers, list(MODELS)))
             before = replicas.stats()
@@ -306,7 +325,7 @@ def run(ctx: Context, say: Any, systems: tuple[str, ...] = SYSTEMS) -> dict[str,
             )
             summary = summarize(results, wall, before, replicas.stats())
             out["systems"][name] = summary
-            say(f"routing {name}: {json.dumps(summary)}")
+            say(f"{label} {name}: {json.dumps(summary)}")
         finally:
             if tollgate is not None:
                 tollgate.stop()

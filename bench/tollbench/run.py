@@ -93,7 +93,10 @@ class Params:
         self.soak_connections = int(env_float("BENCH_SOAK_CONNECTIONS", 32))
         self.soak_streams = int(env_float("BENCH_SOAK_STREAMS", 50))
         self.systems = os.environ.get("BENCH_SYSTEMS", ",".join(ALL_SYSTEMS)).split(",")
-        phases = os.environ.get("BENCH_PHASES", "overhead,streaming,soak,routing,fairness")
+        phases = os.environ.get(
+            "BENCH_PHASES",
+            "overhead,streaming,soak,routing,routing-even,fairness,fairness-varied",
+        )
         self.phases = phases.split(",")
         self.sut_cpus = os.environ.get("BENCH_SUT_CPUS", "0")
         self.side_cpus = os.environ.get("BENCH_SIDE_CPUS", "1")
@@ -781,8 +784,20 @@ def main() -> None:
             bench.soak(tollgate)
         if "routing" in params.phases:
             bench.results["routing"] = routing.run(ctx, say)
+        if "routing-even" in params.phases:  # the same scenario on an even mix of models
+            bench.results["routing_even"] = routing.run(
+                ctx, say, weights=routing.EVEN, label="routing-even"
+            )
         if "fairness" in params.phases:
             bench.results["fairness"] = fairness.run(ctx, say)
+        if "fairness-varied" in params.phases:  # A's requests of varied sizes; no FIFO rerun
+            bench.results["fairness_varied"] = fairness.run(
+                ctx,
+                say,
+                a_length_spread=fairness.VARIED_SPREAD,
+                label="fairness-varied",
+                systems=("tollgate",),
+            )
         info["systems"] = {s.name: s.describe() for s in systems}
     finally:
         bench.stop_infra()
@@ -793,22 +808,36 @@ def main() -> None:
     soak = bench.results.get("soak")
     heads = headline(table, soak)
     routed = bench.results.get("routing")
-    if routed and routed.get("vs_round_robin"):
-        for name, value, target, met in routing_headline(routed["vs_round_robin"]):
-            label = "routing scenario, Tollgate modelAware ÷ round robin"
-            heads[name] = {"label": label, "value": value, "target": target, "met": met}
+    routed_even = bench.results.get("routing_even")
+    for result, prefix, mix in ((routed, "", "40/30/20/10 %"), (routed_even, "even_", "even")):
+        if result and result.get("vs_round_robin"):
+            for name, value, target, met in routing_headline(result["vs_round_robin"]):
+                label = f"routing scenario ({mix} mix), Tollgate modelAware ÷ round robin"
+                key = name.replace("routing_", f"routing_{prefix}", 1)
+                heads[key] = {"label": label, "value": value, "target": target, "met": met}
     fair = bench.results.get("fairness")
-    if fair:
-        for name, value, target, met in fairness.headline(fair):
-            label = "fairness scenario, Tollgate's pool queue (B: the lone key; A: the flood)"
-            heads[name] = {"label": label, "value": value, "target": target, "met": met}
+    fair_varied = bench.results.get("fairness_varied")
+    for result, prefix, sizes in (
+        (fair, "", "A's all equal"),
+        (fair_varied, "varied_", "A's varied"),
+    ):
+        if result:
+            for name, value, target, met in fairness.headline(result):
+                label = (
+                    f"fairness scenario ({sizes}), Tollgate's pool queue "
+                    "(B: the lone key; A: the flood)"
+                )
+                key = name.replace("fairness_", f"fairness_{prefix}", 1)
+                heads[key] = {"label": label, "value": value, "target": target, "met": met}
     document = {
         **info,
         "summary": table,
         "headline": heads,
         "soak": soak,
         "routing": routed,
+        "routing_even": routed_even,
         "fairness": fair,
+        "fairness_varied": fair_varied,
         "samples": bench.samples,
     }
     args.out.mkdir(parents=True, exist_ok=True)
