@@ -155,3 +155,78 @@ def test_the_responses_and_messages_apis_are_traced_like_chat(
         seen = httpx.get(standin.url + "/_standin/requests", params={"path": path})
         parents = [r["headers"].get("traceparent", "") for r in seen.json()["requests"]]
         assert any(p.split("-")[1:2] == [trace_id] for p in parents), path
+
+
+def test_stored_responses_and_token_counts_are_traced(
+    jaeger: JaegerServer, gateways: Gateways, admin: Admin, chat_model: str
+) -> None:
+    """GET, input items and DELETE of a stored response and `/v1/messages/count_tokens`: a
+    trace each, named by the route (not the response's id), with the key's authentication and
+    the store's step; a refusal is told by its status. (They were not traced at all.)"""
+    gateway = gateways.start(TOLLGATE_OTLP_ENDPOINT=jaeger.otlp_endpoint)
+    key = admin.create_key(app="traced-store", rate_limit_rpm=100)
+    auth = {"Authorization": f"Bearer {key['key']}"}
+    created = httpx.post(
+        gateway.url + "/v1/responses",
+        headers=auth,
+        json={"model": chat_model, "input": "hi", "max_output_tokens": 8},
+        timeout=30,
+    )
+    assert created.status_code == 200, created.text
+    rid = created.json()["id"]
+    hi = [{"role": "user", "content": "hi"}]
+
+    def traced(method: str, path: str, headers: dict[str, str], **kw: Any) -> str:
+        trace_id = secrets.token_hex(16)
+        parent = f"00-{trace_id}-{secrets.token_hex(8)}-01"
+        r = httpx.request(
+            method, gateway.url + path, headers={**headers, "traceparent": parent}, **kw
+        )
+        assert r.status_code < 500, r.text
+        return trace_id
+
+    route = "/v1/responses/{response_id}"
+    cases = [
+        ("GET", f"/v1/responses/{rid}", auth, {}, route, 200, "response_store get"),
+        (
+            "GET",
+            f"/v1/responses/{rid}/input_items",
+            auth,
+            {},
+            route + "/input_items",
+            200,
+            "response_store get",
+        ),
+        ("DELETE", f"/v1/responses/{rid}", auth, {}, route, 200, "response_store delete"),
+        ("GET", f"/v1/responses/{rid}", auth, {}, route, 404, "response_store get"),
+        (
+            "POST",
+            "/v1/messages/count_tokens",
+            {"x-api-key": key["key"]},
+            {"json": {"model": chat_model, "messages": hi}},
+            "/v1/messages/count_tokens",
+            200,
+            None,
+        ),
+    ]
+    for method, path, headers, kw, name, status, store_step in cases:
+        trace_id = traced(method, path, headers, **kw)
+        spans = jaeger.trace(trace_id, min_spans=3 if store_step else 2)["spans"]
+        by_name = {s["operationName"]: s for s in spans}
+        root = tags(by_name[f"{method} {name}"])
+        assert root["http.route"] == name and root["url.path"] == path, path
+        assert root["http.response.status_code"] == status, path
+        assert tags(by_name["authenticate"])["tollgate.key.id"] == key["id"], path
+        if store_step is not None:
+            assert store_step in by_name, path
+        if status == 404:
+            assert root["error.type"] == "not_found", path
+        if path.endswith("count_tokens"):
+            assert root["gen_ai.usage.input_tokens"] > 0
+        assert key["key"] not in json.dumps(spans), path
+
+    # a wrong key: the trace holds the refusal and no authentication step
+    trace_id = traced("GET", f"/v1/responses/{rid}", {"Authorization": "Bearer tg-wrong"})
+    (root,) = jaeger.trace(trace_id)["spans"]
+    assert tags(root)["http.response.status_code"] == 401
+    assert tags(root)["error.type"] == "invalid_api_key"

@@ -1,9 +1,10 @@
 """Route helpers every API's routes share: the proxy service of a request, a `Reply` as a
-Starlette response, a proxy endpoint as a route handler."""
+Starlette response, a proxy endpoint as a route handler, a traced JSON answer."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 from starlette.background import BackgroundTask
 from starlette.requests import Request
@@ -11,6 +12,9 @@ from starlette.responses import Response, StreamingResponse
 
 from tollgate_gateway.chat.schemas import Endpoint
 from tollgate_gateway.chat.service import ProxyService, Reply
+from tollgate_gateway.errors import ApiError
+from tollgate_gateway.storage.outage import UNAVAILABLE
+from tollgate_gateway.tracing import RequestTrace
 
 
 def proxy_of(request: Request) -> ProxyService:
@@ -42,3 +46,38 @@ def proxy_endpoint(endpoint: Endpoint):  # type: ignore[no-untyped-def]
 
     handler.__name__ = f"openai_{endpoint.name.lower()}"
     return handler
+
+
+async def traced_json(
+    request: Request, route: str, answer: Callable[[RequestTrace | None], Awaitable[bytes]]
+) -> Response:
+    """A JSON answer of a route outside the proxy (a stored response, a token count), in a
+    trace of its own when tracing is on: the SERVER span ``{method} {route}`` and the steps
+    ``answer`` adds (authentication, the store); a refusal is told by its status and code."""
+    tracing = proxy_of(request).tracing
+    trace = None
+    if tracing.enabled:
+        trace = tracing.start(
+            request.method,
+            request.url.path,
+            request.scope["headers"],
+            request.state.request_id,
+            route=route,
+        )
+    try:
+        body = await answer(trace)
+    except ApiError as exc:
+        if trace is not None:
+            trace.finish(exc.status, exc.code or exc.type, {})
+        raise
+    except UNAVAILABLE:  # the database away: answered 503 by the app's handler
+        if trace is not None:
+            trace.finish(503, "service_unavailable", {})
+        raise
+    except BaseException:
+        if trace is not None:
+            trace.finish(500, "internal_error", {})
+        raise
+    if trace is not None:
+        trace.finish(200, None, {})
+    return Response(body, media_type="application/json")

@@ -116,8 +116,15 @@ class Tracing:
         log.info("tracing on: OTLP to %s, sampling %.3g", url, sample_ratio)
 
     def start(
-        self, method: str, path: str, headers: Iterable[tuple[bytes, bytes]], request_id: str
+        self,
+        method: str,
+        path: str,
+        headers: Iterable[tuple[bytes, bytes]],
+        request_id: str,
+        route: str | None = None,
     ) -> RequestTrace | None:
+        """The SERVER span of a request, named ``{method} {route}`` (the path when the route
+        has no parameters); None when tracing is off or the request is not sampled."""
         if self._tracer is None:
             return None
         carrier: dict[str, str] = {}
@@ -125,15 +132,15 @@ class Tracing:
             if name in (b"traceparent", b"tracestate"):
                 carrier[name.decode()] = value.decode("latin-1")
         parent = PROPAGATOR.extract(carrier) if carrier else None
+        attributes = {
+            "http.request.method": method,
+            "url.path": path,
+            "tollgate.request_id": request_id,
+        }
+        if route is not None:
+            attributes["http.route"] = route
         root = self._tracer.start_span(
-            f"{method} {path}",
-            context=parent,
-            kind=SpanKind.SERVER,
-            attributes={
-                "http.request.method": method,
-                "url.path": path,
-                "tollgate.request_id": request_id,
-            },
+            f"{method} {route or path}", context=parent, kind=SpanKind.SERVER, attributes=attributes
         )
         if not root.is_recording():
             return None

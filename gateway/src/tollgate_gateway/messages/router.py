@@ -10,7 +10,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from tollgate_gateway.messages.service import MessagesService
-from tollgate_gateway.routes import to_response
+from tollgate_gateway.routes import to_response, traced_json
 
 
 def _service(request: Request) -> MessagesService:
@@ -31,10 +31,14 @@ async def create_message(request: Request) -> Response:
 
 async def count_tokens(request: Request) -> Response:
     raw = await request.body()
-    body = await _service(request).count_tokens(
-        raw, request.headers.get("x-api-key"), request.headers.get("authorization")
+    service, headers = _service(request), request.headers
+    return await traced_json(
+        request,
+        "/v1/messages/count_tokens",
+        lambda trace: service.count_tokens(
+            raw, headers.get("x-api-key"), headers.get("authorization"), trace
+        ),
     )
-    return Response(body, media_type="application/json")
 
 
 routes: list[BaseRoute] = [

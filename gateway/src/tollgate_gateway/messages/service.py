@@ -103,14 +103,22 @@ class MessagesService:
         return Reply(200, list(SSE_HEADERS), stream=relay(self.proxy, call, resp, translator))
 
     async def count_tokens(
-        self, raw: bytes, x_api_key: str | None, authorization: str | None
+        self,
+        raw: bytes,
+        x_api_key: str | None,
+        authorization: str | None,
+        trace: RequestTrace | None = None,
     ) -> bytes:
         """``/v1/messages/count_tokens``: Ollama serves no token count, so this is
         `estimate_tokens` (documented in the README); the key and model are checked."""
-        key = await self.authenticate(x_api_key, authorization)
+        key = await self.authenticate(x_api_key, authorization, trace)
         body = _count_body(raw)
         await self.proxy.resolve(key, body["model"])
-        return orjson.dumps({"input_tokens": estimate_tokens(body)})
+        tokens = estimate_tokens(body)
+        if trace is not None:
+            trace.root.set_attribute("tollgate.alias", body["model"])
+            trace.root.set_attribute("gen_ai.usage.input_tokens", tokens)
+        return orjson.dumps({"input_tokens": tokens})
 
 
 def _count_body(raw: bytes) -> dict[str, Any]:

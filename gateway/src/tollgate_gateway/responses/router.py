@@ -9,7 +9,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from tollgate_gateway.responses.service import ResponsesService
-from tollgate_gateway.routes import to_response
+from tollgate_gateway.routes import to_response, traced_json
 
 
 def _service(request: Request) -> ResponsesService:
@@ -26,24 +26,33 @@ async def create_response(request: Request) -> Response:
 
 
 async def retrieve_response(request: Request) -> Response:
-    body = await _service(request).retrieve(
-        request.path_params["response_id"], request.headers.get("authorization")
+    service, response_id = _service(request), request.path_params["response_id"]
+    authorization = request.headers.get("authorization")
+    return await traced_json(
+        request,
+        "/v1/responses/{response_id}",
+        lambda trace: service.retrieve(response_id, authorization, trace),
     )
-    return Response(body, media_type="application/json")
 
 
 async def delete_response(request: Request) -> Response:
-    body = await _service(request).delete(
-        request.path_params["response_id"], request.headers.get("authorization")
+    service, response_id = _service(request), request.path_params["response_id"]
+    authorization = request.headers.get("authorization")
+    return await traced_json(
+        request,
+        "/v1/responses/{response_id}",
+        lambda trace: service.delete(response_id, authorization, trace),
     )
-    return Response(body, media_type="application/json")
 
 
 async def list_input_items(request: Request) -> Response:
-    body = await _service(request).input_items(
-        request.path_params["response_id"], request.headers.get("authorization")
+    service, response_id = _service(request), request.path_params["response_id"]
+    authorization = request.headers.get("authorization")
+    return await traced_json(
+        request,
+        "/v1/responses/{response_id}/input_items",
+        lambda trace: service.input_items(response_id, authorization, trace),
     )
-    return Response(body, media_type="application/json")
 
 
 routes: list[BaseRoute] = [

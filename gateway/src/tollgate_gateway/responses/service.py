@@ -46,7 +46,7 @@ from tollgate_gateway.responses.schemas import (
 from tollgate_gateway.sse import frame, relay
 from tollgate_gateway.storage.responses import ResponseStore, ResponseStoreUnavailable, Stored
 from tollgate_gateway.storage.upstream import read_body
-from tollgate_gateway.tracing import RequestTrace
+from tollgate_gateway.tracing import RequestTrace, now_ns
 
 log = logging.getLogger(__name__)
 
@@ -155,22 +155,32 @@ class ResponsesService:
             log.warning("response %s not stored: %s", response["id"], exc)
 
     # -- stored responses --------------------------------------------------------------
-    async def _stored(self, response_id: str, authorization: str | None) -> Stored:
+    async def _stored(
+        self, response_id: str, authorization: str | None, trace: RequestTrace | None
+    ) -> Stored:
         """The stored response of the calling key; 404 for any other key's."""
-        key = await self.proxy.authenticate(authorization)
+        key = await self.proxy.authenticate(authorization, trace)
+        begun = now_ns() if trace is not None else 0
         try:
             stored = await self.store.get(response_id, key.id)
         except ResponseStoreUnavailable as exc:
             raise _store_unavailable() from exc
+        finally:
+            if trace is not None:
+                trace.step("response_store get", begun, now_ns())
         if stored is None:
             raise response_not_found(response_id)
         return stored
 
-    async def retrieve(self, response_id: str, authorization: str | None) -> bytes:
-        return orjson.dumps((await self._stored(response_id, authorization)).response)
+    async def retrieve(
+        self, response_id: str, authorization: str | None, trace: RequestTrace | None = None
+    ) -> bytes:
+        return orjson.dumps((await self._stored(response_id, authorization, trace)).response)
 
-    async def input_items(self, response_id: str, authorization: str | None) -> bytes:
-        stored = await self._stored(response_id, authorization)
+    async def input_items(
+        self, response_id: str, authorization: str | None, trace: RequestTrace | None = None
+    ) -> bytes:
+        stored = await self._stored(response_id, authorization, trace)
         prefix = "item_" + response_id.removeprefix("resp_")
         data = [
             listed_item(item, f"{prefix}_{i}") if isinstance(item, dict) else item
@@ -185,12 +195,18 @@ class ResponsesService:
         }
         return orjson.dumps(page)
 
-    async def delete(self, response_id: str, authorization: str | None) -> bytes:
-        key = await self.proxy.authenticate(authorization)
+    async def delete(
+        self, response_id: str, authorization: str | None, trace: RequestTrace | None = None
+    ) -> bytes:
+        key = await self.proxy.authenticate(authorization, trace)
+        begun = now_ns() if trace is not None else 0
         try:
             deleted = await self.store.delete(response_id, key.id)
         except ResponseStoreUnavailable as exc:
             raise _store_unavailable() from exc
+        finally:
+            if trace is not None:
+                trace.step("response_store delete", begun, now_ns())
         if not deleted:
             raise response_not_found(response_id)
         return orjson.dumps({"id": response_id, "object": "response", "deleted": True})
