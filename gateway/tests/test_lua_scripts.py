@@ -4,6 +4,7 @@ Redis pipe, against a real Valkey, and the month's spend seeded from a real Post
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 from decimal import Decimal
@@ -148,7 +149,7 @@ class Scripts:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         base = f"tg:{{test-{uuid.uuid4().hex}}}"
-        self.keys = [f"{base}:{n}" for n in ("rpm", "tpm:2", "inflight", "resv:2", "spend", "t:2")]
+        self.keys = [f"{base}:{n}" for n in ("rpm", "tpm:3", "inflight", "resv:3", "spend")]
         self.admit_src = (SCRIPTS / "admit.lua").read_text()
         self.settle_src = (SCRIPTS / "settle.lua").read_text()
         self.stream = f"{base}:usage"
@@ -166,17 +167,22 @@ class Scripts:
         lease: int = 30_000,
     ) -> list[Any]:
         args = [now, 0, tpm, conc, lease, member, budget, 0, 3600, prompt, output, 1, 1, 1]
-        return cast(list[Any], await self.redis.eval(self.admit_src, 6, *self.keys, *args))
+        return cast(list[Any], await self.redis.eval(self.admit_src, 5, *self.keys, *args))
 
     async def settle(self, now: int, member: str, tokens: int, cost: int = 0) -> None:
         k = self.keys
-        keys = [k[1], k[2], k[3], k[4], k[5], self.stream]
+        keys = [k[1], k[2], k[3], k[4], self.stream]
         args = [now, member, tokens, cost, 3600, 1, 1, ""]
-        await self.redis.eval(self.settle_src, 6, *keys, *args)
+        await self.redis.eval(self.settle_src, 5, *keys, *args)
 
     async def hash(self, index: int) -> dict[str, int]:
+        """A hash's entries; of the token window, without "x" (when its expiry is next
+        pushed back: see test_the_token_window_outlives_each_charge)."""
         raw = await self.redis.hgetall(self.keys[index])
-        return {k.decode(): int(v) for k, v in raw.items()}
+        entries = {k.decode(): int(v) for k, v in raw.items()}
+        if index == 1:
+            entries.pop("x", None)
+        return entries
 
 
 @pytest.fixture
@@ -233,16 +239,44 @@ async def test_reservation_sums_follow_admissions_settlements_and_dead_leases(
     t0 = 1_800_000_000_000
     for i in range(5):
         await scripts.admit(t0, f"m{i}", tpm=1_000_000, budget=10**12, prompt=10, output=20)
-    assert (await scripts.hash(5))["#"] == 5 * 30
-    assert (await scripts.hash(3))["#"] == 5 * 30  # 1 nano per token in and out
+    held = await scripts.hash(3)  # nanos by member, tokens by "t:" + member; sums "#", "#t"
+    assert held["#"] == 5 * 30  # 1 nano per token in and out
+    assert held["#t"] == 5 * 30
     await scripts.settle(t0 + 1, "m0", 25, cost=25)
     await scripts.settle(t0 + 1, "m1", 25, cost=25)
-    assert await scripts.hash(5) == {"#": 90, "m2": 30, "m3": 30, "m4": 30}
+    left = dict.fromkeys(("m2", "m3", "m4", "t:m2", "t:m3", "t:m4"), 30)
+    assert await scripts.hash(3) == {"#": 90, "#t": 90, **left}
     # m2..m4 were never settled: their holder died, and the leases lapse after 30 s.
     seen = await scripts.admit(t0 + 30_001, "n", tpm=1_000_000, budget=10**12, prompt=1, output=1)
     assert seen[3] == 50 + 2  # what m0 and m1 used, and n's own reservation
-    assert await scripts.hash(5) == {"#": 2, "n": 2}
-    assert await scripts.hash(3) == {"#": 2, "n": 2}
+    assert await scripts.hash(3) == {"#": 2, "#t": 2, "n": 2, "t:n": 2}
+
+
+async def test_only_the_reservations_a_key_has_limits_for_are_kept(scripts: Scripts) -> None:
+    t0 = 1_800_000_000_000
+    await scripts.admit(t0, "b", budget=10**12, prompt=10, output=20)
+    await scripts.admit(t0, "t", tpm=1_000_000, prompt=10, output=20)
+    assert await scripts.hash(3) == {"#": 30, "b": 30, "#t": 30, "t:t": 30}
+    await scripts.settle(t0 + 1, "b", 25, cost=25)
+    await scripts.settle(t0 + 1, "t", 25)
+    assert await scripts.hash(3) == {"#": 0, "#t": 0}
+
+
+async def test_the_token_window_outlives_each_charge(scripts: Scripts) -> None:
+    """Its expiry is pushed to 180 s at most once a minute (not on every charge): the window
+    then lives at least 120 s past any charge, and a charge due to push it does."""
+    t0 = int(time.time() * 1000)
+    await scripts.settle(t0, "a", 10)
+    first_due = int(await scripts.redis.hget(scripts.keys[1], "x") or 0)
+    assert first_due == t0 + 60_000
+    assert 179 <= await scripts.redis.ttl(scripts.keys[1]) <= 180
+    await scripts.redis.expire(scripts.keys[1], 170)  # as if 10 s passed
+    await scripts.settle(t0 + 10_000, "b", 10)  # not due: the expiry stays
+    assert await scripts.redis.ttl(scripts.keys[1]) <= 170
+    await scripts.redis.expire(scripts.keys[1], 121)  # 59 s after the push
+    await scripts.settle(t0 + 60_000, "c", 10)  # due: pushed back again
+    assert 179 <= await scripts.redis.ttl(scripts.keys[1]) <= 180
+    assert int(await scripts.redis.hget(scripts.keys[1], "x") or 0) == t0 + 120_000
 
 
 # -- riders: a second script in the same call (the pool queue's acquire and release) --------

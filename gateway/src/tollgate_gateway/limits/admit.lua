@@ -2,9 +2,9 @@
 -- applies all of them, so a refused request consumes nothing.
 -- KEYS: 1 rpm zset (member -> arrival ms)   2 tpm hash (unix second -> tokens charged;
 --       "s" -> their sum, "lo" -> no bucket is older than this second)
---       3 in-flight zset (member -> lease expiry ms)   4 reservations hash (member -> nanos;
---       "#" -> their sum)   5 month spend string (nanos)   6 token reservations hash
---       (member -> tokens; "#" -> their sum)
+--       3 in-flight zset (member -> lease expiry ms)   4 reservations hash (member -> nanos,
+--       "#" -> their sum; "t:" .. member -> tokens, "#t" -> their sum)   5 month spend
+--       string (nanos)
 -- ARGV: 1 now ms  2 rpm limit  3 tpm limit  4 concurrency limit (0 = none)  5 lease ms
 --       6 member  7 budget nanos (-1 = none)  8 seed nanos (-1 = unknown)  9 month key ttl s
 --       10 prompt tokens (the estimate)  11 output tokens asked for  12 fewest output tokens
@@ -49,12 +49,11 @@ if tracked then
   if #first > 0 and tonumber(first[2]) <= now then
     -- Leases their holders stopped renewing (a gateway that died): free what they reserved.
     for _, dead in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)) do
-      for _, hash in ipairs({KEYS[4], KEYS[6]}) do
-        local v = redis.call('HGET', hash, dead)
-        if v then
-          redis.call('HDEL', hash, dead)
-          redis.call('HINCRBY', hash, '#', string.format('%d', -tonumber(v)))
-        end
+      local v = redis.call('HMGET', KEYS[4], dead, 't:' .. dead)
+      if v[1] or v[2] then
+        redis.call('HDEL', KEYS[4], dead, 't:' .. dead)
+        if v[1] then redis.call('HINCRBY', KEYS[4], '#', string.format('%d', -tonumber(v[1]))) end
+        if v[2] then redis.call('HINCRBY', KEYS[4], '#t', string.format('%d', -tonumber(v[2]))) end
       end
     end
     redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
@@ -67,6 +66,10 @@ if tracked then
     end
   end
 end
+
+-- Both reservation sums in one read (the hash keeps them beside the entries).
+local sums = {false, false}
+if tpm > 0 or budget >= 0 then sums = redis.call('HMGET', KEYS[4], '#', '#t') end
 
 local tpm_used, tpm_reset = 0, 0
 if tpm > 0 then
@@ -108,7 +111,7 @@ if tpm > 0 then
     redis.call('HSET', KEYS[2], 's', string.format('%d', charged), 'lo', lo)
   end
   if charged > 0 then tpm_reset = (lo + 61) * 1000 - now end
-  tpm_used = charged + tonumber(redis.call('HGET', KEYS[6], '#') or '0')
+  tpm_used = charged + tonumber(sums[2] or '0')
   local left = tpm - tpm_used - prompt
   if left < least then
     -- What is in flight is released when it ends; what was charged, when it leaves the window.
@@ -129,7 +132,7 @@ if budget >= 0 then
   else
     spent = tonumber(value)
   end
-  reserved = tonumber(redis.call('HGET', KEYS[4], '#') or '0')
+  reserved = tonumber(sums[1] or '0')
   local left = budget - spent - reserved
   if left <= 0 or left < prompt * in_price + least * out_price then
     return {4, 0, spent, reserved, 0, 0}
@@ -150,17 +153,23 @@ end
 if tracked then
   redis.call('ZADD', KEYS[3], now + lease, member)
   redis.call('PEXPIRE', KEYS[3], lease * 4)
-  if budget >= 0 then
-    local nanos = math.ceil(prompt * in_price + cap * out_price)
-    local text = string.format('%d', nanos)
-    redis.call('HSET', KEYS[4], member, text)
-    redis.call('HINCRBY', KEYS[4], '#', text)
-    redis.call('PEXPIRE', KEYS[4], lease * 4)
+  if budget >= 0 and tpm > 0 then
+    local nanos = string.format('%d', math.ceil(prompt * in_price + cap * out_price))
+    local tokens = string.format('%d', prompt + cap)
+    redis.call('HSET', KEYS[4], member, nanos, 't:' .. member, tokens)
+    redis.call('HINCRBY', KEYS[4], '#', nanos)
+    redis.call('HINCRBY', KEYS[4], '#t', tokens)
+  elseif budget >= 0 then
+    local nanos = string.format('%d', math.ceil(prompt * in_price + cap * out_price))
+    redis.call('HSET', KEYS[4], member, nanos)
+    redis.call('HINCRBY', KEYS[4], '#', nanos)
+  elseif tpm > 0 then
+    local tokens = string.format('%d', prompt + cap)
+    redis.call('HSET', KEYS[4], 't:' .. member, tokens)
+    redis.call('HINCRBY', KEYS[4], '#t', tokens)
   end
+  if budget >= 0 or tpm > 0 then redis.call('PEXPIRE', KEYS[4], lease * 4) end
   if tpm > 0 then
-    redis.call('HSET', KEYS[6], member, prompt + cap)
-    redis.call('HINCRBY', KEYS[6], '#', string.format('%d', prompt + cap))
-    redis.call('PEXPIRE', KEYS[6], lease * 4)
     tpm_used = tpm_used + prompt + cap
     if tpm_reset <= 0 then tpm_reset = window end
   end

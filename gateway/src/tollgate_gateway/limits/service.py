@@ -616,15 +616,15 @@ class Limiter:
         if cached is not None and cached[0] == month:
             return cached[1]
         base = f"tg:{{{key.id}}}"
-        # The hashes that keep their sum beside their entries are named for that shape (":2"),
-        # so gateways of an earlier release, during a rolling upgrade, never read them.
+        # The hashes are named for their shape (":3": sums beside the entries, both kinds of
+        # reservation in one hash, the window's expiry pushed back once a minute), so gateways
+        # of an earlier release, during a rolling upgrade, never read them.
         names = [
             f"{base}:rpm",
-            f"{base}:tpm:2",
+            f"{base}:tpm:3",
             f"{base}:inflight",
-            f"{base}:resv:2",
+            f"{base}:resv:3",
             f"{base}:spend:{month}",
-            f"{base}:tresv:2",
         ]
         if len(self._names) >= 100_000:
             self._names.clear()
@@ -767,7 +767,7 @@ class Limiter:
         if limits:
             names = self._keys(key)
             script = self._settle_script
-            keys = [names[1], names[2], names[3], names[4], names[5], self._usage_stream]
+            keys = [names[1], names[2], names[3], names[4], self._usage_stream]
             args: list[Any] = [
                 int(time.time() * 1000),
                 admission.member,
@@ -873,7 +873,7 @@ class Limiter:
                 for held in by_key.values():
                     names = self._keys(held[0].key)
                     await self._renew(
-                        keys=[names[2], names[3], names[5]],
+                        keys=[names[2], names[3]],
                         args=[now + self._lease_ms, self._lease_ms * 4, *(a.member for a in held)],
                         client=pipe,
                     )
