@@ -606,6 +606,17 @@ def summarize(samples: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, An
     return table
 
 
+# What each routing and fairness headline measures (its label; the scenario is prefixed).
+MEASURES = {
+    "routing_model_loads_vs_round_robin": "model loads, Tollgate modelAware ÷ round robin",
+    "routing_ttft_p99_vs_round_robin": "TTFT p99, Tollgate modelAware ÷ round robin",
+    "routing_throughput_vs_round_robin": "tokens/s, Tollgate modelAware ÷ round robin",
+    "fairness_b_ttft_p99_vs_idle": "B's TTFT p99 under A's flood ÷ on an idle pool",
+    "fairness_a_share_of_capacity": "A's output tokens/s ÷ the pool's capacity",
+    "fairness_lost_requests": "requests lost (A's and B's)",
+}
+
+
 def headline(
     table: dict[str, dict[str, dict[str, Any]]], soak: dict[str, Any] | None
 ) -> dict[str, Any]:
@@ -812,7 +823,7 @@ def main() -> None:
     for result, prefix, mix in ((routed, "", "40/30/20/10 %"), (routed_even, "even_", "even")):
         if result and result.get("vs_round_robin"):
             for name, value, target, met in routing_headline(result["vs_round_robin"]):
-                label = f"routing scenario ({mix} mix), Tollgate modelAware ÷ round robin"
+                label = f"routing scenario ({mix} mix), {MEASURES.get(name, name)}"
                 key = name.replace("routing_", f"routing_{prefix}", 1)
                 heads[key] = {"label": label, "value": value, "target": target, "met": met}
     fair = bench.results.get("fairness")
@@ -823,10 +834,7 @@ def main() -> None:
     ):
         if result:
             for name, value, target, met in fairness.headline(result):
-                label = (
-                    f"fairness scenario ({sizes}), Tollgate's pool queue "
-                    "(B: the lone key; A: the flood)"
-                )
+                label = f"fairness scenario ({sizes}), {MEASURES.get(name, name)}"
                 key = name.replace("fairness_", f"fairness_{prefix}", 1)
                 heads[key] = {"label": label, "value": value, "target": target, "met": met}
     document = {
