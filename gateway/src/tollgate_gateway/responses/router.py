@@ -4,12 +4,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from tollgate_gateway.responses.service import ResponsesService
 from tollgate_gateway.routes import to_response, traced_json
+from tollgate_gateway.tracing import RequestTrace
 
 
 def _service(request: Request) -> ResponsesService:
@@ -25,34 +28,32 @@ async def create_response(request: Request) -> Response:
     return await to_response(reply)
 
 
-async def retrieve_response(request: Request) -> Response:
-    service, response_id = _service(request), request.path_params["response_id"]
-    authorization = request.headers.get("authorization")
-    return await traced_json(
-        request,
-        "/v1/responses/{response_id}",
-        lambda trace: service.retrieve(response_id, authorization, trace),
-    )
+StoredAnswer = Callable[[ResponsesService, str, str | None, RequestTrace | None], Awaitable[bytes]]
 
 
-async def delete_response(request: Request) -> Response:
-    service, response_id = _service(request), request.path_params["response_id"]
-    authorization = request.headers.get("authorization")
-    return await traced_json(
-        request,
-        "/v1/responses/{response_id}",
-        lambda trace: service.delete(response_id, authorization, trace),
-    )
+def _stored(
+    name: str, route: str, answer: StoredAnswer
+) -> Callable[[Request], Awaitable[Response]]:
+    """The handler of a route about one stored response: its answer, traced as ``route``."""
+
+    async def handler(request: Request) -> Response:
+        service, response_id = _service(request), request.path_params["response_id"]
+        authorization = request.headers.get("authorization")
+        return await traced_json(
+            request, route, lambda trace: answer(service, response_id, authorization, trace)
+        )
+
+    handler.__name__ = handler.__qualname__ = name
+    return handler
 
 
-async def list_input_items(request: Request) -> Response:
-    service, response_id = _service(request), request.path_params["response_id"]
-    authorization = request.headers.get("authorization")
-    return await traced_json(
-        request,
-        "/v1/responses/{response_id}/input_items",
-        lambda trace: service.input_items(response_id, authorization, trace),
-    )
+retrieve_response = _stored(
+    "retrieve_response", "/v1/responses/{response_id}", ResponsesService.retrieve
+)
+delete_response = _stored("delete_response", "/v1/responses/{response_id}", ResponsesService.delete)
+list_input_items = _stored(
+    "list_input_items", "/v1/responses/{response_id}/input_items", ResponsesService.input_items
+)
 
 
 routes: list[BaseRoute] = [
