@@ -18,7 +18,11 @@ from tollgate_operator.builders.pool import PoolDefaults, build_statefulset
 from tollgate_operator.demand import DemandReader
 from tollgate_operator.resources import OllamaPoolSpec, OllamaPoolStatus
 from tollgate_operator.services.aliases import Observation, in_rotation, ordinal, pool_target
-from tollgate_operator.services.autoscaler import core_spec, statefulset_replicas
+from tollgate_operator.services.autoscaler import (
+    changed_meanwhile,
+    core_spec,
+    statefulset_replicas,
+)
 from tollgate_schema.demand import demand_entry, demand_key, sum_fresh
 
 AUTO = {"minReplicas": 0, "maxReplicas": 3, "coldStartSeconds": 90}
@@ -154,3 +158,18 @@ def test_what_a_gateway_writes_is_what_the_operator_counts() -> None:
     now = 1000.0
     entries = {b"gw-a": demand_entry(2, 3, now - 1), b"gw-b": demand_entry(1, 0, now - 20)}
     assert sum_fresh(entries, now, fresh=15) == 5
+
+
+def at_generation(generation: int) -> dict[str, Any]:
+    return {"metadata": {"generation": generation}}
+
+
+def test_a_change_between_the_read_and_the_apply_is_told_by_the_generations() -> None:
+    # A forced apply moves the spec at most one generation: more means another change came
+    # in between (a scale by hand), which the apply undid.
+    assert changed_meanwhile(at_generation(4), at_generation(6))
+    assert changed_meanwhile(at_generation(4), at_generation(7))
+    assert not changed_meanwhile(at_generation(4), at_generation(5))  # the apply's own change
+    assert not changed_meanwhile(at_generation(4), at_generation(4))  # nothing changed
+    assert not changed_meanwhile(None, at_generation(1))  # created by the apply
+    assert not changed_meanwhile(at_generation(9), at_generation(1))  # deleted and made anew

@@ -89,6 +89,17 @@ def statefulset_replicas(spec: OllamaPoolSpec, status: OllamaPoolStatus) -> int:
     return spec.autoscaling.min_replicas
 
 
+def changed_meanwhile(before: dict[str, Any] | None, applied: dict[str, Any]) -> bool:
+    """Whether the StatefulSet's spec was changed by someone else between the read ``before``
+    and the apply that returned ``applied``: a forced apply changes the spec at most once
+    (one generation), so two or more mean another change came in between, and was undone."""
+    if before is None:
+        return False
+    first = int((before.get("metadata") or {}).get("generation") or 0)
+    last = int((applied.get("metadata") or {}).get("generation") or 0)
+    return last >= first + 2
+
+
 def pod_names(pool: str, first: int, end: int) -> str:
     return ", ".join(f"{pool}-{i}" for i in range(first, end))
 
@@ -149,6 +160,19 @@ class Autoscaler:
             "spec.autoscaling.",
         )
         return True
+
+    def reverted_meanwhile(self, ref: ObjectRef, wanted: int) -> None:
+        """A change to the StatefulSet came between the reconcile's read and its apply, which
+        set it back (`changed_meanwhile`): say so, as for a scale seen before the apply."""
+        metrics.SCALE_EVENTS.labels(f"{ref.namespace}/{ref.name}", "restored").inc()
+        self._events(
+            ref.body,
+            "Warning",
+            "ManualScaleReverted",
+            "The StatefulSet was changed while the operator applied it (scaled by hand?): "
+            f"set back to {wanted} replicas. To pin the size set spec.autoscaling.minReplicas "
+            "= maxReplicas, or remove spec.autoscaling.",
+        )
 
     async def step(self, ref: ObjectRef) -> float:
         """One pass: sample the demand, decide, carry out what was decided (a scale up at

@@ -23,7 +23,11 @@ from tollgate_operator.resources import (
     PoolPod,
     set_condition,
 )
-from tollgate_operator.services.autoscaler import Autoscaler, statefulset_replicas
+from tollgate_operator.services.autoscaler import (
+    Autoscaler,
+    changed_meanwhile,
+    statefulset_replicas,
+)
 from tollgate_operator.services.common import (
     EventSink,
     Locks,
@@ -100,16 +104,25 @@ class PoolService:
                 spec = parse_spec(OllamaPoolSpec, ref)
                 self.rules.check(spec)
                 replicas = statefulset_replicas(spec, status)
-                if spec.autoscaling is not None and self._scaler is not None:
-                    sts = await self._kube.get("apps/v1", "StatefulSet", ref.namespace, ref.name)
-                    await self._scaler.restore_manual_scale(ref, status, sts, replicas)
+                scaler = self._scaler if spec.autoscaling is not None else None
                 children = build_pool_children(
                     ref.name, ref.namespace, spec, self.defaults, replicas
                 )
                 for manifest in children:
                     kopf.adopt(manifest, owner=dict(ref.body))  # type: ignore[arg-type]
                     try:
-                        await self._kube.apply(manifest)
+                        if scaler is not None and manifest["kind"] == "StatefulSet":
+                            # Read right before the apply that sets its size back, and tell
+                            # a scale that came in between by the generations.
+                            sts = await self._kube.get(
+                                "apps/v1", "StatefulSet", ref.namespace, ref.name
+                            )
+                            said = await scaler.restore_manual_scale(ref, status, sts, replicas)
+                            applied = await self._kube.apply(manifest)
+                            if not said and changed_meanwhile(sts, applied):
+                                scaler.reverted_meanwhile(ref, replicas)
+                        else:
+                            await self._kube.apply(manifest)
                     except ApiException as exc:
                         if exc.status in (400, 422):
                             raise InvalidSpec(
