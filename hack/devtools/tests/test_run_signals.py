@@ -347,3 +347,32 @@ def test_run_cluster_serves_the_samples_through_the_gateway(
         assert run.wait(120) == 0, run.output
     assert_nothing_left(state, env)
     assert port_free(int(env["TOLLGATE_DEV_OPERATOR_METRICS_PORT"]))
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the drop
+def test_an_interrupt_dropped_inside_a_finalizer_stops_the_next_step() -> None:
+    """A handler that runs inside a `__del__` (or a weakref callback) raises there, and Python
+    prints and drops the exception: a clean-clone run once served the gateway after a SIGINT
+    that came while the collector ran. The next step's checkpoint raises it again."""
+    from tollgate_dev.cli import Interrupted, Signals
+    from tollgate_dev.proc import on_resume
+
+    saved = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    try:
+        signals = Signals()
+
+        class Dropped:
+            def __del__(self) -> None:
+                signals._handle(signal.SIGINT, None)  # as Python calls it, mid-finalizer
+
+        Dropped()  # "Exception ignored in ...": the start-up would go on
+        assert signals.received == signal.SIGINT
+        with pytest.raises(Interrupted) as raised:
+            signals.checkpoint()
+        assert raised.value.args == (signal.SIGINT,)
+        signals.starting = False  # serving: a signal only asks to stop
+        signals.checkpoint()
+    finally:
+        signal.signal(signal.SIGINT, saved[0])
+        signal.signal(signal.SIGTERM, saved[1])
+        on_resume(None)

@@ -96,6 +96,14 @@ class Signals:
         if first and self.starting:
             raise Interrupted(signum)
 
+    def checkpoint(self) -> None:
+        """Between start-up steps: raise `Interrupted` for a signal already received. Python
+        runs a handler between any two bytecodes, also inside a weakref callback or a
+        `__del__` the collector calls, and an exception raised there is printed and dropped;
+        the step then goes on as if nothing came, and this is where the start-up stops."""
+        if self.starting and self.received is not None:
+            raise Interrupted(self.received)
+
 
 def _busy_ports(wanted: dict[str, int]) -> list[str]:
     """Why each wanted port cannot be used, naming the owner when we can see it."""
@@ -392,8 +400,10 @@ def run(with_standin: bool, with_cluster: bool = False, real_ollama: bool = Fals
                         say(f"cannot start: {problem}")
                     return 1
                 _start_backing_services(stack, env, pg, vk)
+                signals.checkpoint()
                 say("applying migrations")
                 _migrate(env)
+                signals.checkpoint()
                 if with_standin:
                     standin = StandinProcess(port=standin_port, log_path=STATE / "standin.log")
                     stack.callback(standin.stop)
@@ -402,7 +412,9 @@ def run(with_standin: bool, with_cluster: bool = False, real_ollama: bool = Fals
                         f"on :{standin.port}"
                     )
                     env["OLLAMA_BASE_URL"] = standin.start()
+                    signals.checkpoint()
                     demo_key = asyncio.run(_prepare_demo(env))
+                    signals.checkpoint()
                 env.setdefault("OLLAMA_BASE_URL", "http://127.0.0.1:11434")
                 if not _ollama_answers(env["OLLAMA_BASE_URL"]):
                     say(
@@ -411,6 +423,7 @@ def run(with_standin: bool, with_cluster: bool = False, real_ollama: bool = Fals
                         "OLLAMA_BASE_URL, or try `make run-standin`."
                     )
                 _build_console()
+                signals.checkpoint()
                 gateway = GatewayProcess(env, port=int(port), metrics_port=int(metrics_port))
                 stack.callback(gateway.stop)
                 say(
@@ -419,6 +432,7 @@ def run(with_standin: bool, with_cluster: bool = False, real_ollama: bool = Fals
                     "ADMIN_PASSWORD is set)"
                 )
                 gateway.start(timeout=120)
+                signals.checkpoint()
                 say(f"metrics on {gateway.metrics_url}")
                 say(f"console: http://127.0.0.1:{port}/console/")
             except (ServiceError, OSError) as exc:
@@ -432,6 +446,7 @@ def run(with_standin: bool, with_cluster: bool = False, real_ollama: bool = Fals
                 except (ServiceError, OSError, subprocess.CalledProcessError) as exc:
                     say(f"could not start the cluster or the operator: {exc}")
                     return 1
+                signals.checkpoint()
                 _say_cluster_next(cluster, port, operator_metrics)
             if with_standin:
                 say(f"demo key (also in {STATE / 'demo-key'}): {demo_key}")
@@ -443,6 +458,7 @@ def run(with_standin: bool, with_cluster: bool = False, real_ollama: bool = Fals
                     '-H "Authorization: Bearer $(cat .state/demo-key)" '
                     f"-H 'Content-Type: application/json' -d '{body}'"
                 )
+            signals.checkpoint()
             signals.starting = False
             if signals.received is not None:  # arrived between the last step and now
                 say("stopping")
