@@ -153,22 +153,24 @@ end
 if tracked then
   redis.call('ZADD', KEYS[3], now + lease, member)
   redis.call('PEXPIRE', KEYS[3], lease * 4)
-  if budget >= 0 and tpm > 0 then
+  -- One write for what is reserved: money under the member, tokens under "t:" .. member.
+  local fields = {}
+  if budget >= 0 then
     local nanos = string.format('%d', math.ceil(prompt * in_price + cap * out_price))
-    local tokens = string.format('%d', prompt + cap)
-    redis.call('HSET', KEYS[4], member, nanos, 't:' .. member, tokens)
+    fields[#fields + 1] = member
+    fields[#fields + 1] = nanos
     redis.call('HINCRBY', KEYS[4], '#', nanos)
-    redis.call('HINCRBY', KEYS[4], '#t', tokens)
-  elseif budget >= 0 then
-    local nanos = string.format('%d', math.ceil(prompt * in_price + cap * out_price))
-    redis.call('HSET', KEYS[4], member, nanos)
-    redis.call('HINCRBY', KEYS[4], '#', nanos)
-  elseif tpm > 0 then
+  end
+  if tpm > 0 then
     local tokens = string.format('%d', prompt + cap)
-    redis.call('HSET', KEYS[4], 't:' .. member, tokens)
+    fields[#fields + 1] = 't:' .. member
+    fields[#fields + 1] = tokens
     redis.call('HINCRBY', KEYS[4], '#t', tokens)
   end
-  if budget >= 0 or tpm > 0 then redis.call('PEXPIRE', KEYS[4], lease * 4) end
+  if #fields > 0 then
+    redis.call('HSET', KEYS[4], unpack(fields))
+    redis.call('PEXPIRE', KEYS[4], lease * 4)
+  end
   if tpm > 0 then
     tpm_used = tpm_used + prompt + cap
     if tpm_reset <= 0 then tpm_reset = window end
