@@ -149,29 +149,30 @@ class Autoscaler:
         found = int((sts.get("spec") or {}).get("replicas", 1))
         if found == wanted or status.replicas is None:
             return False
-        metrics.SCALE_EVENTS.labels(f"{ref.namespace}/{ref.name}", "restored").inc()
-        self._events(
-            ref.body,
-            "Warning",
-            "ManualScaleReverted",
+        self._reverted(
+            ref,
             f"The StatefulSet has {found} replicas, not the autoscaler's {wanted} (scaled by "
-            f"hand, or a scale not finished before an operator restart): set back to {wanted}. "
-            "To pin the size set spec.autoscaling.minReplicas = maxReplicas, or remove "
-            "spec.autoscaling.",
+            f"hand, or a scale not finished before an operator restart): set back to {wanted}.",
         )
         return True
 
     def reverted_meanwhile(self, ref: ObjectRef, wanted: int) -> None:
         """A change to the StatefulSet came between the reconcile's read and its apply, which
         set it back (`changed_meanwhile`): say so, as for a scale seen before the apply."""
+        self._reverted(
+            ref,
+            "The StatefulSet was changed while the operator applied it (scaled by hand?): "
+            f"set back to {wanted} replicas.",
+        )
+
+    def _reverted(self, ref: ObjectRef, what: str) -> None:
         metrics.SCALE_EVENTS.labels(f"{ref.namespace}/{ref.name}", "restored").inc()
         self._events(
             ref.body,
             "Warning",
             "ManualScaleReverted",
-            "The StatefulSet was changed while the operator applied it (scaled by hand?): "
-            f"set back to {wanted} replicas. To pin the size set spec.autoscaling.minReplicas "
-            "= maxReplicas, or remove spec.autoscaling.",
+            f"{what} To pin the size set spec.autoscaling.minReplicas = maxReplicas, or "
+            "remove spec.autoscaling.",
         )
 
     async def step(self, ref: ObjectRef) -> float:

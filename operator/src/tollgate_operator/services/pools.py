@@ -112,15 +112,7 @@ class PoolService:
                     kopf.adopt(manifest, owner=dict(ref.body))  # type: ignore[arg-type]
                     try:
                         if scaler is not None and manifest["kind"] == "StatefulSet":
-                            # Read right before the apply that sets its size back, and tell
-                            # a scale that came in between by the generations.
-                            sts = await self._kube.get(
-                                "apps/v1", "StatefulSet", ref.namespace, ref.name
-                            )
-                            said = await scaler.restore_manual_scale(ref, status, sts, replicas)
-                            applied = await self._kube.apply(manifest)
-                            if not said and changed_meanwhile(sts, applied):
-                                scaler.reverted_meanwhile(ref, replicas)
+                            await self._apply_autoscaled(ref, status, scaler, manifest, replicas)
                         else:
                             await self._kube.apply(manifest)
                     except ApiException as exc:
@@ -134,6 +126,23 @@ class PoolService:
             except ReconcileError as err:
                 await self._failed(ref, status, err)
                 raise
+
+    async def _apply_autoscaled(
+        self,
+        ref: ObjectRef,
+        status: OllamaPoolStatus,
+        scaler: Autoscaler,
+        manifest: dict[str, Any],
+        replicas: int,
+    ) -> None:
+        """Apply an autoscaled pool's StatefulSet, setting back a size someone else gave it:
+        read right before the apply, and tell a scale that came in between by the
+        generations."""
+        sts = await self._kube.get("apps/v1", "StatefulSet", ref.namespace, ref.name)
+        said = await scaler.restore_manual_scale(ref, status, sts, replicas)
+        applied = await self._kube.apply(manifest)
+        if not said and changed_meanwhile(sts, applied):
+            scaler.reverted_meanwhile(ref, replicas)
 
     async def pods(self, namespace: str, pool: str) -> list[dict[str, Any]]:
         pods = await self._kube.list_objects(
