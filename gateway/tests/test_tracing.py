@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
+import pytest
+from starlette.requests import Request
 
 from tollgate_dev.plugins.services import Admin, Gateways
 from tollgate_dev.servers.jaeger import JaegerServer
 from tollgate_dev.servers.programs import StandinProcess
-from tollgate_gateway.tracing import Tracing, now_ns
+from tollgate_gateway.routes import traced_json
+from tollgate_gateway.tracing import RequestTrace, Tracing, now_ns
 
 
 def tags(span: dict[str, Any]) -> dict[str, Any]:
@@ -42,6 +47,36 @@ def test_tracing_exports_request_spans_and_honours_traceparent(jaeger: JaegerSer
     assert tags(upstream)["gen_ai.usage.output_tokens"] == 7
     assert tags(upstream)["span.kind"] == "client"
     assert [log["fields"][0]["value"] for log in upstream["logs"]] == ["gen_ai.first_token"]
+
+
+def test_a_stored_response_read_the_client_left_is_traced_as_a_disconnect(
+    jaeger: JaegerServer,
+) -> None:
+    """A route outside the proxy whose client leaves mid-answer: 499 client_disconnected, as
+    the proxy's own spans say it, not a 500 internal error."""
+    tracing = Tracing(jaeger.otlp_endpoint, 1.0, service_name="tollgate-unit")
+    trace_id = secrets.token_hex(16)
+    services = SimpleNamespace(proxy=SimpleNamespace(tracing=tracing))
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/v1/responses/resp_1",
+        "headers": [(b"traceparent", f"00-{trace_id}-{secrets.token_hex(8)}-01".encode())],
+        "app": SimpleNamespace(state=SimpleNamespace(services=services)),
+        "state": {"request_id": "req_left"},
+    }
+
+    async def answer(trace: RequestTrace | None) -> bytes:
+        raise asyncio.CancelledError  # what the server raises in a handler whose client left
+
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(traced_json(Request(scope), "/v1/responses/{response_id}", answer))
+    tracing.shutdown()
+
+    (root,) = jaeger.trace(trace_id)["spans"]
+    assert root["operationName"] == "GET /v1/responses/{response_id}"
+    assert tags(root)["http.response.status_code"] == 499
+    assert tags(root)["error.type"] == "client_disconnected"
 
 
 def test_tracing_is_off_without_an_endpoint() -> None:

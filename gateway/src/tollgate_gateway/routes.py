@@ -74,6 +74,10 @@ async def traced_json(
         if trace is not None:
             trace.finish(503, "service_unavailable", {})
         raise
+    except asyncio.CancelledError:  # the client left: told as the proxy tells it
+        if trace is not None:
+            trace.finish(499, "client_disconnected", {})
+        raise
     except BaseException:
         if trace is not None:
             trace.finish(500, "internal_error", {})
