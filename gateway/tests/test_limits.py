@@ -273,6 +273,48 @@ def test_tpm_burst_stays_within_the_limit(
     assert tokens <= 100, (tokens, statuses)
 
 
+def test_a_short_request_continuing_a_long_stored_response_reserves_its_whole_prompt(
+    gateway: GatewayProcess, admin: Admin, big_model: str, migrated_dsn: str
+) -> None:
+    """`previous_response_id` sends Ollama the stored conversation too: a burst of short
+    bodies continuing a long one stays within the TPM limit (over 3x when only the
+    body was counted: 7,024 tokens charged against 2,000)."""
+    key = admin.create_key(tpm_limit=2000)
+    url = gateway.url + "/v1/responses"
+    headers = auth(key["key"])
+    first = httpx.post(
+        url,
+        json={"model": big_model, "input": "lorem " * 300, "max_output_tokens": 20},
+        headers=headers,
+        timeout=30,
+    )
+    assert first.status_code == 200, first.text
+    assert first.json()["usage"]["input_tokens"] >= 300
+    body = {
+        "model": big_model,
+        "input": "go on",
+        "max_output_tokens": 1,
+        "previous_response_id": first.json()["id"],
+    }
+
+    async def chained() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=60) as http:
+            return await asyncio.gather(
+                *(http.post(url, json=body, headers=headers) for _ in range(20))
+            )
+
+    responses = asyncio.run(chained())
+    statuses = [r.status_code for r in responses]
+    _, _, tokens = spent_by(migrated_dsn, key["id"], 1 + statuses.count(200))
+    assert tokens <= 2000, (tokens, statuses)
+    assert 200 in statuses and 429 in statuses, statuses
+    for r in responses:
+        if r.status_code == 429:
+            assert r.json()["error"]["type"] == "tokens", r.text
+        else:
+            assert r.json()["usage"]["input_tokens"] > 300  # the stored conversation came too
+
+
 def test_single_big_request_is_capped_to_what_the_key_has_left(
     gateway: GatewayProcess,
     admin: Admin,

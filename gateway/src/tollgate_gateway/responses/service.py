@@ -88,9 +88,11 @@ class ResponsesService:
             model = parsed.model
             alias = await self.proxy.resolve(key, parsed.model)
             constrain(Endpoint.RESPONSES, alias, parsed)
-            items = await self._conversation(key, request)
+            items, carried = await self._conversation(key, request)
+            # Ollama gets the stored conversation as well as this body: the prompt estimate
+            # counts both, or a short body continuing a long one would reserve too little.
             admission, estimate = await self.proxy.admit(
-                Endpoint.RESPONSES, key, alias, parsed, len(raw), request_id, trace
+                Endpoint.RESPONSES, key, alias, parsed, len(raw) + carried, request_id, trace
             )
         except ApiError as exc:
             self.proxy.refused(Endpoint.RESPONSES, request_id, exc, key, model, started, trace)
@@ -99,17 +101,23 @@ class ResponsesService:
         call.trace = trace
         return await self.proxy.serve(call, self._forward(call, request, items))
 
-    async def _conversation(self, key: KeyRecord, request: ResponsesRequest) -> list[Any]:
+    async def _conversation(
+        self, key: KeyRecord, request: ResponsesRequest
+    ) -> tuple[list[Any], int]:
+        """The input Ollama gets, and the bytes of it the request body does not hold (what
+        the stored response it continues carries)."""
         previous_id = request.previous_response_id
         if previous_id is None:
-            return conversation(None, None, request.input)
+            return conversation(None, None, request.input), 0
         try:
             previous = await self.store.get(previous_id, key.id)
         except ResponseStoreUnavailable as exc:
             raise _store_unavailable() from exc
         if previous is None:
             raise previous_not_found(previous_id)
-        return conversation(previous.input, previous.response.get("output"), request.input)
+        output = previous.response.get("output")
+        carried = len(orjson.dumps(previous.input)) + len(orjson.dumps(output))
+        return conversation(previous.input, output, request.input), carried
 
     async def _forward(self, call: Call, request: ResponsesRequest, items: list[Any]) -> Reply:
         body = upstream_body(call.parsed.body, call.alias.backend_tag, items)
