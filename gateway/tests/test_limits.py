@@ -315,6 +315,41 @@ def test_a_short_request_continuing_a_long_stored_response_reserves_its_whole_pr
             assert r.json()["usage"]["input_tokens"] > 300  # the stored conversation came too
 
 
+TINY_PNG = (  # a 1x1 PNG: a few dozen bytes, and hundreds of prompt tokens to a vision model
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5E"
+    "rkJggg=="
+)
+
+
+def test_images_reserve_tokens_per_image_not_per_byte(
+    gateway: GatewayProcess, admin: Admin, big_model: str, big_standin: StandinProcess
+) -> None:
+    """Tiny images cannot slip past a TPM limit (by their bytes they reserved a few dozen
+    tokens), and a photo is not refused for its size (by its bytes: tens of thousands)."""
+    stats = big_standin.url + "/_standin/stats"
+    tiny = admin.create_key(tpm_limit=3000)
+    parts = [{"type": "image_url", "image_url": {"url": "data:image/png;base64," + TINY_PNG}}]
+    body = chat_body(big_model, max_tokens=1)
+    body["messages"][0]["content"] = [{"type": "text", "text": "what is this?"}, *parts * 2]
+    before = httpx.get(stats).json()["requests_total"]
+    refused = httpx.post(gateway.url + "/v1/chat/completions", json=body, headers=auth(tiny["key"]))
+    assert refused.status_code == 429, refused.text  # 2 x 2,048 tokens reserved > 3,000
+    assert refused.json()["error"]["type"] == "tokens"
+    assert httpx.get(stats).json()["requests_total"] == before  # it never reached the model
+
+    photo = admin.create_key(tpm_limit=5000)
+    native = {
+        "model": big_model,
+        "stream": False,
+        "messages": [{"role": "user", "content": "what is this?", "images": ["A" * 100_000]}],
+        "options": {"num_predict": 5},
+    }
+    r = httpx.post(gateway.url + "/api/chat", json=native, headers=auth(photo["key"]), timeout=30)
+    assert r.status_code == 200, r.text  # 100 kB of base64 would have reserved 50,000 tokens
+    sent = httpx.get(big_standin.url + "/_standin/requests?path=/api/chat&limit=1").json()
+    assert sent["requests"][-1]["body"]["options"]["num_predict"] <= 5000 - 2048
+
+
 def test_single_big_request_is_capped_to_what_the_key_has_left(
     gateway: GatewayProcess,
     admin: Admin,

@@ -115,6 +115,8 @@ class Settings(BaseSettings):
     default_max_tokens: int = 4096
     # Prompt tokens reserved per byte of request body for keys with a TPM limit or budget.
     prompt_bytes_per_token: float = Field(2.0, gt=0)
+    # Prompt tokens reserved per image in a request (its data is not counted as bytes).
+    prompt_tokens_per_image: int = Field(2048, ge=0)
     concurrency_lease_seconds: float = 15.0
     redis_timeout_seconds: float = 0.5
     redis_failure_policy: RedisFailurePolicy = RedisFailurePolicy.OPEN

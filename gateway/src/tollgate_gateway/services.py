@@ -160,6 +160,7 @@ class Services:
             router=router,
             pools=pools,
             queue_keepalive=settings.queue_keepalive_seconds,
+            prompt_tokens_per_image=settings.prompt_tokens_per_image,
         )
         stored = ResponseStore(
             engine,

@@ -38,13 +38,13 @@ from tollgate_gateway.errors import (
     upstream_failure,
 )
 from tollgate_gateway.keys.service import KeyRecord, KeyService
+from tollgate_gateway.limits.estimate import NO_IMAGES, images_in, prompt_estimate
 from tollgate_gateway.limits.service import (
     NOTHING,
     Admission,
     Ask,
     Limiter,
     nanos_per_token,
-    prompt_estimate,
 )
 from tollgate_gateway.pools.service import PoolQueue
 from tollgate_gateway.requestpolicy import EMPTY, Api, PolicyViolation
@@ -363,6 +363,7 @@ class ProxyService:
         router: Router | None = None,
         pools: PoolQueue | None = None,
         queue_keepalive: float = 10.0,
+        prompt_tokens_per_image: int = 2048,
     ) -> None:
         self.keys = keys
         self.router = router
@@ -375,7 +376,8 @@ class ProxyService:
         self._default_max_tokens = default_max_tokens
         self._per_key = metrics_per_key
         self._durable = durable_usage
-        self._estimate = functools.partial(prompt_estimate, bytes_per_token=prompt_bytes_per_token)
+        self._bytes_per_token = prompt_bytes_per_token
+        self._tokens_per_image = prompt_tokens_per_image
         self._metric_children: dict[tuple[Any, tuple[str, ...]], Any] = {}
         self.access_log = access_log or AccessLog(enabled=False, sample=0, json_lines=False)
         self.tracing = tracing or Tracing(None, 1.0)
@@ -437,21 +439,37 @@ class ProxyService:
             nanos_per_token(alias.output_price_per_mtok),
         )
 
+    def prompt_estimate(self, raw: bytes, body: Any, carried: Any = None) -> int:
+        """The prompt tokens a request is reserved (see `limits.estimate`): its body's bytes
+        and images, and those of what it carries."""
+        size = len(raw)
+        images = images_in(body) if b"image" in raw else NO_IMAGES
+        if carried is not None:
+            extra = orjson.dumps(carried)
+            size += len(extra)
+            if b"image" in extra:
+                images += images_in(carried)
+        return prompt_estimate(size, self._bytes_per_token, images, self._tokens_per_image)
+
     async def admit(
         self,
         endpoint: Endpoint,
         key: KeyRecord,
         alias: Alias,
         parsed: Parsed,
-        size: int,
+        raw: bytes,
         request_id: str,
         trace: RequestTrace | None = None,
+        carried: Any = None,
     ) -> tuple[Admission, int]:
         """Admit one request under the key's limits (429 ApiErrors are counted); returns the
         admission and the prompt estimate (billed when the client leaves before the model
-        server counted the prompt). A traced request gets its `admission` step."""
+        server counted the prompt). `carried`: what the model server gets besides the body
+        (a stored conversation continued). A traced request gets its `admission` step."""
         begun = now_ns() if trace is not None else 0
-        estimate = 0 if endpoint is Endpoint.OLLAMA_SHOW else self._estimate(size)
+        estimate = 0
+        if endpoint is not Endpoint.OLLAMA_SHOW:
+            estimate = self.prompt_estimate(raw, parsed.body, carried)
         ask = self._ask(endpoint, key, alias, parsed, estimate) if key.limited else NOTHING
         # The pool slot is asked for now: its script rides in the admission's (or, when the
         # admission does not go to Redis, leaves on its own at once).
@@ -494,7 +512,7 @@ class ProxyService:
             alias = await self.resolve(key, parsed.model)
             constrain(endpoint, alias, parsed)
             admission, estimate = await self.admit(
-                endpoint, key, alias, parsed, len(raw), request_id, trace
+                endpoint, key, alias, parsed, raw, request_id, trace
             )
         except ApiError as exc:
             self.refused(endpoint, request_id, exc, key, model, started, trace)

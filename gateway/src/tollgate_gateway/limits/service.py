@@ -18,7 +18,6 @@ import functools
 import hashlib
 import itertools
 import logging
-import math
 import os
 import time
 from collections.abc import Callable
@@ -62,14 +61,6 @@ def format_duration(ms: float) -> str:
         return f"{seconds:.3g}s"
     minutes, rest = divmod(int(seconds), 60)
     return f"{minutes}m{rest}s"
-
-
-def prompt_estimate(body_bytes: int, bytes_per_token: float) -> int:
-    """The prompt tokens reserved for a request of this size: one per `bytes_per_token`
-    bytes of the whole request body, rounded up. With 1 byte per token this is an upper
-    bound for byte-level tokenizers (every token covers at least one byte of text, and the
-    JSON around each message is longer than its chat-template tokens)."""
-    return math.ceil(body_bytes / bytes_per_token)
 
 
 def nanos_per_token(price_per_mtok: Decimal) -> float:

@@ -69,7 +69,7 @@ class MessagesService:
             alias = await self.proxy.resolve(key, parsed.model)
             constrain(Endpoint.MESSAGES, alias, parsed)
             admission, estimate = await self.proxy.admit(
-                Endpoint.MESSAGES, key, alias, parsed, len(raw), request_id, trace
+                Endpoint.MESSAGES, key, alias, parsed, raw, request_id, trace
             )
         except ApiError as exc:
             self.proxy.refused(Endpoint.MESSAGES, request_id, exc, key, model, started, trace)

@@ -92,7 +92,7 @@ class ResponsesService:
             # Ollama gets the stored conversation as well as this body: the prompt estimate
             # counts both, or a short body continuing a long one would reserve too little.
             admission, estimate = await self.proxy.admit(
-                Endpoint.RESPONSES, key, alias, parsed, len(raw) + carried, request_id, trace
+                Endpoint.RESPONSES, key, alias, parsed, raw, request_id, trace, carried
             )
         except ApiError as exc:
             self.proxy.refused(Endpoint.RESPONSES, request_id, exc, key, model, started, trace)
@@ -103,12 +103,12 @@ class ResponsesService:
 
     async def _conversation(
         self, key: KeyRecord, request: ResponsesRequest
-    ) -> tuple[list[Any], int]:
-        """The input Ollama gets, and the bytes of it the request body does not hold (what
-        the stored response it continues carries)."""
+    ) -> tuple[list[Any], list[Any] | None]:
+        """The input Ollama gets, and what of it the request body does not hold (the stored
+        response it continues: its input and output)."""
         previous_id = request.previous_response_id
         if previous_id is None:
-            return conversation(None, None, request.input), 0
+            return conversation(None, None, request.input), None
         try:
             previous = await self.store.get(previous_id, key.id)
         except ResponseStoreUnavailable as exc:
@@ -116,8 +116,7 @@ class ResponsesService:
         if previous is None:
             raise previous_not_found(previous_id)
         output = previous.response.get("output")
-        carried = len(orjson.dumps(previous.input)) + len(orjson.dumps(output))
-        return conversation(previous.input, output, request.input), carried
+        return conversation(previous.input, output, request.input), [previous.input, output]
 
     async def _forward(self, call: Call, request: ResponsesRequest, items: list[Any]) -> Reply:
         body = upstream_body(call.parsed.body, call.alias.backend_tag, items)
