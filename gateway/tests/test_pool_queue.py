@@ -285,6 +285,59 @@ async def test_deadline_and_full_queue_answer_pool_busy_with_retry_after(
     second.release(await asyncio.wait_for(after, 5))
 
 
+async def test_one_key_cannot_fill_the_queue_for_the_others(
+    gateways: list[PoolQueue], catalog: Catalog, redis: Redis
+) -> None:
+    """A full queue gives a newcomer of another key the place of the flooding key's last
+    waiter (which gets the 503 instead), on either gateway; the flooding key's own next
+    request is still refused."""
+    first, second = gateways
+    target = catalog.put(alias(new_pool(), slots=1, max_queue=3))
+    flood, newcomer = key(), key()
+    running = await take(first, target, flood)
+    floods = [asyncio.ensure_future(take(first, target, flood)) for _ in range(3)]
+    await asyncio.sleep(0.2)  # three of the flooding key's wait: the queue is full
+    with pytest.raises(ApiError) as more:
+        await take(first, target, flood)
+    assert (more.value.status, more.value.code) == (503, "pool_busy")
+
+    late = asyncio.ensure_future(take(second, target, newcomer))
+    done, _ = await asyncio.wait(floods, timeout=2, return_when=asyncio.FIRST_COMPLETED)
+    assert len(done) == 1, "one of the flooding key's waiters gives its place up"
+    displaced = done.pop().exception()
+    assert isinstance(displaced, ApiError), displaced
+    assert (displaced.status, displaced.code) == (503, "pool_busy")
+    assert int(displaced.headers["retry-after"]) >= 1
+    assert not late.done()  # the newcomer waits, in the place it took
+    assert await redis.zcard(f"tg:pool:{{{target.pool}|tiny:latest}}:wait") == 3
+
+    first.release(running)  # the newcomer is next: it is ahead of the flood's other two
+    second.release(await asyncio.wait_for(late, 5))
+    for waiter in floods:  # then the flood's two, one after the other
+        if not waiter.done() or waiter.exception() is None:
+            first.release(await asyncio.wait_for(waiter, 5))
+
+
+async def test_a_waiter_whose_place_is_gone_is_refused_at_the_next_poll(
+    gateways: list[PoolQueue], catalog: Catalog, redis: Redis
+) -> None:
+    """Its place lapsed, or a displacement whose message was lost: the poll tells, and the
+    request gets its 503 then rather than at its deadline."""
+    first, second = gateways
+    target = catalog.put(alias(new_pool(), slots=1, max_wait_seconds=5))
+    running = await take(first, target, key())
+    waiter = asyncio.ensure_future(take(second, target, key()))
+    await asyncio.sleep(0.1)
+    base = f"tg:pool:{{{target.pool}|tiny:latest}}"
+    (member,) = await redis.zrange(f"{base}:wait", 0, -1)
+    await redis.zrem(f"{base}:wait", member)
+    await redis.zrem(f"{base}:wlease", member)
+    with pytest.raises(ApiError) as gone:
+        await asyncio.wait_for(waiter, 2)  # polls come every 0.2 s here
+    assert (gone.value.status, gone.value.code) == (503, "pool_busy")
+    first.release(running)
+
+
 async def test_a_cancelled_wait_leaves_the_queue_at_once(
     gateways: list[PoolQueue], catalog: Catalog, redis: Redis
 ) -> None:

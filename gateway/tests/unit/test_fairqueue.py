@@ -93,11 +93,49 @@ def test_work_conserving_lone_flow_uses_every_slot() -> None:
 def test_waiting_room_is_bounded() -> None:
     queue = FairQueue(capacity=1, max_waiting=2)
     queue.submit("a")
-    queue.submit("a")
     queue.submit("b")
+    queue.submit("c")
+    with pytest.raises(QueueFull):  # no earlier in the order than the last one waiting
+        queue.submit("d")
     with pytest.raises(QueueFull):
-        queue.submit("c")
-    assert queue.waiting_by_flow() == {"a": 1, "b": 1}
+        queue.submit("a")
+    assert queue.waiting_by_flow() == {"b": 1, "c": 1}
+    assert queue.take_displaced() == []
+
+
+def test_one_flow_cannot_fill_the_room_for_the_others() -> None:
+    queue = FairQueue(capacity=1, max_waiting=3)
+    running = queue.submit("flood")
+    floods = [queue.submit("flood") for _ in range(3)]
+    with pytest.raises(QueueFull):  # the flood's own next one is refused
+        queue.submit("flood")
+    newcomer = queue.submit("newcomer")  # takes the place of the flood's last waiter
+    (displaced,) = queue.take_displaced()
+    assert displaced is floods[-1] and displaced.displaced and not displaced.granted
+    assert queue.waiting == 3
+    assert queue.waiting_by_flow() == {"flood": 2, "newcomer": 1}
+    assert queue.release(running) == [newcomer]  # and goes first
+
+
+async def test_a_displaced_waiter_gets_queue_full() -> None:
+    queue = AsyncFairQueue(capacity=1, max_waiting=1)
+    held = asyncio.Event()
+    release = asyncio.Event()
+
+    async def hold(flow: str) -> None:
+        async with queue.slot(flow, 4.0, max_wait=5):
+            held.set()
+            await release.wait()
+
+    running = asyncio.ensure_future(hold("flood"))
+    await held.wait()
+    flooded = asyncio.ensure_future(hold("flood"))
+    await asyncio.sleep(0.01)
+    newcomer = asyncio.ensure_future(hold("newcomer"))
+    with pytest.raises(QueueFull):
+        await asyncio.wait_for(flooded, 1)
+    release.set()
+    await asyncio.wait_for(asyncio.gather(running, newcomer), 1)
 
 
 def test_cancelled_waiter_never_takes_a_slot() -> None:

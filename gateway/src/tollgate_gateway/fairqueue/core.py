@@ -63,6 +63,7 @@ class Ticket:
     granted: bool = False
     done: bool = False
     cancelled: bool = False
+    displaced: bool = False  # a newcomer earlier in the order took its place in a full room
     waited: bool = field(default=False)
 
     def __lt__(self, other: Ticket) -> bool:
@@ -81,6 +82,7 @@ class FairQueue:
         self._heap: list[Ticket] = []
         self._waiting = 0
         self._seq = itertools.count()
+        self._displaced: list[Ticket] = []
 
     @property
     def waiting(self) -> int:
@@ -96,7 +98,10 @@ class FairQueue:
     def submit(self, flow: str, weight: float = 4.0, cost: float = 1.0) -> Ticket:
         """A ticket, granted at once when a slot is free and nobody waits; else queued.
 
-        Raises :class:`QueueFull` when it would have to wait and the waiting room is full.
+        Raises :class:`QueueFull` when it would have to wait and the waiting room is full,
+        unless it comes earlier in the order than the last ticket waiting: it then takes
+        that one's place (so one flow cannot fill the room for the others), and the ticket
+        it displaced is in :meth:`take_displaced` (its waiter gets the refusal instead).
         """
         if weight <= 0 or cost <= 0:
             raise ValueError("weight and cost must be > 0")
@@ -107,12 +112,22 @@ class FairQueue:
             self._grant(ticket)
             return ticket
         if self._waiting >= self.max_waiting:
-            raise QueueFull(f"{self._waiting} requests already waiting")
+            last = max((t for t in self._heap if not t.cancelled), default=None)
+            if last is None or last.start <= ticket.start:
+                raise QueueFull(f"{self._waiting} requests already waiting")
+            last.cancelled = last.displaced = True  # its turn stays counted against its flow
+            self._waiting -= 1
+            self._displaced.append(last)
         self._tag(ticket)
         ticket.waited = True
         heapq.heappush(self._heap, ticket)
         self._waiting += 1
         return ticket
+
+    def take_displaced(self) -> list[Ticket]:
+        """Tickets displaced from the full room since the last call (never granted)."""
+        displaced, self._displaced = self._displaced, []
+        return displaced
 
     def release(self, ticket: Ticket) -> list[Ticket]:
         """The granted request finished: its slot goes to the next tickets (returned)."""

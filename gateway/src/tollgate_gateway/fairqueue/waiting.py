@@ -7,7 +7,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from tollgate_gateway.fairqueue.core import FairQueue, Ticket
+from tollgate_gateway.fairqueue.core import FairQueue, QueueFull, Ticket
 
 
 class WaitTimeout(Exception):
@@ -34,6 +34,10 @@ class AsyncFairQueue:
         """
         started = time.monotonic()
         ticket = self.core.submit(flow, weight, cost)
+        for other in self.core.take_displaced():  # its place went to this one
+            gone = self._futures.get(id(other))
+            if gone is not None and not gone.done():
+                gone.set_exception(QueueFull("a request earlier in the fair order took its place"))
         if not ticket.granted:
             future = asyncio.get_running_loop().create_future()
             self._futures[id(ticket)] = future

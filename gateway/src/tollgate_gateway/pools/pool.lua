@@ -11,7 +11,8 @@
 --   release, cancel: 6 member
 --   poll: 6.. members this process holds (running or waiting): their leases are renewed
 -- Members are "<owner>:<n>": a grant is published on <prefix><owner> with the member.
--- Returns: acquire {1 granted | 0 waiting | 2 full, running, waiting};
+-- Returns: acquire {1 granted | 0 waiting | 2 full, running, waiting} (a waiter it displaced
+--   is told on its owner's channel: "-" and its member);
 --   release {was running, running, waiting}; cancel {1 it was granted meanwhile (kept) | 0};
 --   poll {running, waiting, state per member: 1 running, 0 waiting, -1 unknown (expired)}.
 local run, wait, wlease, tags = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -86,7 +87,20 @@ if op == 'acquire' then
     if due or running == 0 then redis.call('PEXPIRE', run, keep) end
     return {1, running + 1, 0}
   end
-  if waiting >= most then return {2, running, waiting} end
+  if waiting >= most then
+    -- Full: the newcomer takes the place of the last waiter in the fair order (the largest
+    -- start tag: a flow further ahead), which is refused instead, so one flow cannot fill
+    -- the queue for every other; a newcomer no earlier than that waiter is refused. The
+    -- refused waiter's owner is told on its channel ("-" and the member); its turn stays
+    -- counted against its flow.
+    local last = redis.call('ZRANGE', wait, -1, -1, 'WITHSCORES')
+    if #last == 0 or tonumber(last[2]) <= start then return {2, running, waiting} end
+    redis.call('ZREM', wait, last[1])
+    redis.call('ZREM', wlease, last[1])
+    local owner = string.match(last[1], '^([^:]+):')
+    if owner then redis.call('PUBLISH', prefix .. owner, '-' .. last[1]) end
+    waiting = waiting - 1
+  end
   redis.call('HSET', tags, flow, start + cost / weight)
   redis.call('ZADD', wait, start, member)
   redis.call('ZADD', wlease, now + lease, member)

@@ -243,6 +243,9 @@ class PoolQueue:
             raise hold.refusal
         if hold.reply is not None and not await self._first(hold, alias):
             return True
+        if hold.refusal is not None:  # displaced before the acquire's reply was read
+            self._stopped_waiting(hold)
+            raise hold.refusal
         future = hold.future
         assert future is not None
         remaining = hold.deadline - time.monotonic()
@@ -433,6 +436,35 @@ class PoolQueue:
         hold.state = state
         hold.queue.holds.pop(hold.member, None)
 
+    def _message(self, member: str) -> None:
+        """A message on this process's channel: a grant, or ("-" and the member) a waiter a
+        newcomer displaced from a full queue."""
+        if member.startswith("-"):
+            self._displaced(member[1:])
+        else:
+            self._grant(member)
+
+    def _displaced(self, member: str) -> None:
+        """Its place went to a request of a flow further behind (`pool.lua`, full queue):
+        refused now, as a full queue refuses."""
+        for queue in self.queues.values():
+            hold = queue.holds.get(member)
+            if hold is None:
+                continue
+            if hold.state != WAITING:
+                return
+            self._drop(hold, DONE)
+            self._rejected(hold, "full")
+            hold.refusal = pool_busy(
+                hold.alias,
+                queue.retry_after(),
+                "its queue is full, and requests of keys with fewer waiting go first",
+            )
+            future = queue.waiters.get(member)
+            if future is not None and not future.done():
+                future.set_exception(hold.refusal)
+            return
+
     def _grant(self, member: str) -> None:
         for queue in self.queues.values():
             hold = queue.holds.get(member)
@@ -457,7 +489,7 @@ class PoolQueue:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5)
                     if message is not None and message.get("type") == "message":
                         data = message["data"]
-                        self._grant(data.decode() if isinstance(data, bytes) else str(data))
+                        self._message(data.decode() if isinstance(data, bytes) else str(data))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis away: polls still find the grants
@@ -504,6 +536,13 @@ class PoolQueue:
             replicas = 1 if alias.replicas is None else len(alias.replicas)
             queue.capacity = alias.queue.capacity(replicas)
         members = list(queue.holds)
+        # Waiters Redis had placed before this poll: one it no longer knows lost its place
+        # (displaced, and the message lost; or its lease lapsed).
+        placed = {
+            m
+            for m, h in queue.holds.items()
+            if h.state == WAITING and h.reply is None and h.future is not None
+        }
         try:
             reply = await self._send(queue, ["poll", *self._common(queue), *members])
         except (RedisError, OSError, TimeoutError) as exc:
@@ -514,6 +553,8 @@ class PoolQueue:
         for member, state in zip(members, reply[2], strict=False):
             if int(state) == 1:
                 self._grant(member)
+            elif int(state) == -1 and member in placed:
+                self._displaced(member)
 
     async def _publish_demand(self, pool: str, wake: bool) -> None:
         counts = (0, 0)
