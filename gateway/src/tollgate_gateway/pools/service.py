@@ -440,13 +440,13 @@ class PoolQueue:
         """A message on this process's channel: a grant, or ("-" and the member) a waiter a
         newcomer displaced from a full queue."""
         if member.startswith("-"):
-            self._displaced(member[1:])
+            self._displaced(member[1:], "a request earlier in the fair order took its place")
         else:
             self._grant(member)
 
-    def _displaced(self, member: str) -> None:
-        """Its place went to a request of a flow further behind (`pool.lua`, full queue):
-        refused now, as a full queue refuses."""
+    def _displaced(self, member: str, why: str) -> None:
+        """A waiter lost its place (to a request of a flow further behind in a full queue,
+        `pool.lua`; or its lease lapsed): refused now, as a full queue refuses."""
         for queue in self.queues.values():
             hold = queue.holds.get(member)
             if hold is None:
@@ -455,11 +455,7 @@ class PoolQueue:
                 return
             self._drop(hold, DONE)
             self._rejected(hold, "full")
-            hold.refusal = pool_busy(
-                hold.alias,
-                queue.retry_after(),
-                "its queue is full, and requests of keys with fewer waiting go first",
-            )
+            hold.refusal = pool_busy(hold.alias, queue.retry_after(), why)
             future = queue.waiters.get(member)
             if future is not None and not future.done():
                 future.set_exception(hold.refusal)
@@ -554,7 +550,7 @@ class PoolQueue:
             if int(state) == 1:
                 self._grant(member)
             elif int(state) == -1 and member in placed:
-                self._displaced(member)
+                self._displaced(member, "its place in the queue was lost")
 
     async def _publish_demand(self, pool: str, wake: bool) -> None:
         counts = (0, 0)
