@@ -299,12 +299,7 @@ class PoolQueue:
             self._observe(hold)
             return False
         if code == 2:
-            self._drop(hold, DONE)
-            self._rejected(hold, "full")
-            hold.refusal = pool_busy(
-                alias.alias, queue.retry_after(), f"{queue.waiting} requests waiting"
-            )
-            raise hold.refusal
+            raise self._full(hold, f"{queue.waiting} requests waiting")
         hold.waited = True
         hold.cold = queue.capacity == 0
         if hold.cold and config.cold_start_seconds is not None:
@@ -436,6 +431,13 @@ class PoolQueue:
         hold.state = state
         hold.queue.holds.pop(hold.member, None)
 
+    def _full(self, hold: Hold, why: str) -> ApiError:
+        """The hold is refused as a full queue refuses: out of the queue, counted, its 503."""
+        self._drop(hold, DONE)
+        self._rejected(hold, "full")
+        hold.refusal = pool_busy(hold.alias, hold.queue.retry_after(), why)
+        return hold.refusal
+
     def _message(self, member: str) -> None:
         """A message on this process's channel: a grant, or ("-" and the member) a waiter a
         newcomer displaced from a full queue."""
@@ -453,12 +455,10 @@ class PoolQueue:
                 continue
             if hold.state != WAITING:
                 return
-            self._drop(hold, DONE)
-            self._rejected(hold, "full")
-            hold.refusal = pool_busy(hold.alias, queue.retry_after(), why)
+            refusal = self._full(hold, why)
             future = queue.waiters.get(member)
             if future is not None and not future.done():
-                future.set_exception(hold.refusal)
+                future.set_exception(refusal)
             return
 
     def _grant(self, member: str) -> None:
