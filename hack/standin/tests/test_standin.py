@@ -23,7 +23,7 @@ import openai
 import pytest
 import pytest_asyncio
 
-from tollgate_dev.plugins.ollama import RealOllamaPods
+from tollgate_dev.plugins.ollama import TINY_MODEL, RealOllamaPods
 from tollgate_dev.servers.realollama import RealOllama
 from tollgate_standin import StandinConfig, StandinServer, run_standin, standin_in_thread
 from tollgate_standin.__main__ import build_parser, config_from_args
@@ -892,6 +892,64 @@ def _shape(value: Any) -> Any:
     return type(value).__name__
 
 
+CACHE_SLOT = re.compile(r'msg="loading cache slot" id=(\d+) cache=(\d+) prompt=(\d+) used=(\d+)')
+
+
+def test_real_ollama_prompt_cache_slots(ollama_binaries: tuple[Path, Path], tmp_path: Path) -> None:
+    """What the stand-in's prompt cache models (README, difference 30), read from the
+    runner's own account of each request (``OLLAMA_DEBUG``'s "loading cache slot": slot,
+    tokens it held, prompt tokens, tokens reused): a slot keeps what its request generated
+    after the prompt, and a prompt never takes a slot a running request uses."""
+    server = RealOllama(
+        root=tmp_path / "ollama",
+        binary=ollama_binaries[0],
+        env={"OLLAMA_NUM_PARALLEL": "2", "OLLAMA_DEBUG": "1"},
+    )
+    server.start()
+    try:
+        server.create_tiny(TINY_MODEL)
+        url = server.url + "/api/chat"
+        question = {"role": "user", "content": "Tell me about Lisbon."}
+
+        def loads() -> list[tuple[int, ...]]:
+            text = server.log_path.read_text(errors="replace")
+            return [tuple(int(g) for g in m.groups()) for m in CACHE_SLOT.finditer(text)]
+
+        def chat(messages: list[dict[str, str]], predict: int) -> dict[str, Any]:
+            body = {"model": "tiny", "stream": False, "messages": messages}
+            body["options"] = {"num_predict": predict, "temperature": 0, "seed": 1}
+            answer: dict[str, Any] = httpx.post(url, json=body, timeout=120).json()
+            return answer
+
+        first = chat([question], 8)
+        prompt, generated = first["prompt_eval_count"], first["eval_count"]
+        chat([question], 8)
+        slot, held, asked, used = loads()[-1]
+        # The slot holds the prompt and the answer (its last token was never decoded), and
+        # the same prompt again reuses all of it but the one token Ollama always evaluates.
+        assert (slot, held, asked, used) == (0, prompt + generated - 1, prompt, prompt - 1)
+        # Slot 0 holds the question. A follow-up of it (which extends it) takes slot 0 and
+        # generates for a while; the question itself, asked meanwhile, cannot share that
+        # slot however much it holds: it takes the other, empty one and evaluates it all.
+        follow = [question, {"role": "assistant", "content": "Sure."}, question]
+        with httpx.stream(
+            "POST",
+            url,
+            json={"model": "tiny", "messages": follow, "options": {"num_predict": 70}},
+            timeout=120,
+        ) as running:
+            lines = running.iter_lines()
+            next(lines)  # it is generating now
+            chat([question], 4)
+            for _ in lines:
+                pass
+        busy, meanwhile = loads()[-2:]
+        assert busy[0] == 0 and busy[3] >= prompt - 1  # the follow-up reused the question
+        assert (meanwhile[0], meanwhile[3]) == (1, 0)
+    finally:
+        server.stop()
+
+
 def test_same_stream_shapes_as_real_ollama(
     real_ollama: RealOllama, standin_024: StandinServer
 ) -> None:
@@ -1047,16 +1105,63 @@ def test_prompt_cache_slots_take_the_longest_prefix() -> None:
     from tollgate_standin.promptcache import PromptCache, prompt_words
 
     cache = PromptCache(slots=2)
+
+    def use(model: str, words: tuple[str, ...]) -> int:
+        slot, cached = cache.acquire(model, words)
+        assert slot is not None
+        slot.release(words)
+        return cached
+
     one = prompt_words([("user", "a b c")])
     two = prompt_words([("user", "x y")])
-    assert cache.use("m", one) == 0
-    assert cache.use("m", two) == 0
-    assert cache.use("m", prompt_words([("user", "a b c"), ("user", "d")])) == 3
-    assert cache.use("m", prompt_words([("user", "a q")])) == 1
-    assert cache.use("m", prompt_words([("system", "a b c")])) == 0  # roles differ
-    assert cache.use("other", one) == 0  # caches are per model
+    assert use("m", one) == 0
+    # Nothing shared with slot 1's "a b c": the first free slot with the longest prefix
+    # (0 words) is slot 1 again, in slot order, as Ollama's findLongestCacheSlot takes it.
+    assert use("m", two) == 0
+    assert use("m", one) == 0  # "a b c" was overwritten by "x y"
+    assert use("m", prompt_words([("user", "a b c"), ("user", "d")])) == 3
+    assert use("m", prompt_words([("user", "a q")])) == 1
+    assert use("m", prompt_words([("system", "a b c")])) == 0  # roles differ
+    assert use("other", one) == 0  # caches are per model
     cache.drop("m")
-    assert cache.use("m", one) == 0
+    assert use("m", one) == 0
+
+
+def test_prompt_cache_skips_slots_in_use_and_keeps_the_answer() -> None:
+    """Two of Ollama's runner behaviours the stand-in once lacked: a prompt never shares a
+    slot another request is using (it takes a free one, whatever that holds), and a
+    generation's answer stays in its slot, so a conversation's next turn finds it cached."""
+    from tollgate_standin.promptcache import PromptCache, answer_words, prompt_words
+
+    cache = PromptCache(slots=2)
+    system = prompt_words([("system", "rules one two three"), ("user", "hi")])
+    busy, cached = cache.acquire("m", system)
+    assert busy is not None and cached == 0
+    other, cached = cache.acquire("m", system)  # the same prompt while the first runs
+    assert other is not None and other is not busy and cached == 0
+    assert cache.acquire("m", system) == (None, 0)  # both in use
+    busy.release(system + answer_words("hello there"))
+    other.release(system)
+    turn_two = prompt_words(
+        [("system", "rules one two three"), ("user", "hi"), ("assistant", "hello there")]
+    ) + prompt_words([("user", "and then?")])
+    slot, cached = cache.acquire("m", turn_two)
+    assert slot is busy and cached == len(system) + 2  # the prompt and the answer's 2 words
+
+
+async def test_prompt_cache_holds_the_answer_for_the_next_turn() -> None:
+    config = StandinConfig(port=0, models=("a:1b",), prefill_ms_per_token=0.1, parallel=1)
+    async with run_standin(config) as server, aiohttp.ClientSession(server.url) as s:
+        question = {"role": "user", "content": "You are a travel agent. Plan Lisbon."}
+        body = {"model": "a:1b", "stream": False, "messages": [question]}
+        async with s.post("/api/chat", json=body) as r:
+            answer = (await r.json())["message"]["content"]
+        follow = {"role": "user", "content": "And Porto?"}
+        body["messages"] = [question, {"role": "assistant", "content": answer}, follow]
+        async with s.post("/api/chat", json=body) as r:
+            assert r.status == 200
+        stats = await wait_for_stat(s, "prompt_cache_hits", 1)
+        assert stats["prompt_cached_tokens"] == 7 + len(answer.split())
 
 
 def test_residency_flags_parse() -> None:

@@ -145,10 +145,18 @@ async def _produce(
         return encoder.idle(gen.idle)
     plan = _plan(state, gen)
     fault = take_stream_fault(state, request)
-    prefill = state.config.ttft_ms / 1000 + state.prefill_seconds(gen.record.key, gen.turns)
-    if gen.stream:
-        return await _stream(request, state, plan, encoder, clock, fault, prefill)
-    return await _whole(request, state, plan, encoder, clock, fault, prefill)
+    cache = state.prefill(gen.record.key, gen.turns)
+    prefill = state.config.ttft_ms / 1000 + cache.seconds
+    try:
+        if gen.stream:
+            response = await _stream(request, state, plan, encoder, clock, fault, prefill)
+        else:
+            response = await _whole(request, state, plan, encoder, clock, fault, prefill)
+    except BaseException:
+        cache.done(None)  # cut short: the slot keeps the prompt
+        raise
+    cache.done(plan.text)
+    return response
 
 
 def _plan(state: StandinState, gen: GenRequest) -> Plan:

@@ -15,7 +15,7 @@ from .catalog import CONTEXT_LENGTH, LoadedModels, ModelRecord, ModelStore
 from .config import StandinConfig
 from .faults import FaultBook
 from .names import ModelName, parse_name
-from .promptcache import PromptCache, prompt_words
+from .promptcache import CacheSlot, PromptCache, answer_words, prompt_words
 from .scheduler import Scheduler
 from .stats import Stats
 from .textgen import Turn
@@ -104,16 +104,34 @@ class StandinState:
         self.loaded.unload(key)
         self.prompt_cache.drop(key)
 
-    def prefill_seconds(self, key: str, turns: Sequence[Turn]) -> float:
-        """Extra time to first token for the prompt tokens the cache did not hold."""
+    def prefill(self, key: str, turns: Sequence[Turn]) -> Prefill:
+        """The prompt's cache slot and the extra time to first token for the prompt tokens
+        it did not hold; `Prefill.done` gives the slot back."""
         if self.config.prefill_ms_per_token <= 0:
-            return 0.0  # no cost to model: the hot path stays as lean as before
+            return Prefill(0.0)  # no cost to model: the hot path stays as lean as before
         words = prompt_words(turns)
-        cached = self.prompt_cache.use(key, words)
+        slot, cached = self.prompt_cache.acquire(key, words)
         if cached:
             self.stats.prompt_cache_hits += 1
             self.stats.prompt_cached_tokens += cached
-        return max(len(words) - cached, 1) * self.config.prefill_ms_per_token / 1000
+        seconds = max(len(words) - cached, 1) * self.config.prefill_ms_per_token / 1000
+        return Prefill(seconds, slot, words)
+
+
+@dataclass(slots=True)
+class Prefill:
+    """A generation's hold on its prompt-cache slot (none with the cache off)."""
+
+    seconds: float
+    slot: CacheSlot | None = None
+    words: tuple[str, ...] = ()
+
+    def done(self, answer: str | None) -> None:
+        """The generation is over: its slot keeps the prompt and, when it `answer`ed (it ran
+        to its end), the answer's tokens, as the runner appends each one it generates."""
+        if self.slot is not None:
+            self.slot.release(self.words if answer is None else self.words + answer_words(answer))
+            self.slot = None
 
 
 def _registry_keys(config: StandinConfig) -> tuple[str, ...]:
