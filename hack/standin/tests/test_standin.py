@@ -1115,8 +1115,9 @@ def test_prompt_cache_slots_take_the_longest_prefix() -> None:
     one = prompt_words([("user", "a b c")])
     two = prompt_words([("user", "x y")])
     assert use("m", one) == 0
-    # Nothing shared with slot 1's "a b c": the first free slot with the longest prefix
-    # (0 words) is slot 1 again, in slot order, as Ollama's findLongestCacheSlot takes it.
+    # Nothing shared with the first slot's "a b c": the first free slot with the longest
+    # prefix (0 words) is the first slot again, in slot order, as Ollama's
+    # findLongestCacheSlot takes it (not the empty second one).
     assert use("m", two) == 0
     assert use("m", one) == 0  # "a b c" was overwritten by "x y"
     assert use("m", prompt_words([("user", "a b c"), ("user", "d")])) == 3

@@ -79,8 +79,7 @@ class PromptCache:
                 best, best_len = slot, length
         if best is None:
             return None, 0
-        best.in_use = True
-        best.words = words[:best_len]  # the rest of what it held is overwritten
+        best.in_use = True  # what it holds is replaced when it is released
         return best, best_len
 
     def drop(self, model: str) -> None:
